@@ -1,0 +1,3 @@
+from hapair.cli import main
+
+raise SystemExit(main())

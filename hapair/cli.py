@@ -1,0 +1,262 @@
+"""The `hapair` command line: argument parsing, exit codes, and printing.
+
+Exit codes follow the contract: 0 ok; 1 refused; 2 bad config or input;
+3 no agent answers. The work itself lives elsewhere; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hapair import __version__, control
+
+OK, REFUSED, BAD_INPUT, NO_AGENT = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hapair",
+        description="High-availability manager for a pair of LVS directors.",
+    )
+    p.add_argument("--version", action="version", version=f"hapair {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground",
+        description="Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
+        "Exits 2 on a bad config, before touching the system.",
+    )
+    run.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Validate FILE without touching the system. Prints 'ok', or every "
+        "error as 'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
+    )
+    check.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+    check.set_defaults(func=_check)
+
+    status = sub.add_parser(
+        "status",
+        help="show the running agent's state",
+        description="Ask the running agent for its state. Exit 0; 3 when no agent answers.",
+    )
+    _socket_options(status)
+    status.add_argument("--json", action="store_true", help="print the status JSON")
+    status.set_defaults(func=_status)
+
+    ctl = sub.add_parser(
+        "ctl",
+        help="operator actions on the running agent",
+        description="Operator actions. Exit 0 done, 1 refused (the reason is printed).",
+    )
+    actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("drain", "weight 0, keep existing connections"),
+        ("enable", "back under probe control"),
+        ("disable", "take out of IPVS"),
+        ("add", "add a real server at run time"),
+        ("remove", "remove a real server at run time"),
+    ):
+        a = actions.add_parser(action, help=text, description=f"{action}: {text}.")
+        a.add_argument("service", metavar="SERVICE")
+        a.add_argument("server", metavar="ADDR:PORT")
+        if action == "add":
+            a.add_argument("--weight", type=int, default=1, metavar="N")
+        _socket_options(a)
+        a.set_defaults(func=_ctl)
+    release = actions.add_parser(
+        "release",
+        help="a MASTER hands the VIPs to its peer now",
+        description="A MASTER hands the VIPs to its peer at once (planned maintenance).",
+    )
+    _socket_options(release)
+    release.set_defaults(func=_ctl)
+
+    passwd = sub.add_parser(
+        "passwd",
+        help="add or change a monitor user",
+        description="Add or change a monitor user. The password is read from standard "
+        "input (without echo on a terminal). Exit 0 ok, 2 bad input.",
+    )
+    passwd.add_argument("-f", "--file", type=Path, required=True, metavar="USERS_FILE")
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument("--role", choices=("admin", "viewer"), default="admin")
+    passwd.set_defaults(func=_passwd)
+
+    cert = sub.add_parser(
+        "gen-cert",
+        help="write a self-signed certificate for a lab monitor",
+        description="Write a self-signed certificate and its key (mode 0600) for a lab monitor.",
+    )
+    cert.add_argument("cert", type=Path, metavar="CERT")
+    cert.add_argument("key", type=Path, metavar="KEY")
+    cert.add_argument("--cn", default="localhost", metavar="NAME")
+    cert.set_defaults(func=_gen_cert)
+    return p
+
+
+def _socket_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", help="find the control socket from this config"
+    )
+    p.add_argument("--socket", type=Path, metavar="PATH", help="the control socket itself")
+
+
+def _load(path: Path, out: Any = None) -> Any:
+    """The config at `path`, or None after printing every problem with it."""
+    from hapair.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=out or sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    if _load(args.config, out=sys.stdout) is None:
+        return BAD_INPUT
+    print("ok")
+    return OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    if _load(args.config) is None:
+        return BAD_INPUT
+    print("hapair run: the agent is not yet implemented", file=sys.stderr)
+    return REFUSED
+
+
+def _socket(args: argparse.Namespace) -> Path | None:
+    """The control socket path, or None after printing why there is none."""
+    explicit = args.socket
+    if explicit is None and args.config is not None:
+        cfg = _load(args.config)
+        if cfg is None:
+            return None
+        explicit = cfg.node.socket_path
+    try:
+        return control.find_socket(explicit)
+    except control.NoAgent as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = _socket(args)
+    if path is None:
+        return NO_AGENT
+    try:
+        reply = control.request(path, {"cmd": "status"})
+    except control.NoAgent as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return NO_AGENT
+    if not reply.get("ok"):
+        print(f"hapair: {reply.get('error', 'refused')}", file=sys.stderr)
+        return REFUSED
+    status = reply.get("result", {})
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return OK
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    path = _socket(args)
+    if path is None:
+        return REFUSED
+    message: dict[str, Any] = {"cmd": args.action}
+    if args.action != "release":
+        message.update(service=args.service, server=args.server)
+    if args.action == "add":
+        message["weight"] = args.weight
+    try:
+        reply = control.request(path, message)
+    except control.NoAgent as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return REFUSED
+    if not reply.get("ok"):
+        print(f"hapair: refused: {reply.get('error', 'no reason given')}", file=sys.stderr)
+        return REFUSED
+    print(reply.get("result") or "ok")
+    return OK
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from hapair.monitor.users import UsersError, set_user
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("hapair: the passwords differ", file=sys.stderr)
+            return BAD_INPUT
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        set_user(args.file, args.user, password, args.role)
+    except (UsersError, OSError) as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    return OK
+
+
+def _gen_cert(args: argparse.Namespace) -> int:
+    from hapair.monitor.cert import write_self_signed
+
+    try:
+        write_self_signed(args.cert, args.key, args.cn)
+    except OSError as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    print(f"wrote {args.cert} and {args.key} (0600) for {args.cn}")
+    return OK
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """The status JSON as a table an operator reads in one look."""
+    peer = s.get("peer") or {}
+    lines = [
+        f"{s.get('node')}  {s.get('state')}  priority {s.get('priority')}",
+        f"peer {peer.get('node', '-')}  {peer.get('state', '-')}  "
+        f"{'alive' if peer.get('alive') else 'DEAD'}",
+    ]
+    for link in peer.get("links", []):
+        heard = link.get("last_heard")
+        age = "never" if heard is None else f"{heard:.2f}s ago"
+        lines.append(
+            f"  link {link.get('type')} {link.get('name')}  "
+            f"{'up' if link.get('alive') else 'DOWN'}  heard {age}"
+        )
+    for vip in s.get("vips", []):
+        lines.append(
+            f"vip {vip.get('address')} on {vip.get('interface')}  "
+            f"{'held' if vip.get('held') else 'not held'}"
+        )
+    for svc in s.get("services", []):
+        quorum = "" if svc.get("quorum_ok", True) else "  QUORUM LOST"
+        where = f"{svc.get('address')}:{svc.get('port')}" if svc.get("address") else ""
+        lines.append(f"{svc.get('protocol', '').upper()}  {where}  {svc.get('name')}{quorum}")
+        for rs in svc.get("real_servers", []):
+            lines.append(
+                f"  -> {rs.get('address')}:{rs.get('port')}  weight {rs.get('weight')}  "
+                f"{'up' if rs.get('healthy') else 'DOWN'}  {rs.get('admin')}"
+                f"{'' if rs.get('in_ipvs') else '  (not in ipvs)'}"
+            )
+    return "\n".join(lines)

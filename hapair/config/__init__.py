@@ -1,0 +1,101 @@
+"""Loading and validating hapair's TOML configuration.
+
+`load(path)` returns a frozen `Config` or raises `ConfigError` carrying every
+problem found, each as `path.to.field: message`. Loading never changes the system.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hapair.config.model import Config, Service
+from hapair.config.rules import Problem, check
+
+__all__ = ["Config", "ConfigError", "Problem", "Service", "load", "parse", "validate"]
+
+MAX_BYTES = 1 << 20
+# Discriminator values pydantic puts into error locations of tagged unions.
+_TAGS = {"udp", "serial", "icmp", "tcp", "http", "https", "smtp", "dns", "script", "interface"}
+# Relative paths in these keys are relative to the config file's folder.
+_PATH_KEYS = {
+    ("cluster", "auth_key_file"),
+    ("monitor", "tls_cert"),
+    ("monitor", "tls_key"),
+    ("monitor", "users_file"),
+    ("alerts", "spool_dir"),
+}
+_MESSAGES = {
+    "extra_forbidden": "unknown key (a typo?)",
+    "missing": "required",
+}
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), exc.strerror or str(exc))]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError([Problem(str(path), f"larger than {MAX_BYTES} bytes; not a config file")])
+    return parse(data, base_dir=path.parent)
+
+
+def parse(data: bytes | str, *, base_dir: Path = Path(".")) -> Config:
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem("toml", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("toml", f"syntax error: {exc}")]) from None
+    return validate(raw, base_dir=base_dir)
+
+
+def validate(raw: dict[str, Any], *, base_dir: Path = Path(".")) -> Config:
+    """A parsed TOML document (a dict, as tomllib returns it) -> Config."""
+    raw = copy.deepcopy(raw)
+    _resolve_paths(raw, base_dir)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_problem(e) for e in exc.errors()]) from None
+    problems = check(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    for section, key in _PATH_KEYS:
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            table[key] = str(base_dir / table[key])
+
+
+def _problem(error: Any) -> Problem:
+    loc = error["loc"]
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (part in _TAGS and i > 0 and (isinstance(loc[i - 1], int) or loc[i - 1] == "probe"))
+    ]
+    message = _MESSAGES.get(error["type"]) or error["msg"].removeprefix("Value error, ")
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        message = f"unknown type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    return Problem(".".join(parts) or "(top)", message)

@@ -1,0 +1,413 @@
+"""The configuration schema: one frozen pydantic model per TOML section.
+
+Field-level checks live here (types, ranges, a multicast group that is not
+multicast). Rules that relate several fields live in `rules.py`, so that every
+broken rule is reported at once with the path of the field it is about.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+
+from hapair.config.types import IP, Duration, EndpointStr, HostPortStr, IfName, IPWithPrefix
+
+# Every scheduler the Linux kernel ships (net/netfilter/ipvs/ip_vs_*.c).
+SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+)
+SCHEDULER_FLAGS = {"sh-fallback": "sh", "sh-port": "sh", "mh-fallback": "mh", "mh-port": "mh"}
+SERIAL_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+# Probe keys that describe timing; a per-server override of another probe type keeps them.
+PROBE_TIMING_KEYS = ("interval", "timeout", "rise", "fall")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a name: 1-32 letters, digits, '_', '.', '-', starting alphanumeric"
+        )
+    return value
+
+
+class Node(Section):
+    name: str
+    priority: int = Field(ge=1, le=254)
+    control_socket: Path | None = None
+
+    _name = field_validator("name")(_check_name)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_socket or Path(f"/run/hapair/{self.name}.sock")
+
+
+class UdpLink(Section):
+    type: Literal["udp"]
+    interface: IfName
+    group: IP | None = None
+    peer: IP | None = None
+    port: int = Field(default=694, ge=1, le=65535)
+
+    @field_validator("group")
+    @classmethod
+    def _multicast(cls, value: IP | None) -> IP | None:
+        if value is not None and not value.is_multicast:
+            raise ValueError(f"{value} is not a multicast group (224.0.0.0/4 or ff00::/8)")
+        return value
+
+    @field_validator("peer")
+    @classmethod
+    def _unicast(cls, value: IP | None) -> IP | None:
+        if value is not None and (value.is_multicast or value.is_unspecified):
+            raise ValueError(f"{value} is not a unicast address; use `group` for multicast")
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.interface
+
+
+class SerialLink(Section):
+    type: Literal["serial"]
+    device: Path
+    baud: int = 19200
+
+    @field_validator("baud")
+    @classmethod
+    def _baud(cls, value: int) -> int:
+        if value not in SERIAL_BAUDS:
+            raise ValueError(f"{value} is not a serial speed; use one of {SERIAL_BAUDS}")
+        return value
+
+    @property
+    def name(self) -> str:
+        return str(self.device)
+
+
+Link = Annotated[UdpLink | SerialLink, Field(discriminator="type")]
+
+
+class Cluster(Section):
+    id: int = Field(ge=1, le=255)
+    auth_key_file: Path
+    interval: Duration = 0.2
+    deadtime: Duration = 1.0
+    warntime: Duration | None = None
+    initdead: Duration | None = None
+    preempt: bool = True
+    preempt_delay: Duration = 0.0
+    links: list[Link] = Field(default_factory=list)
+
+    @property
+    def warn_after(self) -> float:
+        """Late-heartbeat warning threshold; by default halfway between interval and deadtime."""
+        if self.warntime is not None:
+            return self.warntime
+        return (self.interval + self.deadtime) / 2
+
+    @property
+    def initdead_after(self) -> float:
+        """How long a starting node waits for a peer; by default twice the deadtime."""
+        return self.initdead if self.initdead is not None else 2 * self.deadtime
+
+
+class _Check(Section):
+    interval: Duration = 1.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=3, ge=1, le=100)
+
+
+class IcmpTrack(_Check):
+    type: Literal["icmp"]
+    target: IP
+
+
+class TcpTrack(_Check):
+    type: Literal["tcp"]
+    target: EndpointStr
+
+    @field_validator("target")
+    @classmethod
+    def _port(cls, value: Any) -> Any:
+        if value.port is None:
+            raise ValueError(f"{value}: a tcp check needs a port, e.g. '10.0.0.254:22'")
+        return value
+
+
+class InterfaceTrack(_Check):
+    type: Literal["interface"]
+    interface: IfName
+
+
+class ScriptTrack(_Check):
+    type: Literal["script"]
+    command: str = Field(min_length=1)
+
+
+Track = Annotated[IcmpTrack | TcpTrack | InterfaceTrack | ScriptTrack, Field(discriminator="type")]
+
+
+class Vip(Section):
+    address: IPWithPrefix
+    interface: IfName
+    garp_repeat: int = Field(default=5, ge=0, le=100)
+    garp_interval: Duration = 0.1
+    garp_refresh: Duration = 60.0
+
+    @field_validator("address")
+    @classmethod
+    def _usable(cls, value: Any) -> Any:
+        ip = value.ip
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
+            raise ValueError(f"{ip} cannot be a virtual IP (multicast, loopback or link-local)")
+        return value
+
+
+class Sync(Section):
+    enabled: bool = True
+    interface: IfName | None = None
+    sync_id: int | None = Field(default=None, ge=0, le=255)
+    maxlen: int | None = Field(default=None, ge=1, le=65535)
+    group: IP | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    ttl: int | None = Field(default=None, ge=1, le=255)
+
+    @field_validator("group")
+    @classmethod
+    def _multicast(cls, value: IP | None) -> IP | None:
+        if value is not None and not value.is_multicast:
+            raise ValueError(f"{value} is not a multicast group")
+        return value
+
+
+class _Probe(Section):
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=3, ge=1, le=100)
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class IcmpProbe(_Probe):
+    type: Literal["icmp"]
+
+
+class TcpProbe(_Probe):
+    type: Literal["tcp"]
+
+
+def _parse_status(value: Any) -> tuple[int, int]:
+    """`200` or `"200-399"` -> an inclusive range of HTTP status codes."""
+    low: Any
+    high: Any
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d{3}(-\d{3})?", value.strip()):
+        low, _, high = value.strip().partition("-")
+        low, high = int(low), int(high or low)
+    else:
+        raise ValueError(f"{value!r}: expected a status code (200) or a range ('200-399')")
+    if not 100 <= low <= high <= 599:
+        raise ValueError(f"{value!r}: status codes are 100..599, low to high")
+    return (low, high)
+
+
+class HttpProbe(_Probe):
+    type: Literal["http", "https"]
+    method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
+    path: str = "/"
+    host: str | None = None
+    expect_status: tuple[int, int] = (200, 299)
+    body_regex: str | None = None
+    verify_tls: bool = False
+    sni: str | None = None
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _status(cls, value: Any) -> tuple[int, int]:
+        return _parse_status(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in " \r\n"):
+            raise ValueError(f"{value!r}: a path starts with '/' and has no spaces")
+        return value
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
+class SmtpProbe(_Probe):
+    type: Literal["smtp"]
+    starttls: bool = False
+    helo_name: str = "hapair"
+
+
+class DnsProbe(_Probe):
+    type: Literal["dns"]
+    query: str = Field(min_length=1)
+    qtype: Literal["A", "AAAA", "CNAME", "MX", "NS", "SOA", "TXT", "SRV", "PTR"] = "A"
+
+
+class ScriptProbe(_Probe):
+    type: Literal["script"]
+    command: str = Field(min_length=1)
+
+
+Probe = Annotated[
+    IcmpProbe | TcpProbe | HttpProbe | SmtpProbe | DnsProbe | ScriptProbe,
+    Field(discriminator="type"),
+]
+
+
+class RealServer(Section):
+    address: IP
+    port: int | None = Field(default=None, ge=1, le=65535)
+    weight: int = Field(default=1, ge=0, le=65535)
+    probe: Probe | None = None
+
+
+class Service(Section):
+    name: str
+    protocol: Literal["tcp", "udp", "sctp", "fwmark"]
+    address: IP | None = None
+    port: int | None = Field(default=None, ge=0, le=65535)
+    fwmark: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    scheduler: str = "wlc"
+    scheduler_flags: list[str] = Field(default_factory=list)
+    forward: Literal["dr", "nat", "tun"] = "dr"
+    persistence: Duration = 0.0
+    quorum: int = Field(default=1, ge=0)
+    sorry_server: EndpointStr | None = None
+    on_failure: Literal["remove", "inhibit"] = "remove"
+    probe: Probe | None = None
+    real_servers: list[RealServer] = Field(default_factory=list)
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_probe(cls, data: Any) -> Any:
+        """A server's `probe = {...}` overrides the service's probe key by key;
+        of a different type, it keeps only the service's timing keys."""
+        if not isinstance(data, dict) or not isinstance(data.get("probe"), dict):
+            return data
+        base = data["probe"]
+        servers = data.get("real_servers")
+        if not isinstance(servers, list):
+            return data
+        merged = []
+        for server in servers:
+            override = server.get("probe") if isinstance(server, dict) else None
+            if isinstance(override, dict):
+                same = override.get("type", base.get("type")) == base.get("type")
+                inherited = base if same else {k: base[k] for k in PROBE_TIMING_KEYS if k in base}
+                server = {**server, "probe": {**inherited, **override}}
+            merged.append(server)
+        return {**data, "real_servers": merged}
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise ValueError(
+                f"{value!r} is not an IPVS scheduler; use one of {', '.join(sorted(SCHEDULERS))}"
+            )
+        return value
+
+    @field_validator("scheduler_flags")
+    @classmethod
+    def _flags(cls, value: list[str]) -> list[str]:
+        for flag in value:
+            if flag not in SCHEDULER_FLAGS:
+                raise ValueError(f"{flag!r} is not a scheduler flag; use {sorted(SCHEDULER_FLAGS)}")
+        return value
+
+    @property
+    def label(self) -> str:
+        if self.protocol == "fwmark":
+            return f"FWM {self.fwmark}"
+        host = f"[{self.address}]" if self.address and self.address.version == 6 else self.address
+        return f"{self.protocol.upper()} {host}:{self.port}"
+
+
+def _parse_mailbox(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+Mailbox = Annotated[str, PlainValidator(_parse_mailbox)]
+
+
+class Email(Section):
+    smtp: HostPortStr
+    from_: Mailbox = Field(alias="from")
+    to: list[Mailbox] = Field(min_length=1)
+    starttls: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+
+
+class Pager(Section):
+    url: str
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
+class Scripts(Section):
+    on_master: str | None = None
+    on_backup: str | None = None
+    on_fault: str | None = None
+    timeout: Duration = 10.0
+
+
+class Alerts(Section):
+    min_interval: Duration = 60.0
+    spool_dir: Path | None = None
+    email: Email | None = None
+    pager: Pager | None = None
+    scripts: Scripts | None = None
+
+
+class Monitor(Section):
+    listen: HostPortStr
+    tls_cert: Path
+    tls_key: Path
+    users_file: Path
+    metrics_listen: HostPortStr | None = None
+
+
+class Config(Section):
+    node: Node
+    cluster: Cluster
+    track: list[Track] = Field(default_factory=list)
+    vips: list[Vip] = Field(default_factory=list)
+    sync: Sync | None = None
+    services: list[Service] = Field(default_factory=list)
+    alerts: Alerts | None = None
+    monitor: Monitor | None = None

@@ -1,0 +1,1 @@
+"""The HTTPS web monitor: users, certificates, pages and the API."""
