@@ -1,0 +1,93 @@
+"""Watches named interfaces go up and down through rtnetlink link events.
+
+Owns the meaning of "up" (administratively up and with carrier) and turning kernel events
+into changes of that. It must not act on a change (that is the agent's job) nor poll.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, NamedTuple
+
+from pyroute2.iproute.linux import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40  # the kernel sets it when operstate is UP (or UNKNOWN, e.g. lo)
+
+
+class LinkState(NamedTuple):
+    ifname: str
+    up: bool
+
+
+def is_up(msg: Any) -> bool:
+    """Administratively up and with carrier: IFF_UP and IFF_RUNNING."""
+    flags = int(msg["flags"])
+    return bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
+
+
+async def watch_links(ifnames: Iterable[str]) -> AsyncIterator[LinkState]:
+    """Yield the state of every interface in `ifnames` first (a missing one is down), then
+    each change. Runs until the consumer stops; a netlink overflow re-reads every state.
+
+        async for ifname, up in watch_links({"eth0", "eth1"}): ...
+    """
+    names = frozenset(ifnames)
+    known: dict[str, bool] = {}
+    while True:
+        ipr = AsyncIPRoute()
+        try:
+            # Subscribe before the dump, so no change between the two is missed.
+            await ipr.bind(groups=RTMGRP_LINK)
+            current = dict.fromkeys(names, False)
+            by_index: dict[int, str] = {}
+            async for msg in await ipr.get_links():
+                name = msg.get("ifname")
+                if name in names:
+                    current[name] = is_up(msg)
+                    by_index[int(msg["index"])] = name
+            for name in sorted(names):
+                if known.get(name) != current[name]:
+                    known[name] = current[name]
+                    yield LinkState(name, current[name])
+            while True:
+                async for msg in ipr.get():
+                    for change in _changes(msg, names, known, by_index):
+                        yield change
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            log.warning("link watch: netlink overflow, reading every link again")
+        finally:
+            ipr.close()
+
+
+def _changes(
+    msg: Any, names: frozenset[str], known: dict[str, bool], by_index: dict[int, str]
+) -> list[LinkState]:
+    event = msg.get("event")
+    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+        return []
+    index = int(msg["index"])
+    name = msg.get("ifname")
+    states: dict[str, bool] = {}
+    previous = by_index.pop(index, None)
+    if previous is not None and previous != name:
+        states[previous] = False  # renamed away: the name we watch is gone
+    if name in names:
+        if event == "RTM_NEWLINK":
+            by_index[index] = name
+            states[name] = is_up(msg)
+        else:
+            states[name] = False
+    changes = []
+    for ifname, up in states.items():
+        if known.get(ifname) != up:
+            known[ifname] = up
+            changes.append(LinkState(ifname, up))
+    return changes

@@ -1,0 +1,170 @@
+"""IPVS in the guest kernel: per-namespace tables written with pyroute2, sync daemons, FLUSH
+and ZERO through hapair.ipvs.netlink; every result is read back with ipvsadm (an
+independent reader), not only with our own code."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable
+
+import pytest
+from pyroute2 import AsyncIPVS, IPVSDest, IPVSService
+from topology import Netns
+
+from hapair.ipvs.netlink import IpvsError, IpvsNetlink, SyncState
+
+pytestmark = pytest.mark.kernel
+
+VIP = "10.50.0.10"
+REAL = "10.50.0.21"
+DR = 3
+
+Table = dict[str, list[tuple[str, str, int]]]
+
+
+def ipvs_table(ns: Netns) -> Table:
+    """`ipvsadm -Ln` in `ns` as {"TCP 10.50.0.10:80 wlc": [("10.50.0.21:80", "Route", 3)]}."""
+    table: Table = {}
+    service = ""
+    for line in ns.run("ipvsadm", "-Ln").stdout.splitlines()[3:]:
+        if line.startswith("  -> "):
+            addr, forward, weight = line.split()[1:4]
+            table[service].append((addr, forward, int(weight)))
+        else:
+            service = " ".join(line.split())
+            table[service] = []
+    return table
+
+
+def ipvs_daemons(ns: Netns) -> list[str]:
+    return ns.run("ipvsadm", "-L", "--daemon").stdout.splitlines()
+
+
+def our_service(port: int = 80) -> IPVSService:
+    return IPVSService(addr=VIP, port=port, protocol=socket.IPPROTO_TCP, sched_name="wlc")
+
+
+async def add_service(ns: Netns, port: int = 80) -> None:
+    async with AsyncIPVS(netns=ns.name, flags=0) as ipvs:
+        await ipvs.setup_endpoint()
+        await ipvs.service("add", service=our_service(port))
+        real = IPVSDest(addr=REAL, port=port, weight=3, fwd_method=DR)
+        await ipvs.dest("add", service=our_service(port), dest=real)
+
+
+@pytest.fixture
+def director(netns_factory: Callable[[str], Netns]) -> Netns:
+    """A namespace with eth1 (10.50.1.1/24, up) towards a peer namespace."""
+    ns, peer = netns_factory("dir"), netns_factory("peer")
+    ns.veth("eth1", peer, "eth1")
+    ns.ip("addr", "add", "10.50.1.1/24", "dev", "eth1")
+    return ns
+
+
+def test_service_and_destination_are_per_namespace(
+    director: Netns, netns_factory: Callable[[str], Netns]
+) -> None:
+    other = netns_factory("other")
+    asyncio.run(add_service(director))
+
+    assert ipvs_table(director) == {f"TCP {VIP}:80 wlc": [(f"{REAL}:80", "Route", 3)]}
+    assert ipvs_table(other) == {}
+
+
+def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
+    async def scenario() -> None:
+        async with IpvsNetlink(director.name) as ipvs:
+            await ipvs.start_daemon(SyncState.MASTER, "eth1", 51)
+            assert any(
+                line.startswith("master sync daemon (mcast=eth1, syncid=51")
+                for line in ipvs_daemons(director)
+            ), ipvs_daemons(director)
+            [master] = await ipvs.list_daemons()
+            assert (master.state, master.ifname, master.sync_id) == (SyncState.MASTER, "eth1", 51)
+
+            await ipvs.start_daemon(SyncState.BACKUP, "eth1", 51)
+            shown = ipvs_daemons(director)
+            assert len(shown) == 2 and shown[1].startswith(
+                "backup sync daemon (mcast=eth1, syncid=51"
+            ), shown
+            assert {(d.state, d.ifname, d.sync_id) for d in await ipvs.list_daemons()} == {
+                (SyncState.MASTER, "eth1", 51),
+                (SyncState.BACKUP, "eth1", 51),
+            }
+
+            with pytest.raises(IpvsError) as refused:
+                await ipvs.start_daemon(SyncState.MASTER, "eth1", 52)
+            assert refused.value.errno == errno.EEXIST
+            assert str(refused.value) == (
+                f"netns {director.name}: starting master sync daemon on eth1: File exists"
+            )
+
+            await ipvs.stop_daemon(SyncState.MASTER)
+            await ipvs.stop_daemon(SyncState.BACKUP)
+            assert ipvs_daemons(director) == []
+            assert await ipvs.list_daemons() == []
+
+    asyncio.run(scenario())
+
+
+def test_daemon_options_reach_the_kernel(director: Netns) -> None:
+    async def scenario() -> None:
+        async with IpvsNetlink(director.name) as ipvs:
+            await ipvs.start_daemon(
+                SyncState.MASTER, "eth1", 7, maxlen=1200, group="239.1.2.3", port=8849, ttl=2
+            )
+            [master] = await ipvs.list_daemons()
+            await ipvs.stop_daemon(SyncState.MASTER)
+        assert (master.maxlen, str(master.group), master.port, master.ttl) == (
+            1200,
+            "239.1.2.3",
+            8849,
+            2,
+        )
+
+    asyncio.run(scenario())
+    shown = ipvs_daemons(director)
+    assert shown == [], shown
+
+
+def test_flush_empties_only_this_namespace(
+    director: Netns, netns_factory: Callable[[str], Netns]
+) -> None:
+    other = netns_factory("other")
+
+    async def scenario() -> None:
+        await add_service(director, 80)
+        await add_service(director, 443)
+        await add_service(other, 80)
+        assert len(ipvs_table(director)) == 2
+        async with IpvsNetlink(director.name) as ipvs:
+            await ipvs.zero(our_service(80))
+            await ipvs.zero()
+            await ipvs.flush()
+
+    asyncio.run(scenario())
+    assert ipvs_table(director) == {}
+    assert ipvs_table(other) == {f"TCP {VIP}:80 wlc": [(f"{REAL}:80", "Route", 3)]}
+
+
+def test_zero_of_an_unknown_service_is_a_clear_error(director: Netns) -> None:
+    async def scenario() -> None:
+        async with IpvsNetlink(director.name) as ipvs:
+            await ipvs.zero(our_service(8080))
+
+    with pytest.raises(IpvsError, match=r"zeroing IPVS counters: No such process") as e:
+        asyncio.run(scenario())
+    assert e.value.errno == errno.ESRCH
+
+
+def test_a_missing_namespace_is_not_created(director: Netns) -> None:
+    async def scenario() -> None:
+        async with IpvsNetlink(director.name + "-nope") as ipvs:
+            await ipvs.list_daemons()
+
+    with pytest.raises(IpvsError, match="-nope: opening a netlink socket: No such file") as e:
+        asyncio.run(scenario())
+    assert e.value.errno == errno.ENOENT
+    assert director.name + "-nope" not in director.run("ip", "netns", "list").stdout

@@ -1,0 +1,227 @@
+"""The VIP adapter and the link watch in real namespaces: addresses checked with `ip -o addr`,
+announcements checked where users feel them, in a client's neighbour cache on the same
+bridge, and interface changes seen through netlink events.
+
+The adapters run inside the namespaces (`NsPython` from test_links: one Python process per
+namespace executing the snippets sent to it in one event loop).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+from test_links import NsPython, ns_python  # noqa: F401  (ns_python is a fixture)
+from topology import Bridge, Netns
+
+pytestmark = pytest.mark.netns
+
+VIP4 = "10.78.0.100/24"
+VIP6 = "fd00:78::100/64"
+BOGUS_MAC = "02:00:00:00:00:99"
+
+
+def _mac(ns: Netns, ifname: str = "eth0") -> str:
+    match = re.search(r"link/ether (\S+)", ns.ip("-o", "link", "show", ifname).stdout)
+    assert match, f"no MAC on {ns.name}/{ifname}"
+    return match.group(1)
+
+
+def _addresses(ns: Netns, ifname: str = "eth0") -> str:
+    return ns.ip("-o", "addr", "show", "dev", ifname).stdout
+
+
+def _neigh_mac(client: Netns, ip: str, timeout: float = 3.0, want: str | None = None) -> str | None:
+    """The client's neighbour-cache MAC for `ip` (waiting up to `timeout` for `want`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = client.ip("neigh", "show", ip.split("/")[0], "dev", "eth0").stdout
+        match = re.search(r"lladdr (\S+)", out)
+        found = match.group(1) if match else None
+        if found == want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _lan(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    directors: int,
+    arp_accept: bool = True,
+) -> tuple[list[Netns], Netns]:
+    """Directors .1, .2 ... and a client .50 on one bridge; with `arp_accept` the client
+    also learns addresses it has no entry for yet from gratuitous ARP."""
+    switch = bridge_factory()
+    found = []
+    for i in range(1, directors + 1):
+        director = netns_factory(f"d{i}")
+        switch.attach(director, "eth0", f"10.78.0.{i}/24")
+        director.ip("addr", "add", f"fd00:78::{i}/64", "dev", "eth0", "nodad")
+        found.append(director)
+    client = netns_factory("client")
+    client.run("sysctl", "-qw", f"net.ipv4.conf.all.arp_accept={int(arp_accept)}")
+    switch.attach(client, "eth0", "10.78.0.50/24")
+    client.ip("addr", "add", "fd00:78::50/64", "dev", "eth0", "nodad")
+    return found, client
+
+
+def _adapter(py: NsPython) -> None:
+    py(
+        """
+        from hapair.config.model import Vip
+        from hapair.vip import VipAddresses, announce
+        vips = VipAddresses()
+        """
+    )
+
+
+def _vip(address: str) -> str:
+    return f"Vip(address={address!r}, interface='eth0', garp_interval=0.05)"
+
+
+def test_add_is_visible_and_announce_fills_the_client_arp_cache(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    (director,), client = _lan(netns_factory, bridge_factory, 1)
+    py = ns_python(director)
+    _adapter(py)
+    assert _neigh_mac(client, VIP4, timeout=0) is None
+
+    assert py(f"result = await vips.add({_vip(VIP4)})") is True
+    assert f"inet {VIP4} " in _addresses(director)
+    assert py(f"result = await vips.add({_vip(VIP4)})") is False  # idempotent
+    assert _addresses(director).count(VIP4) == 1
+    assert py(f"result = await vips.held({_vip(VIP4)})") is True
+
+    assert py(f"result = await announce({_vip(VIP4)}, 3, 0.05)") == 3
+    assert _neigh_mac(client, VIP4, want=_mac(director)) == _mac(director)
+
+    assert py(f"result = await vips.remove({_vip(VIP4)})") is True
+    assert VIP4 not in _addresses(director)
+    assert py(f"result = await vips.remove({_vip(VIP4)})") is False
+    assert py(f"result = await vips.held({_vip(VIP4)})") is False
+
+
+def test_vip_moves_and_the_client_arp_entry_follows(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    """The client is as shipped (arp_accept=0) and talked to the VIP before: it has an
+    entry, which gratuitous ARP updates without arp_accept."""
+    (first, second), client = _lan(netns_factory, bridge_factory, 2, arp_accept=False)
+    p1, p2 = ns_python(first), ns_python(second)
+    _adapter(p1)
+    _adapter(p2)
+    client.ip("neigh", "replace", "10.78.0.100", "lladdr", BOGUS_MAC, "dev", "eth0", "nud", "stale")
+
+    p1(f"await vips.add({_vip(VIP4)}); result = await announce({_vip(VIP4)})")
+    assert _neigh_mac(client, VIP4, want=_mac(first)) == _mac(first)
+
+    # Takeover at once (no pause): a gratuitous ARP overrides the entry even inside the
+    # neighbour table's 1 s locktime, which only holds off ordinary replies.
+    p1(f"await vips.remove({_vip(VIP4)})")
+    p2(f"await vips.add({_vip(VIP4)}); result = await announce({_vip(VIP4)}, 1)")
+    assert _neigh_mac(client, VIP4, want=_mac(second)) == _mac(second)
+    assert VIP4 not in _addresses(first)
+    assert f"inet {VIP4} " in _addresses(second)
+
+
+def test_ipv6_vip_with_unsolicited_neighbour_advertisement(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    """A Linux client updates an existing entry from an unsolicited NA (override flag); it
+    creates none for an address it never talked to unless it is a router with
+    accept_untracked_na (RFC 9131), so the client here holds a stale entry, as a client
+    that talked to the previous master would."""
+    (director,), client = _lan(netns_factory, bridge_factory, 1)
+    py = ns_python(director)
+    _adapter(py)
+    client.ip("-6", "neigh", "replace", "fd00:78::100", "lladdr", BOGUS_MAC, "dev", "eth0",
+              "nud", "stale")  # fmt: skip
+
+    assert py(f"result = await vips.add({_vip(VIP6)})") is True
+    out = _addresses(director)
+    assert f"inet6 {VIP6} " in out and "tentative" not in out.split(VIP6)[1].split("\n")[0]
+    assert py(f"result = await announce({_vip(VIP6)}, 2)") == 2
+    assert _neigh_mac(client, VIP6, want=_mac(director)) == _mac(director)
+    assert py(f"result = await vips.remove({_vip(VIP6)})") is True
+    assert VIP6 not in _addresses(director)
+
+
+def test_remove_stale_takes_off_a_vip_left_by_a_previous_run(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    (director,), _ = _lan(netns_factory, bridge_factory, 1)
+    director.ip("addr", "add", VIP4, "dev", "eth0")
+    director.ip("addr", "add", "10.78.0.101/32", "dev", "eth0")  # stale, with another prefix
+    py = ns_python(director)
+    _adapter(py)
+    removed = py(
+        f"""
+        stale = [{_vip(VIP4)}, {_vip("10.78.0.101/24")}, {_vip("10.78.0.102/24")},
+                 Vip(address="10.78.0.103/24", interface="nosuch0")]
+        result = [str(v.address) for v in await vips.remove_stale(stale)]
+        """
+    )
+    assert removed == [VIP4, "10.78.0.101/24"]
+    out = _addresses(director)
+    assert "10.78.0.100" not in out and "10.78.0.101" not in out
+    assert "inet 10.78.0.1/24" in out  # the director's own address is untouched
+
+
+def test_add_on_a_missing_interface_names_the_vip(
+    netns_factory: Callable[[str], Netns],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    py = ns_python(netns_factory("d"))
+    _adapter(py)
+    with pytest.raises(AssertionError, match=r"VipError: VIP 10\.78\.0\.100/24 on eth0: interface"):
+        py(f"await vips.add({_vip(VIP4)})")
+    assert py(f"result = await announce({_vip(VIP4)}, 2, 0)") == 0  # logged, not raised
+
+
+def test_link_watch_sees_down_and_up(
+    netns_factory: Callable[[str], Netns],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    a, b = netns_factory("a"), netns_factory("b")
+    a.veth("v0", b, "v1")
+    py = ns_python(a)
+    py(
+        """
+        from hapair.linkmon import watch_links
+        seen = []
+        async def collect():
+            async for ifname, up in watch_links({"v0", "lo", "missing0"}):
+                seen.append([ifname, up])
+        watcher = asyncio.create_task(collect())
+        """
+    )
+
+    def seen_after(count: int, timeout: float = 5.0) -> list[list[object]]:
+        deadline = time.monotonic() + timeout
+        while (seen := py("result = seen"))[count:] == [] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(seen[count:])
+
+    assert sorted(seen_after(0)) == [["lo", True], ["missing0", False], ["v0", True]]
+    a.ip("link", "set", "v0", "down")
+    assert seen_after(3) == [["v0", False]]
+    a.ip("link", "set", "v0", "up")
+    assert seen_after(4) == [["v0", True]]
+    b.ip("link", "set", "v1", "down")  # carrier lost: administratively up is not enough
+    assert seen_after(5) == [["v0", False]]
+    b.ip("link", "set", "v1", "up")
+    assert seen_after(6) == [["v0", True]]
+    a.ip("link", "del", "v0")
+    assert seen_after(7) == [["v0", False]]
+    py("watcher.cancel()")
