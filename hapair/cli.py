@@ -142,8 +142,9 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if _load(args.config) is None:
         return BAD_INPUT
-    print("hapair run: the agent is not yet implemented", file=sys.stderr)
-    return REFUSED
+    from hapair.agent import run
+
+    return run(args.config)
 
 
 def _socket(args: argparse.Namespace) -> Path | None:

@@ -84,7 +84,7 @@ class Sample:
     time: float
     states: tuple[State | None, State | None]
     effective_master: bool  # a running (not frozen) MASTER serves the VIP
-    healthy_running: bool
+    healthy_running: tuple[bool, bool]  # per node: its agent runs, unfrozen and healthy
 
 
 class Sim:
@@ -128,7 +128,7 @@ class Sim:
         a, b = self.nodes
         states = (a.ha.state if a.ha else None, b.ha.state if b.ha else None)
         serving = any(n.running and n.master for n in self.nodes)
-        healthy = any(n.running and n.healthy for n in self.nodes)
+        healthy = (a.running and a.healthy, b.running and b.healthy)
         last = self.timeline[-1] if self.timeline else None
         if last is None or (last.states, last.effective_master, last.healthy_running) != (
             states,
@@ -379,14 +379,26 @@ def check(sim: Sim) -> list[str]:
                         f"though they heard each other at {both:.3f}"
                     )
             dual_start = None
-    # Liveness: with a healthy node running, a MASTER serves within the bound.
+    # Liveness: a node that has run healthy for the bound while nobody served is MASTER.
+    # (Its own initdead starts when it starts, so the wait counts from then.)
     bound = max(p.deadtime, p.initdead) + 2 * p.interval + p.max_delay
     needy_since: float | None = None
+    running_since: list[float | None] = [None, None]
     for s in sim.timeline:  # one sample per change, and one at the end
-        if needy_since is not None and s.time - needy_since > bound + 1e-9:
-            problems.append(f"no MASTER from {needy_since:.3f} to {s.time:.3f} (bound {bound:.3f})")
-            break
-        needy = s.healthy_running and not s.effective_master
+        if needy_since is not None:
+            for since in running_since:
+                if since is not None and s.time - max(since, needy_since) > bound + 1e-9:
+                    start = max(since, needy_since)
+                    problems.append(
+                        f"no MASTER from {start:.3f} to {s.time:.3f} (bound {bound:.3f})"
+                    )
+                    return problems
+        for i, ok in enumerate(s.healthy_running):
+            if not ok:
+                running_since[i] = None
+            elif running_since[i] is None:
+                running_since[i] = s.time
+        needy = any(s.healthy_running) and not s.effective_master
         if not needy:
             needy_since = None
         elif needy_since is None:

@@ -7,6 +7,8 @@ broken rule is reported at once with the path of the field it is about.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,6 +44,7 @@ class Node(Section):
     name: str
     priority: int = Field(ge=1, le=254)
     control_socket: Path | None = None
+    state_dir: Path = Path("/var/lib/hapair")  # what must outlive the agent: its epoch
 
     _name = field_validator("name")(_check_name)
 
@@ -411,3 +414,14 @@ class Config(Section):
     services: list[Service] = Field(default_factory=list)
     alerts: Alerts | None = None
     monitor: Monitor | None = None
+
+    def shared_digest(self) -> bytes:
+        """8 bytes of a hash of what both nodes of a pair must agree on (heartbeats
+        carry it, so a difference is noticed): timing, VIPs, sync, services."""
+        shared = self.model_dump(
+            mode="json",
+            include={"cluster", "vips", "sync", "services"},
+            exclude={"cluster": {"auth_key_file", "links"}},
+        )
+        text = json.dumps(shared, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).digest()[:8]

@@ -181,6 +181,23 @@ class HaNode:
         actions = self._carry_out(self.election.stop(now), now)
         return actions + [self._heartbeat(now) for _ in range(LEAVING_COPIES - 1)]
 
+    def reconfigure(self, settings: Settings) -> None:
+        """New timing, priority or preemption from a reload; the state is kept."""
+        if (settings.name, tuple(settings.links)) != (
+            self.settings.name,
+            tuple(self.settings.links),
+        ):
+            raise ValueError("the node name and the links change only with a restart")
+        self.settings = settings
+        e = self.election
+        e.priority, e.preempt, e.preempt_delay = (
+            settings.priority,
+            settings.preempt,
+            settings.preempt_delay,
+        )
+        self.detector.deadtime, self.detector.warntime = settings.deadtime, settings.warntime
+        self._next_send = min(self._next_send, self._last_tick + settings.interval)
+
     def next_deadline(self) -> float:
         judge = self.detector.next_deadline()
         if judge is not None:

@@ -14,6 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import simnet
 
+from hapair.core.election import TRANSITIONS, Situation
+from hapair.core.states import State
+
 pytestmark = pytest.mark.unit
 
 RUNS = int(os.environ.get("HAPAIR_SIM_RUNS", "10000"))
@@ -38,6 +41,14 @@ def test_the_checker_catches_a_broken_election(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("hapair.core.election.outranks", lambda a, b: True)
     failures = simnet.sweep(range(100))
     assert any("two MASTERs" in p for _, problems in failures for p in problems)
+
+
+def test_the_checker_catches_a_backup_that_never_takes_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(TRANSITIONS[State.BACKUP], Situation.ALONE, State.BACKUP)
+    failures = simnet.sweep(range(100))
+    assert any("no MASTER" in p for _, problems in failures for p in problems)
 
 
 def test_a_schedule_replays_identically() -> None:

@@ -1,0 +1,427 @@
+"""The agent: wires the HA core to the links, the VIPs, the health checks and the
+control socket, and owns start-up, reload and shutdown.
+
+All inputs go through one queue and are handled one at a time, in order, so that
+the VIPs are released before the heartbeat that tells the peer to take them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hapair import control
+from hapair.config import Config, ConfigError, load
+from hapair.config.model import InterfaceTrack, SerialLink
+from hapair.core.election import Announce, Transition
+from hapair.core.node import Action, HaNode, Notice, Refused, Send, Settings
+from hapair.core.states import State
+from hapair.links import LinkError
+from hapair.links.serial import SerialHeartbeatLink
+from hapair.links.udp import UdpHeartbeatLink
+from hapair.track import run_check
+
+log = logging.getLogger("hapair")
+
+LATE_TIMER_WARNING = 0.05  # a timer this late is worth a log line
+
+
+def settings_of(cfg: Config, key: bytes) -> Settings:
+    c = cfg.cluster
+    return Settings(
+        name=cfg.node.name,
+        priority=cfg.node.priority,
+        cluster=c.id,
+        key=key,
+        links=link_names(cfg),
+        interval=c.interval,
+        deadtime=c.deadtime,
+        warntime=c.warn_after,
+        initdead=c.initdead_after,
+        preempt=c.preempt,
+        preempt_delay=c.preempt_delay,
+        digest=cfg.shared_digest(),
+    )
+
+
+def link_names(cfg: Config) -> list[str]:
+    return [f"{link.type}:{link.name}" for link in cfg.cluster.links]
+
+
+def read_key(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def next_epoch(node: str, state_dir: Path) -> int:
+    """An epoch larger than any this node used before: the clock, but never backwards."""
+    epoch = time.time_ns()
+    path = state_dir / f"{node}.epoch"
+    with contextlib.suppress(OSError, ValueError):
+        epoch = max(epoch, int(path.read_text()) + 1)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(epoch))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot keep the heartbeat epoch in %s (%s); using the clock alone", path, exc)
+    return epoch
+
+
+@dataclass
+class Health:
+    """What keeps this node out of FAULT: VIP interfaces up, every [[track]] passing."""
+
+    failing: dict[str, str] = field(default_factory=dict)  # check -> reason
+
+    def set(self, name: str, ok: bool, reason: str) -> bool:
+        """True when overall health changed."""
+        before = not self.failing
+        if ok:
+            self.failing.pop(name, None)
+        else:
+            self.failing[name] = reason
+        return before != (not self.failing)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failing
+
+    def reason(self) -> str:
+        return "; ".join(f"{k}: {v}" for k, v in sorted(self.failing.items()))
+
+
+class Agent:
+    def __init__(self, cfg: Config, config_path: Path) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.loop = asyncio.get_running_loop()
+        self.key = read_key(cfg.cluster.auth_key_file)
+        self.epoch = next_epoch(cfg.node.name, cfg.node.state_dir)
+        self.node: HaNode  # made when the links are up: see run()
+        self.links: dict[str, UdpHeartbeatLink | SerialHeartbeatLink] = {}
+        self.health = Health()
+        self.inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.vips_held = False
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.stopped = asyncio.Event()
+        self.timer_late_max = 0.0
+        self._wake = asyncio.Event()
+        self._refresh: asyncio.Task[None] | None = None
+
+    # Start-up and shutdown.
+
+    async def run(self) -> int:
+        from hapair.vip import VipAddresses
+
+        self.vip = VipAddresses()
+        stale = await self.vip.remove_stale(self.cfg.vips)
+        for vip in stale:
+            log.warning(
+                "removed %s from %s: left over from an earlier run", vip.address, vip.interface
+            )
+        self._open_links()
+        for link in self.links.values():
+            try:
+                await link.start()
+            except LinkError as exc:
+                log.error("%s; the link stays down until it can be opened", exc)
+        server = await self._serve_control()
+        for sig, handler in (
+            (signal.SIGTERM, self._on_stop),
+            (signal.SIGINT, self._on_stop),
+            (signal.SIGHUP, self._on_reload),
+        ):
+            self.loop.add_signal_handler(sig, handler)
+        # The core's clock starts when the links can carry its first heartbeat.
+        self.node = HaNode(settings_of(self.cfg, self.key), epoch=self.epoch, now=self.loop.time())
+        self._start_checks()
+        self.tasks.append(asyncio.create_task(self._clock(), name="clock"))
+        log.info(
+            "%s started: priority %d, links %s, VIPs %s",
+            self.cfg.node.name,
+            self.cfg.node.priority,
+            ", ".join(link_names(self.cfg)),
+            ", ".join(str(v.address) for v in self.cfg.vips) or "none",
+        )
+        try:
+            await self._handle_inputs()
+        finally:
+            server.close()
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            for link in self.links.values():
+                await link.close()
+            with contextlib.suppress(OSError):
+                self.cfg.node.socket_path.unlink()
+            self.vip.close()
+        log.info("%s stopped", self.cfg.node.name)
+        return 0
+
+    def _open_links(self) -> None:
+        for name, link in zip(link_names(self.cfg), self.cfg.cluster.links, strict=True):
+            on = self._receiver(name)
+            self.links[name] = (
+                SerialHeartbeatLink(link, on)
+                if isinstance(link, SerialLink)
+                else UdpHeartbeatLink(link, on)
+            )
+
+    def _receiver(self, name: str) -> Any:
+        def received(payload: bytes) -> None:
+            self.inbox.put_nowait(("recv", name, payload))
+
+        return received
+
+    def _start_checks(self) -> None:
+        for track in self.cfg.track:
+            if not isinstance(track, InterfaceTrack):
+                self.tasks.append(asyncio.create_task(run_check(track, self._on_check)))
+        ifnames = {v.interface for v in self.cfg.vips} | {
+            t.interface for t in self.cfg.track if isinstance(t, InterfaceTrack)
+        }
+        if ifnames:
+            self.tasks.append(asyncio.create_task(self._watch_interfaces(ifnames)))
+
+    async def _watch_interfaces(self, ifnames: set[str]) -> None:
+        from hapair.linkmon import watch_links
+
+        async for change in watch_links(ifnames):
+            self._on_check(f"interface {change.ifname}", change.up, "up" if change.up else "down")
+
+    def _on_check(self, name: str, ok: bool, reason: str) -> None:
+        self.inbox.put_nowait(("check", name, ok, reason))
+
+    def _on_stop(self) -> None:
+        self.inbox.put_nowait(("stop",))
+
+    def _on_reload(self) -> None:
+        self.inbox.put_nowait(("reload",))
+
+    # The one consumer of inputs.
+
+    async def _handle_inputs(self) -> None:
+        while True:
+            item = await self.inbox.get()
+            now = self.loop.time()
+            kind = item[0]
+            if kind == "recv":
+                await self._carry_out(self.node.receive(item[1], item[2], now))
+            elif kind == "tick":
+                await self._carry_out(self.node.tick(now))
+            elif kind == "check":
+                _, name, ok, reason = item
+                log.info("check %s: %s (%s)", name, "ok" if ok else "FAILING", reason)
+                if self.health.set(name, ok, reason):
+                    await self._carry_out(
+                        self.node.set_health(self.health.ok, self.health.reason(), now)
+                    )
+            elif kind == "ctl":
+                _, request, reply = item
+                reply.set_result(await self._control(request, now))
+            elif kind == "reload":
+                await self._reload()
+            elif kind == "stop":
+                await self._carry_out(self.node.stop(now))
+                return
+            self._wake.set()  # the next deadline may have moved
+
+    async def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                for link in self.links.values():
+                    link.send(action.payload)
+            elif isinstance(action, Transition):
+                log.info("%s -> %s: %s", action.old, action.new, action.reason)
+                if action.new is State.MASTER:
+                    await self._take_vips()
+                elif action.old is State.MASTER:
+                    await self._release_vips()
+            elif isinstance(action, Announce):
+                log.info("announcing the VIPs again: %s", action.reason)
+                self._announce_all()
+            elif isinstance(action, Notice):
+                log.warning("%s: %s", action.event, action.detail)
+
+    async def _take_vips(self) -> None:
+        from hapair.vip import VipError
+
+        for vip in self.cfg.vips:
+            try:
+                await self.vip.add(vip)
+            except VipError as exc:
+                log.error("cannot take %s: %s", vip.address, exc)
+        self.vips_held = True
+        self._announce_all()
+        self._refresh = asyncio.create_task(self._refresh_announcements())
+
+    async def _release_vips(self) -> None:
+        from hapair.vip import VipError
+
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        for vip in self.cfg.vips:
+            try:
+                await self.vip.remove(vip)
+            except VipError as exc:
+                log.error("cannot release %s: %s", vip.address, exc)
+        self.vips_held = False
+
+    def _announce_all(self, repeat: int | None = None) -> None:
+        from hapair.vip import announce
+
+        for vip in self.cfg.vips:
+            task = asyncio.create_task(announce(vip, repeat))
+            self.tasks.append(task)
+            task.add_done_callback(self.tasks.remove)
+
+    async def _refresh_announcements(self) -> None:
+        periods = [v.garp_refresh for v in self.cfg.vips if v.garp_refresh > 0]
+        if not periods:
+            return
+        while True:
+            await asyncio.sleep(min(periods))
+            self._announce_all(repeat=1)
+
+    # Timers.
+
+    async def _clock(self) -> None:
+        while True:
+            deadline = self.node.next_deadline()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self.loop.time()))
+                continue  # a heartbeat arrived: the deadline may have moved
+            late = self.loop.time() - deadline
+            if late > LATE_TIMER_WARNING:
+                log.warning("timer %.0f ms late: the agent is starved of CPU", late * 1000)
+            self.timer_late_max = max(self.timer_late_max, late)
+            self.inbox.put_nowait(("tick",))
+            await asyncio.sleep(0)
+
+    # The control socket.
+
+    async def _serve_control(self) -> asyncio.AbstractServer:
+        path = self.cfg.node.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        old = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(path))
+        finally:
+            os.umask(old)
+        path.chmod(0o600)
+        return server
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                line = await reader.readline()
+                request = control.decode_request(line)
+                if isinstance(request, str):
+                    reply: dict[str, Any] = {"ok": False, "error": request}
+                else:
+                    answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+                    self.inbox.put_nowait(("ctl", request, answer))
+                    reply = await answer
+                writer.write(control.encode(reply))
+                await writer.drain()
+        except (TimeoutError, OSError, ValueError) as exc:
+            log.debug("control client: %s", exc)
+        finally:
+            writer.close()
+
+    async def _control(self, request: dict[str, Any], now: float) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"ok": True, "result": self.status(now)}
+        if cmd == "release":
+            try:
+                await self._carry_out(self.node.release(now))
+            except Refused as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "result": "released: the peer takes the VIPs"}
+        return {"ok": False, "error": f"{cmd}: real-server control is not built yet"}
+
+    def status(self, now: float) -> dict[str, Any]:
+        core = self.node.status(now)
+        wall = time.time() - (now - self.node.election.since)
+        types = {name: name.split(":", 1) for name in link_names(self.cfg)}
+        peer = core["peer"]
+        for link in peer["links"]:
+            link["type"], link["name"] = types[link["name"]]
+        sync = self.cfg.sync
+        return {
+            "node": core["node"],
+            "state": core["state"],
+            "priority": core["priority"],
+            "since": round(wall, 3),
+            "peer": peer,
+            "vips": [
+                {"address": str(v.address), "interface": v.interface, "held": self.vips_held}
+                for v in self.cfg.vips
+            ],
+            "sync": {
+                "enabled": bool(sync and sync.enabled),
+                "role": None
+                if not (sync and sync.enabled)
+                else ("master" if self.node.state is State.MASTER else "backup"),
+            },
+            "services": [],
+            "health": {"ok": self.health.ok, "failing": self.health.failing},
+            "heartbeats": core["heartbeats"],
+            "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
+        }
+
+    # Reload.
+
+    async def _reload(self) -> None:
+        try:
+            cfg = load(self.config_path)
+            key = read_key(cfg.cluster.auth_key_file)
+        except (ConfigError, OSError) as exc:
+            log.error("reload of %s refused, running on as before:\n%s", self.config_path, exc)
+            return
+        if cfg.node.name != self.cfg.node.name or link_names(cfg) != link_names(self.cfg):
+            log.error("reload refused: node.name and [[cluster.links]] change only with a restart")
+            return
+        old_vips = {(v.address, v.interface) for v in self.cfg.vips}
+        new_vips = {(v.address, v.interface) for v in cfg.vips}
+        if self.vips_held:
+            for vip in self.cfg.vips:
+                if (vip.address, vip.interface) not in new_vips:
+                    await self.vip.remove(vip)
+        self.cfg, self.key = cfg, key
+        self.node.reconfigure(settings_of(cfg, key))
+        if self.vips_held:
+            added = [v for v in cfg.vips if (v.address, v.interface) not in old_vips]
+            for vip in added:
+                await self.vip.add(vip)
+            self._announce_all()
+        log.info("reloaded %s", self.config_path)
+
+
+def run(config_path: Path) -> int:
+    """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop."""
+    logging.basicConfig(
+        level=os.environ.get("HAPAIR_LOG", "INFO"),
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    cfg = load(config_path)
+
+    async def main() -> int:
+        return await Agent(cfg, config_path).run()
+
+    return asyncio.run(main())

@@ -1,0 +1,402 @@
+"""Two real agents as real processes in namespaces: failover as a client sees it.
+
+client, dir1 and dir2 share a public bridge (eth0, the VIP's network); the
+directors share a heartbeat bridge (eth1) and a serial cable (a socat pty pair).
+Assertions read the kernel and the client: `ip addr` on the directors, the
+client's ARP entry for the VIP, and `hapair status` only for the state names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from topology import Bridge, Netns, reachable
+
+from hapair.core.heartbeat import Flag, Heartbeat, encode
+from hapair.core.states import State
+
+pytestmark = pytest.mark.netns
+
+VIP = "10.77.0.100"
+GROUP = "239.0.0.77"
+INTERVAL, DEADTIME = 0.1, 0.6
+
+
+@dataclass
+class Director:
+    name: str
+    ns: Netns
+    priority: int
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.config.with_suffix(".sock")
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.ns.name,
+                    sys.executable,
+                    "-m",
+                    "hapair",
+                    "run",
+                    "-c",
+                    str(self.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def status(self) -> dict[str, object] | None:
+        out = subprocess.run(
+            [sys.executable, "-m", "hapair", "status", "--json", "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def state(self) -> str | None:
+        status = self.status()
+        return None if status is None else str(status["state"])
+
+    def holds_vip(self) -> bool:
+        return f" {VIP}/" in self.ns.ip("-o", "addr", "show", "dev", "eth0").stdout
+
+    def mac(self) -> str:
+        return self.ns.ip("-o", "link", "show", "eth0").stdout.split("link/ether ")[1].split()[0]
+
+
+@dataclass
+class Lab:
+    client: Netns
+    dirs: list[Director]
+    tmp: Path
+    socat: subprocess.Popen[bytes] | None = None
+    extra: list[Callable[[], None]] = field(default_factory=list)
+
+    def cable(self) -> None:
+        """(Re)connect the serial cable between the directors."""
+        self.socat = subprocess.Popen(
+            [
+                "socat",
+                "pty,raw,echo=0,link=" + str(self.tmp / "tty1"),
+                "pty,raw,echo=0,link=" + str(self.tmp / "tty2"),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: (self.tmp / "tty1").exists() and (self.tmp / "tty2").exists(), 10)
+
+    def cut_cable(self) -> None:
+        if self.socat is not None and self.socat.poll() is None:
+            self.socat.terminate()
+            self.socat.wait(10)
+
+    def client_mac_for_vip(self) -> str | None:
+        out = self.client.ip("neigh", "show", VIP).stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+    def masters(self) -> list[str]:
+        return [d.name for d in self.dirs if d.state() == "MASTER"]
+
+    def holders(self) -> list[str]:
+        return [d.name for d in self.dirs if d.holds_vip()]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:
+    """Seconds until `predicate()` held; fails the test after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {predicate}")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def write_config(
+    path: Path, name: str, priority: int, key: Path, tty: Path, **cluster: object
+) -> None:
+    settings = {
+        "interval": INTERVAL,
+        "deadtime": DEADTIME,
+        "initdead": 2.0,
+        "preempt": True,
+    } | cluster
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    path.write_text(f"""
+[node]
+name = "{name}"
+priority = {priority}
+control_socket = "{path.with_suffix(".sock")}"
+state_dir = "{path.parent}"
+
+[cluster]
+id = 77
+auth_key_file = "{key}"
+{lines}
+
+[[cluster.links]]
+type = "udp"
+interface = "eth1"
+group = "{GROUP}"
+port = 6694
+
+[[cluster.links]]
+type = "serial"
+device = "{tty}"
+baud = 115200
+
+[[vips]]
+address = "{VIP}/24"
+interface = "eth0"
+garp_repeat = 3
+garp_interval = "50ms"
+""")
+
+
+@pytest.fixture
+def lab_factory(
+    tmp_path: Path,
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+) -> Iterator[Callable[..., Lab]]:
+    labs: list[Lab] = []
+
+    def make(**cluster: object) -> Lab:
+        key = tmp_path / "authkey"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        public, heartbeat = bridge_factory("pub"), bridge_factory("hb")
+        client = netns_factory("client")
+        public.attach(client, "eth0", "10.77.0.10/24")
+        dirs = []
+        for i, priority in ((1, 150), (2, 100)):
+            ns = netns_factory(f"dir{i}")
+            public.attach(ns, "eth0", f"10.77.0.{i}/24")
+            heartbeat.attach(ns, "eth1", f"10.78.0.{i}/24")
+            config = tmp_path / f"dir{i}.toml"
+            write_config(config, f"dir{i}", priority, key, tmp_path / f"tty{i}", **cluster)
+            dirs.append(Director(f"dir{i}", ns, priority, config, tmp_path / f"dir{i}.log"))
+        lab = Lab(client, dirs, tmp_path)
+        labs.append(lab)
+        lab.cable()
+        return lab
+
+    yield make
+    for lab in labs:
+        codes = [d.stop() for d in lab.dirs]
+        lab.cut_cable()
+        for undo in lab.extra:
+            undo()
+        for d in lab.dirs:
+            if d.log.exists():
+                sys.stdout.write(f"--- {d.name} log ---\n{d.log.read_text()[-3000:]}\n")
+        # A clean stop exits 0 (a killed one is None or negative).
+        assert all(code in (0, None, -9) for code in codes), codes
+
+
+def started(lab: Lab) -> Lab:
+    for d in lab.dirs:
+        d.start()
+    wait_for(lambda: lab.masters() == ["dir1"] and lab.dirs[1].state() == "BACKUP", 30)
+    assert lab.holders() == ["dir1"]
+    assert reachable(lab.client, VIP)  # the client has an ARP entry for the VIP now
+    assert lab.client_mac_for_vip() == lab.dirs[0].mac()
+    return lab
+
+
+def test_master_dies_backup_takes_over_and_the_client_follows(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    for ifname in ("eth0", "eth1"):
+        dir1.ns.ip("link", "set", ifname, "down")
+    dir1.signal(signal.SIGKILL)
+    took = wait_for(lambda: dir2.holds_vip(), 15)
+    print(f"dir2 holds the VIP {took:.2f}s after dir1 died (deadtime {DEADTIME}s)")
+    assert dir2.state() == "MASTER"
+    wait_for(lambda: lab.client_mac_for_vip() == dir2.mac(), 5)
+    assert reachable(lab.client, VIP)
+
+
+def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    dir1.ns.ip("link", "set", "eth1", "down")
+    time.sleep(4 * DEADTIME)
+    assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
+    links = {link["type"]: link["alive"] for link in dir2.status()["peer"]["links"]}  # type: ignore[index]
+    assert links == {"udp": False, "serial": True}
+
+
+def test_both_links_cut_then_healed_leaves_one_master(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    dir1.ns.ip("link", "set", "eth1", "down")
+    lab.cut_cable()
+    wait_for(lambda: dir2.holds_vip(), 15)
+    assert lab.holders() == ["dir1", "dir2"]  # split brain while they cannot hear each other
+    dir1.ns.ip("link", "set", "eth1", "up")
+    lab.cable()
+    healed = wait_for(lambda: lab.holders() == ["dir1"], 15)
+    print(f"one VIP holder {healed:.2f}s after the links came back")
+    assert lab.masters() == ["dir1"]
+    wait_for(lambda: lab.client_mac_for_vip() == dir1.mac(), 5)  # the winner re-announced
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_recovered_primary_and_preempt(lab_factory: Callable[..., Lab], preempt: bool) -> None:
+    lab = started(lab_factory(preempt=preempt))
+    dir1, dir2 = lab.dirs
+    dir1.signal(signal.SIGKILL)
+    wait_for(lambda: dir2.holds_vip() and dir2.state() == "MASTER", 15)
+    assert dir1.holds_vip()  # a killed agent could not remove it; its successor does, first
+    dir1.start()
+    wait_for(lambda: dir1.state() is not None, 30)
+    assert "left over from an earlier run" in dir1.log.read_text()
+    seen: set[tuple[str, ...]] = set()
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        seen.add(tuple(lab.holders()))
+        time.sleep(0.02)
+    assert ("dir1", "dir2") not in seen, "both held the VIP during the failback"
+    if preempt:
+        assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
+        wait_for(lambda: lab.client_mac_for_vip() == dir1.mac(), 5)
+    else:
+        assert lab.masters() == ["dir2"] and lab.holders() == ["dir2"]
+        assert dir1.state() == "BACKUP"
+
+
+def test_sigterm_hands_over_well_before_deadtime(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory(deadtime=3.0, initdead=3.0))
+    dir1, dir2 = lab.dirs
+    t0 = time.monotonic()
+    dir1.signal(signal.SIGTERM)
+    took = wait_for(lambda: dir2.holds_vip(), 15, step=0.01)
+    print(f"planned handover took {took * 1000:.0f} ms (deadtime 3 s)")
+    assert took < 1.0
+    assert dir1.proc is not None and dir1.proc.wait(10) == 0
+    assert not dir1.holds_vip() and time.monotonic() - t0 < 3.0
+
+
+def test_release_from_the_cli(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory())
+    dir1 = lab.dirs[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "hapair", "ctl", "release", "--socket", str(dir1.socket)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: lab.holders() == ["dir2"], 5)
+    time.sleep(1.0)  # and it does not preempt back
+    assert lab.masters() == ["dir2"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "hapair", "ctl", "release", "--socket", str(dir1.socket)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1 and "not MASTER" in refused.stderr
+
+
+def test_forgeries_replays_and_noise_change_nothing(
+    lab_factory: Callable[..., Lab], netns_factory: Callable[[str], Netns]
+) -> None:
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    # An attacker on the heartbeat network records what dir1 says, then replays it,
+    # forges under a wrong key, and sends noise; the same over the serial line.
+    attacker = dir2.ns  # it shares the heartbeat network; its sockets are not the agent's
+    recorder = (
+        "import socket, struct, sys, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{GROUP}', 6694))\n"
+        "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,\n"
+        f"             socket.inet_aton('{GROUP}') + socket.inet_aton('10.78.0.2'))\n"
+        "s.settimeout(2)\n"
+        "got = [s.recv(2048) for _ in range(10)]\n"
+        "sys.stdout.write('\\n'.join(g.hex() for g in got))\n"
+    )
+    captured = [
+        bytes.fromhex(h) for h in attacker.run(sys.executable, "-c", recorder).stdout.split()
+    ]
+    assert len(captured) == 10
+    rng = random.Random(7)
+    forged = encode(
+        Heartbeat(77, "dir1", 254, State.STOPPED, Flag.YIELD, 2**62, 10**9, 0, b"\0" * 8), b"w" * 32
+    )
+    junk = [rng.randbytes(rng.randrange(0, 200)) for _ in range(300)]
+    payloads = [forged] * 20 + captured * 5 + junk
+    sender = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('10.78.0.1'))\n"
+        "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)\n"
+        "for line in sys.stdin.read().split():\n"
+        f"    s.sendto(bytes.fromhex(line), ('{GROUP}', 6694))\n"
+    )
+    # From dir1's namespace, so that they arrive at dir2 like dir1's own heartbeats.
+    subprocess.run(
+        ["ip", "netns", "exec", dir1.ns.name, sys.executable, "-c", sender],
+        input="\n".join(p.hex() for p in payloads),
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    # Serial: noise and replayed frames straight into dir2's end of the cable, by
+    # writing to dir1's end (the pty pair carries them across).
+    from hapair.core.framing import encode_frame
+
+    with open(lab.tmp / "tty1", "wb", buffering=0) as tty:
+        for p in payloads:
+            tty.write(encode_frame(p) if p else b"\xa5\x7e\x00")
+            tty.write(rng.randbytes(rng.randrange(0, 20)))
+    time.sleep(2 * DEADTIME)
+    assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
+    assert dir2.state() == "BACKUP"
+    status = dir2.status()
+    assert status is not None
+    dropped = status["heartbeats"]["dropped"]  # type: ignore[index]
+    assert dropped.get("mac", 0) >= 40 and dropped.get("replay", 0) >= 50, dropped
+    assert dir1.proc is not None and dir1.proc.poll() is None
+    assert dir2.proc is not None and dir2.proc.poll() is None
