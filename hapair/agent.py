@@ -24,6 +24,15 @@ from hapair.config.model import InterfaceTrack, SerialLink
 from hapair.core.election import Announce, Transition
 from hapair.core.node import Action, HaNode, Notice, Refused, Send, Settings
 from hapair.core.states import State
+from hapair.ipvs.keeper import TableKeeper
+from hapair.ipvs.reconcile import (
+    Change,
+    ServiceView,
+    desired_table,
+    dest_keys,
+    service_key,
+)
+from hapair.ipvs.table import DestKey
 from hapair.links import LinkError
 from hapair.links.serial import SerialHeartbeatLink
 from hapair.links.udp import UdpHeartbeatLink
@@ -32,6 +41,7 @@ from hapair.track import run_check
 log = logging.getLogger("hapair")
 
 LATE_TIMER_WARNING = 0.05  # a timer this late is worth a log line
+RECONCILE_PERIOD = 5.0  # how soon a rule changed behind hapair's back is restored
 
 
 def settings_of(cfg: Config, key: bytes) -> Settings:
@@ -116,6 +126,11 @@ class Agent:
         self.timer_late_max = 0.0
         self._wake = asyncio.Event()
         self._refresh: asyncio.Task[None] | None = None
+        wants_ipvs = bool(cfg.services) or bool(cfg.sync and cfg.sync.enabled)
+        self.keeper = TableKeeper(cfg.sync, cfg.cluster.id) if wants_ipvs else None
+        self.healthy: dict[tuple[str, DestKey], bool] = {}  # the probes' verdicts
+        self.admin: dict[tuple[str, DestKey], str] = {}  # the operator's overrides
+        self.views: dict[str, ServiceView] = {}
 
     # Start-up and shutdown.
 
@@ -128,6 +143,10 @@ class Agent:
             log.warning(
                 "removed %s from %s: left over from an earlier run", vip.address, vip.interface
             )
+        if self.keeper is not None and await self.keeper.open():
+            await self._reconcile()
+            await self.keeper.set_sync_role("backup")
+            self.tasks.append(asyncio.create_task(self._reconcile_periodically()))
         self._open_links()
         for link in self.links.values():
             try:
@@ -164,6 +183,9 @@ class Agent:
             with contextlib.suppress(OSError):
                 self.cfg.node.socket_path.unlink()
             self.vip.close()
+            if self.keeper is not None:
+                await self.keeper.stop_sync()
+                await self.keeper.close()
         log.info("%s stopped", self.cfg.node.name)
         return 0
 
@@ -228,6 +250,8 @@ class Agent:
             elif kind == "ctl":
                 _, request, reply = item
                 reply.set_result(await self._control(request, now))
+            elif kind == "reconcile":
+                await self._reconcile()
             elif kind == "reload":
                 await self._reload()
             elif kind == "stop":
@@ -246,6 +270,10 @@ class Agent:
                     await self._take_vips()
                 elif action.old is State.MASTER:
                     await self._release_vips()
+                if self.keeper is not None and action.new is not State.STOPPED:
+                    await self.keeper.set_sync_role(
+                        "master" if action.new is State.MASTER else "backup"
+                    )
             elif isinstance(action, Announce):
                 log.info("announcing the VIPs again: %s", action.reason)
                 self._announce_all()
@@ -292,6 +320,34 @@ class Agent:
         while True:
             await asyncio.sleep(min(periods))
             self._announce_all(repeat=1)
+
+    # IPVS.
+
+    async def _reconcile(self) -> None:
+        assert self.keeper is not None
+        if not self.keeper.available:
+            return
+        desired, self.views = desired_table(self.cfg.services, self.healthy, self.admin)
+        first = not self.keeper.owned
+        outcome = await self.keeper.reconcile(desired)
+        if outcome.applied and not first:
+            log.warning(
+                "IPVS table differed from the desired one; %d change(s) applied: %s",
+                len(outcome.applied),
+                "; ".join(map(describe_change, outcome.applied[:5])),
+            )
+        elif outcome.applied:
+            log.info("IPVS table loaded: %d change(s)", len(outcome.applied))
+        if outcome.remaining:
+            log.error(
+                "IPVS table still differs after applying: %s",
+                "; ".join(map(describe_change, outcome.remaining[:5])),
+            )
+
+    async def _reconcile_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_PERIOD)
+            self.inbox.put_nowait(("reconcile",))
 
     # Timers.
 
@@ -379,11 +435,46 @@ class Agent:
                 if not (sync and sync.enabled)
                 else ("master" if self.node.state is State.MASTER else "backup"),
             },
-            "services": [],
+            "services": self._services_status(),
             "health": {"ok": self.health.ok, "failing": self.health.failing},
             "heartbeats": core["heartbeats"],
             "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
         }
+
+    def _services_status(self) -> list[dict[str, Any]]:
+        actual = self.keeper.actual if self.keeper is not None else {}
+        out = []
+        for svc in self.cfg.services:
+            key = service_key(svc)
+            in_kernel = actual.get(key)
+            view = self.views.get(svc.name)
+            servers = []
+            for rs, dkey in zip(svc.real_servers, dest_keys(svc), strict=True):
+                dest = in_kernel.dests.get(dkey) if in_kernel else None
+                servers.append(
+                    {
+                        "address": str(rs.address),
+                        "port": dkey.port,
+                        "weight": dest.weight if dest else rs.weight,
+                        "healthy": self.healthy.get((svc.name, dkey), True),
+                        "admin": self.admin.get((svc.name, dkey), "enabled"),
+                        "in_ipvs": dest is not None,
+                    }
+                )
+            out.append(
+                {
+                    "name": svc.name,
+                    "protocol": svc.protocol,
+                    "address": None if svc.address is None else str(svc.address),
+                    "port": svc.port,
+                    "fwmark": svc.fwmark,
+                    "healthy": view.healthy if view else len(servers),
+                    "quorum_ok": view.quorum_ok if view else True,
+                    "sorry_server": bool(view and view.sorry),
+                    "real_servers": servers,
+                }
+            )
+        return out
 
     # Reload.
 
@@ -405,12 +496,23 @@ class Agent:
                     await self.vip.remove(vip)
         self.cfg, self.key = cfg, key
         self.node.reconfigure(settings_of(cfg, key))
+        if self.keeper is not None:
+            await self._reconcile()
         if self.vips_held:
             added = [v for v in cfg.vips if (v.address, v.interface) not in old_vips]
             for vip in added:
                 await self.vip.add(vip)
             self._announce_all()
         log.info("reloaded %s", self.config_path)
+
+
+def describe_change(change: Change) -> str:
+    kind = type(change).__name__
+    what = getattr(change, "service", None) or getattr(change, "key", None)
+    svc = what.key if hasattr(what, "key") else what
+    dest = getattr(change, "dest", None)
+    dest_text = "" if dest is None else f" {getattr(dest, 'key', dest)}"
+    return f"{kind} {svc}{dest_text}"
 
 
 def run(config_path: Path) -> int:

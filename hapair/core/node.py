@@ -104,10 +104,13 @@ class HaNode:
         """A datagram or frame from `link`. Only an authentic, fresh heartbeat of our peer
         that echoes our epoch (or comes from a peer epoch that once did) counts; anything
         else is dropped and counted by reason."""
+        woke = self._woke(now)
         result = decode(data, key=self.settings.key, cluster=self.settings.cluster)
         if isinstance(result, Dropped):
-            return self._drop(result.reason)
-        hb = result
+            return woke + self._drop(result.reason)
+        return woke + self._heard(link, result, now)
+
+    def _heard(self, link: str, hb: Heartbeat, now: float) -> list[Action]:
         peer = self.peer
         if link not in self.detector.last_heard:
             return self._drop("link")
@@ -147,13 +150,7 @@ class HaNode:
 
     def tick(self, now: float) -> list[Action]:
         """Timers: heartbeats due, peer silence, initdead, preempt delay."""
-        actions: list[Action] = []
-        stalled = now - self._last_tick
-        self._last_tick = now
-        if stalled > self.settings.deadtime:
-            actions.append(Notice("stalled", f"the agent did not run for {stalled:.3f}s"))
-            self._grace_until = now + self.settings.interval
-            actions += self._carry_out(self.election.stalled(self.settings.interval, now), now)
+        actions = self._woke(now)
         if now >= self._grace_until:  # after a stall, read what queued up before judging
             events = self.detector.tick(now)
             actions += self._detector_events(events)
@@ -165,7 +162,20 @@ class HaNode:
         return actions
 
     def set_health(self, healthy: bool, reason: str, now: float) -> list[Action]:
-        return self._carry_out(self.election.health(healthy, reason, now), now)
+        woke = self._woke(now)
+        return woke + self._carry_out(self.election.health(healthy, reason, now), now)
+
+    def _woke(self, now: float) -> list[Action]:
+        """Whatever input comes first after the agent did not run for longer than the
+        peer waits (SIGSTOP, a paused VM): the peer has taken over by now, so step down
+        before anything else, and judge again on fresh news."""
+        stalled = now - self._last_tick
+        self._last_tick = max(self._last_tick, now)
+        if stalled <= self.settings.deadtime:
+            return []
+        self._grace_until = now + self.settings.interval
+        notice = Notice("stalled", f"the agent did not run for {stalled:.3f}s")
+        return [notice, *self._carry_out(self.election.stalled(self.settings.interval, now), now)]
 
     def release(self, now: float) -> list[Action]:
         if self.state is not State.MASTER:

@@ -400,3 +400,53 @@ def test_forgeries_replays_and_noise_change_nothing(
     assert dropped.get("mac", 0) >= 40 and dropped.get("replay", 0) >= 50, dropped
     assert dir1.proc is not None and dir1.proc.poll() is None
     assert dir2.proc is not None and dir2.proc.poll() is None
+
+
+def test_vip_interface_down_is_fault(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    dir1.ns.ip("link", "set", "eth0", "down")
+    wait_for(lambda: dir1.state() == "FAULT" and dir2.holds_vip(), 10)
+    assert not dir1.holds_vip()
+    dir1.ns.ip("link", "set", "eth0", "up")
+    wait_for(lambda: lab.holders() == ["dir1"], 10)  # healthy again, and it preempts
+
+
+def test_all_links_cut_only_the_node_that_reaches_the_gateway_serves(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    gateway = "10.77.0.10"  # the client's address stands in for the gateway
+    lab = lab_factory()
+    for d in lab.dirs:
+        with open(d.config, "a") as f:
+            f.write(
+                f'\n[[track]]\ntype = "icmp"\ntarget = "{gateway}"\ninterval = "200ms"\n'
+                f'timeout = "150ms"\nrise = 2\nfall = 2\n'
+            )
+    lab = started(lab)
+    dir1, dir2 = lab.dirs
+    # The gateway stops answering dir1 (its replies to dir1 vanish); then the links go.
+    lab.client.ip("route", "add", "blackhole", "10.77.0.1/32")
+    wait_for(lambda: dir1.state() == "FAULT" and lab.holders() == ["dir2"], 10)
+    dir1.ns.ip("link", "set", "eth1", "down")
+    lab.cut_cable()
+    time.sleep(4 * DEADTIME)
+    assert lab.holders() == ["dir2"] and dir1.state() == "FAULT"
+    wait_for(lambda: lab.client_mac_for_vip() == dir2.mac(), 5)
+
+
+def test_a_frozen_master_that_wakes_steps_down_at_once(lab_factory: Callable[..., Lab]) -> None:
+    lab = started(lab_factory(preempt=False))
+    dir1, dir2 = lab.dirs
+    dir1.signal(signal.SIGSTOP)
+    wait_for(lambda: dir2.holds_vip(), 10)
+    time.sleep(0.5)
+    dir1.signal(signal.SIGCONT)
+    woke = time.monotonic()
+    single = wait_for(lambda: lab.holders() == ["dir2"], 5, step=0.01)
+    print(f"two VIP holders for {single * 1000:.0f} ms after the frozen master woke")
+    assert single < 1.0
+    time.sleep(1.0)
+    assert lab.holders() == ["dir2"] and lab.masters() == ["dir2"]
+    assert time.monotonic() - woke < 10
+    assert "stalled" in dir1.log.read_text()

@@ -342,3 +342,20 @@ def test_a_replay_to_a_restarted_node_is_not_trusted() -> None:
     fresh.receive("udp", recorded, pair.now)
     assert fresh.received == 0 and fresh.dropped["unverified"] == 1
     assert fresh.state is State.INIT
+
+
+def test_a_frozen_master_whose_first_news_is_the_new_master_steps_down() -> None:
+    a, b = settings_for("a", 150, preempt=False), settings_for("b", 100, preempt=False)
+    pair = Pair(a, b)
+    pair.run(0.2)
+    frozen = pair.nodes["a"]
+    pair.nodes["a"] = HaNode(a, epoch=99, now=pair.now)  # stand-in: "a" is silent meanwhile
+    pair.links = set()
+    pair.run(1.0)
+    assert pair.nodes["b"].state is State.MASTER
+    pair.nodes["a"], pair.links = frozen, {"udp", "serial"}
+    news = pair.nodes["b"].tick(pair.now + 0.1)  # the first thing "a" reads when it wakes
+    payload = next(x.payload for x in news if isinstance(x, Send))
+    actions = frozen.receive("udp", payload, pair.now + 0.1)
+    assert transitions(actions) == [(State.MASTER, State.BACKUP)]
+    assert not [x for x in actions if isinstance(x, Announce)]  # no claim on the VIPs
