@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pair import *  # noqa: F403  (the director-pair fixture)
 from topology import *  # noqa: F403  (the namespace fixtures)
 
 LAYERS = ("unit", "netns", "kernel")

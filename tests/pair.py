@@ -1,0 +1,243 @@
+"""Two real agents as real processes, in namespaces: the pair a failover test drives.
+
+client, dir1 (priority 150) and dir2 (100) share a public bridge (eth0, the VIP's
+network); the directors share a heartbeat bridge (eth1) and a serial cable (a socat
+pty pair). Helpers read the kernel and the client: `ip addr` on the directors, the
+client's ARP entry for the VIP; `hapair status` only for the state names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from topology import Bridge, Netns, reachable
+
+__all__ = ["lab_factory"]
+
+VIP = "10.77.0.100"
+GROUP = "239.0.0.77"
+INTERVAL, DEADTIME = 0.1, 0.6
+# Inside the QEMU guest everything is ~10x slower: waits stretch, assertions do not.
+SLOWDOWN = float(
+    os.environ.get("HAPAIR_SLOWDOWN", "10" if os.environ.get("HAPAIR_IN_GUEST") == "1" else "1")
+)
+
+
+@dataclass
+class Director:
+    name: str
+    ns: Netns
+    priority: int
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.config.with_suffix(".sock")
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.ns.name,
+                    sys.executable,
+                    "-m",
+                    "hapair",
+                    "run",
+                    "-c",
+                    str(self.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def status(self) -> dict[str, object] | None:
+        out = subprocess.run(
+            [sys.executable, "-m", "hapair", "status", "--json", "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    def state(self) -> str | None:
+        status = self.status()
+        return None if status is None else str(status["state"])
+
+    def holds_vip(self) -> bool:
+        return f" {VIP}/" in self.ns.ip("-o", "addr", "show", "dev", "eth0").stdout
+
+    def mac(self) -> str:
+        return self.ns.ip("-o", "link", "show", "eth0").stdout.split("link/ether ")[1].split()[0]
+
+
+@dataclass
+class Lab:
+    client: Netns
+    dirs: list[Director]
+    tmp: Path
+    socat: subprocess.Popen[bytes] | None = None
+    extra: list[Callable[[], None]] = field(default_factory=list)
+
+    def cable(self) -> None:
+        """(Re)connect the serial cable between the directors."""
+        self.socat = subprocess.Popen(
+            [
+                "socat",
+                "pty,raw,echo=0,link=" + str(self.tmp / "tty1"),
+                "pty,raw,echo=0,link=" + str(self.tmp / "tty2"),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: (self.tmp / "tty1").exists() and (self.tmp / "tty2").exists(), 10)
+
+    def cut_cable(self) -> None:
+        if self.socat is not None and self.socat.poll() is None:
+            self.socat.terminate()
+            self.socat.wait(10)
+
+    def client_mac_for_vip(self) -> str | None:
+        out = self.client.ip("neigh", "show", VIP).stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+    def masters(self) -> list[str]:
+        return [d.name for d in self.dirs if d.state() == "MASTER"]
+
+    def holders(self) -> list[str]:
+        return [d.name for d in self.dirs if d.holds_vip()]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:
+    """Seconds until `predicate()` held; fails the test after `timeout` (x SLOWDOWN)."""
+    timeout *= SLOWDOWN
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {predicate}")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def write_config(
+    path: Path, name: str, priority: int, key: Path, tty: Path, extra: str = "", **cluster: object
+) -> None:
+    """A director's config; `extra` (TOML) is appended: services, sync, tracks."""
+    settings = {
+        "interval": INTERVAL,
+        "deadtime": DEADTIME,
+        "initdead": 2.0,
+        "preempt": True,
+    } | cluster
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    path.write_text(f"""
+[node]
+name = "{name}"
+priority = {priority}
+control_socket = "{path.with_suffix(".sock")}"
+state_dir = "{path.parent}"
+
+[cluster]
+id = 77
+auth_key_file = "{key}"
+{lines}
+
+[[cluster.links]]
+type = "udp"
+interface = "eth1"
+group = "{GROUP}"
+port = 6694
+
+[[cluster.links]]
+type = "serial"
+device = "{tty}"
+baud = 115200
+
+[[vips]]
+address = "{VIP}/24"
+interface = "eth0"
+garp_repeat = 3
+garp_interval = "50ms"
+{extra}
+""")
+
+
+@pytest.fixture
+def lab_factory(
+    tmp_path: Path,
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+) -> Iterator[Callable[..., Lab]]:
+    labs: list[Lab] = []
+
+    def make(extra: str = "", **cluster: object) -> Lab:
+        key = tmp_path / "authkey"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        public, heartbeat = bridge_factory("pub"), bridge_factory("hb")
+        client = netns_factory("client")
+        public.attach(client, "eth0", "10.77.0.10/24")
+        dirs = []
+        for i, priority in ((1, 150), (2, 100)):
+            ns = netns_factory(f"dir{i}")
+            public.attach(ns, "eth0", f"10.77.0.{i}/24")
+            heartbeat.attach(ns, "eth1", f"10.78.0.{i}/24")
+            config = tmp_path / f"dir{i}.toml"
+            write_config(config, f"dir{i}", priority, key, tmp_path / f"tty{i}", extra, **cluster)
+            dirs.append(Director(f"dir{i}", ns, priority, config, tmp_path / f"dir{i}.log"))
+        lab = Lab(client, dirs, tmp_path)
+        labs.append(lab)
+        lab.cable()
+        return lab
+
+    yield make
+    for lab in labs:
+        codes = [d.stop() for d in lab.dirs]
+        lab.cut_cable()
+        for undo in lab.extra:
+            undo()
+        for d in lab.dirs:
+            if d.log.exists():
+                sys.stdout.write(f"--- {d.name} log ---\n{d.log.read_text()[-3000:]}\n")
+        # A clean stop exits 0 (a killed one is None or negative).
+        assert all(code in (0, None, -9) for code in codes), codes
+
+
+def started(lab: Lab) -> Lab:
+    for d in lab.dirs:
+        d.start()
+    wait_for(lambda: lab.masters() == ["dir1"] and lab.dirs[1].state() == "BACKUP", 30)
+    assert lab.holders() == ["dir1"]
+    assert reachable(lab.client, VIP)  # the client has an ARP entry for the VIP now
+    assert lab.client_mac_for_vip() == lab.dirs[0].mac()
+    return lab
