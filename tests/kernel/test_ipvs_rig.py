@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
+from ipvsadm import ipvs_daemons, ipvs_table
 from pyroute2 import AsyncIPVS, IPVSDest, IPVSService
 from topology import Netns
 
@@ -20,26 +21,6 @@ pytestmark = pytest.mark.kernel
 VIP = "10.50.0.10"
 REAL = "10.50.0.21"
 DR = 3
-
-Table = dict[str, list[tuple[str, str, int]]]
-
-
-def ipvs_table(ns: Netns) -> Table:
-    """`ipvsadm -Ln` in `ns` as {"TCP 10.50.0.10:80 wlc": [("10.50.0.21:80", "Route", 3)]}."""
-    table: Table = {}
-    service = ""
-    for line in ns.run("ipvsadm", "-Ln").stdout.splitlines()[3:]:
-        if line.startswith("  -> "):
-            addr, forward, weight = line.split()[1:4]
-            table[service].append((addr, forward, int(weight)))
-        else:
-            service = " ".join(line.split())
-            table[service] = []
-    return table
-
-
-def ipvs_daemons(ns: Netns) -> list[str]:
-    return ns.run("ipvsadm", "-L", "--daemon").stdout.splitlines()
 
 
 def our_service(port: int = 80) -> IPVSService:

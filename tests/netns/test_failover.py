@@ -235,3 +235,24 @@ def test_a_frozen_master_that_wakes_steps_down_at_once(lab_factory: Callable[...
     assert lab.holders() == ["dir2"] and lab.masters() == ["dir2"]
     assert time.monotonic() - woke < 10
     assert "stalled" in dir1.log.read_text()
+
+
+def test_sighup_reload_keeps_state_and_refuses_a_bad_config(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    lab = started(lab_factory())
+    dir2 = lab.dirs[1]
+    good = dir2.config.read_text()
+    dir2.config.write_text(good.replace("priority = 100", "priority = 999"))
+    dir2.signal(signal.SIGHUP)
+    wait_for(lambda: "reload of" in dir2.log.read_text(), 5)
+    assert "node.priority" in dir2.log.read_text()
+    assert lab.masters() == ["dir1"] and dir2.state() == "BACKUP"  # running on as before
+    # A valid change applies in place: priority 200 outranks dir1, which hands over.
+    dir2.config.write_text(good.replace("priority = 100", "priority = 200"))
+    dir2.signal(signal.SIGHUP)
+    wait_for(lambda: lab.holders() == ["dir2"], 10)
+    assert lab.masters() == ["dir2"]
+    status = dir2.status()
+    assert status is not None and status["priority"] == 200
+    assert dir2.proc is not None and dir2.proc.poll() is None
