@@ -42,6 +42,8 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_ip(value: Any) -> IPAddress:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
     if not isinstance(value, str):
         raise ValueError("an IP address is a string, e.g. '10.0.0.11' or '2001:db8::11'")
     try:
