@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import stat
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,11 @@ from typing import Any
 from hapair import control
 from hapair.config import Config, ConfigError, load
 from hapair.config.model import InterfaceTrack, SerialLink
+from hapair.config.model import Service as ServiceConfig
 from hapair.core.election import Announce, Transition
 from hapair.core.node import Action, HaNode, Notice, Refused, Send, Settings
+from hapair.core.roster import Refused as RosterRefused
+from hapair.core.roster import Roster
 from hapair.core.states import State
 from hapair.ipvs.keeper import TableKeeper
 from hapair.ipvs.reconcile import (
@@ -36,6 +41,7 @@ from hapair.ipvs.table import DestKey
 from hapair.links import LinkError
 from hapair.links.serial import SerialHeartbeatLink
 from hapair.links.udp import UdpHeartbeatLink
+from hapair.prober import Prober, Target
 from hapair.track import run_check
 
 log = logging.getLogger("hapair")
@@ -86,6 +92,16 @@ def next_epoch(node: str, state_dir: Path) -> int:
     return epoch
 
 
+def load_roster(path: Path) -> Roster:
+    try:
+        return Roster.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return Roster()
+    except (OSError, ValueError) as exc:
+        log.error("ignoring the operator's changes in %s: %s", path, exc)
+        return Roster()
+
+
 @dataclass
 class Health:
     """What keeps this node out of FAULT: VIP interfaces up, every [[track]] passing."""
@@ -129,7 +145,8 @@ class Agent:
         wants_ipvs = bool(cfg.services) or bool(cfg.sync and cfg.sync.enabled)
         self.keeper = TableKeeper(cfg.sync, cfg.cluster.id) if wants_ipvs else None
         self.healthy: dict[tuple[str, DestKey], bool] = {}  # the probes' verdicts
-        self.admin: dict[tuple[str, DestKey], str] = {}  # the operator's overrides
+        self.roster = load_roster(self.roster_path)  # the operator's overrides
+        self.prober = Prober(self._on_probe)
         self.views: dict[str, ServiceView] = {}
 
     # Start-up and shutdown.
@@ -143,6 +160,7 @@ class Agent:
             log.warning(
                 "removed %s from %s: left over from an earlier run", vip.address, vip.interface
             )
+        self._sync_probes()
         if self.keeper is not None and await self.keeper.open():
             await self._reconcile()
             await self.keeper.set_sync_role("backup")
@@ -183,6 +201,7 @@ class Agent:
             with contextlib.suppress(OSError):
                 self.cfg.node.socket_path.unlink()
             self.vip.close()
+            await self.prober.close()
             if self.keeper is not None:
                 await self.keeper.stop_sync()
                 await self.keeper.close()
@@ -252,6 +271,14 @@ class Agent:
                 reply.set_result(await self._control(request, now))
             elif kind == "reconcile":
                 await self._reconcile()
+            elif kind == "probe":
+                _, key, ok, reason = item
+                self.healthy[key] = ok
+                log.warning(
+                    "real server %s of %s is %s: %s", key[1], key[0], "up" if ok else "DOWN", reason
+                )
+                if self.keeper is not None:
+                    await self._reconcile()
             elif kind == "reload":
                 await self._reload()
             elif kind == "stop":
@@ -327,7 +354,9 @@ class Agent:
         assert self.keeper is not None
         if not self.keeper.available:
             return
-        desired, self.views = desired_table(self.cfg.services, self.healthy, self.admin)
+        desired, self.views = desired_table(
+            self.services(), self.healthy, self.roster.admin_states()
+        )
         first = not self.keeper.owned
         outcome = await self.keeper.reconcile(desired)
         if outcome.applied and not first:
@@ -409,7 +438,22 @@ class Agent:
             except Refused as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "result": "released: the peer takes the VIPs"}
-        return {"ok": False, "error": f"{cmd}: real-server control is not built yet"}
+        try:
+            done = self.roster.apply(
+                self.services(configured=True),
+                cmd,
+                str(request.get("service")),
+                str(request.get("server")),
+                int(request.get("weight", 1)),
+            )
+        except (RosterRefused, ValueError, TypeError) as exc:
+            return {"ok": False, "error": str(exc)}
+        self._save_roster()
+        log.info("operator: %s", done)
+        self._sync_probes()
+        if self.keeper is not None:
+            await self._reconcile()
+        return {"ok": True, "result": done}
 
     def status(self, now: float) -> dict[str, Any]:
         core = self.node.status(now)
@@ -441,10 +485,56 @@ class Agent:
             "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
         }
 
+    # Real servers: the operator's roster and the probes.
+
+    @property
+    def roster_path(self) -> Path:
+        return self.cfg.node.state_dir / f"{self.cfg.node.name}.roster.json"
+
+    def services(self, configured: bool = False) -> list[ServiceConfig]:
+        """The configured services, with the operator's additions and removals."""
+        if configured:
+            return list(self.cfg.services)
+        return [self.roster.effective(s) for s in self.cfg.services]
+
+    def _save_roster(self) -> None:
+        path = self.roster_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.roster.to_json(), indent=1, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("cannot keep the operator's changes in %s: %s", path, exc)
+
+    def _sync_probes(self) -> None:
+        targets: dict[Hashable, Target] = {}
+        for svc in self.services():
+            for rs, dkey in zip(svc.real_servers, dest_keys(svc), strict=True):
+                probe = rs.probe or svc.probe
+                if probe is not None:
+                    port = probe.port or dkey.port
+                    targets[(svc.name, dkey)] = Target(
+                        probe, rs.address, port, svc.probe_start == "up"
+                    )
+        self.prober.sync(targets)
+        self.healthy = {k: v for k, v in self.prober.verdicts().items() if isinstance(k, tuple)}
+
+    def _on_probe(self, key: Hashable, ok: bool, reason: str) -> None:
+        self.inbox.put_nowait(("probe", key, ok, reason))
+
+    def _probe_status(self, key: tuple[str, DestKey]) -> dict[str, Any] | None:
+        watch = self.prober.watches.get(key)
+        if watch is None or watch.last is None:
+            return None
+        r = watch.last
+        return {"ok": r.ok, "reason": r.reason, "latency_ms": round(r.latency * 1000, 1)}
+
     def _services_status(self) -> list[dict[str, Any]]:
         actual = self.keeper.actual if self.keeper is not None else {}
         out = []
-        for svc in self.cfg.services:
+        admin = self.roster.admin_states()
+        for svc in self.services():
             key = service_key(svc)
             in_kernel = actual.get(key)
             view = self.views.get(svc.name)
@@ -457,8 +547,9 @@ class Agent:
                         "port": dkey.port,
                         "weight": dest.weight if dest else rs.weight,
                         "healthy": self.healthy.get((svc.name, dkey), True),
-                        "admin": self.admin.get((svc.name, dkey), "enabled"),
+                        "admin": admin.get((svc.name, dkey), "enabled"),
                         "in_ipvs": dest is not None,
+                        "probe": self._probe_status((svc.name, dkey)),
                     }
                 )
             out.append(
@@ -496,6 +587,7 @@ class Agent:
                     await self.vip.remove(vip)
         self.cfg, self.key = cfg, key
         self.node.reconfigure(settings_of(cfg, key))
+        self._sync_probes()
         if self.keeper is not None:
             await self._reconcile()
         if self.vips_held:

@@ -107,8 +107,9 @@ class Lab:
     client: Netns
     dirs: list[Director]
     tmp: Path
+    public: Bridge  # the VIP's network: real servers attach here
     socat: subprocess.Popen[bytes] | None = None
-    extra: list[Callable[[], None]] = field(default_factory=list)
+    extra: list[Callable[[], None]] = field(default_factory=list)  # undone at teardown
 
     def cable(self) -> None:
         """(Re)connect the serial cable between the directors."""
@@ -215,7 +216,7 @@ def lab_factory(
             config = tmp_path / f"dir{i}.toml"
             write_config(config, f"dir{i}", priority, key, tmp_path / f"tty{i}", extra, **cluster)
             dirs.append(Director(f"dir{i}", ns, priority, config, tmp_path / f"dir{i}.log"))
-        lab = Lab(client, dirs, tmp_path)
+        lab = Lab(client, dirs, tmp_path, public)
         labs.append(lab)
         lab.cable()
         return lab

@@ -302,6 +302,7 @@ class Service(Section):
     sorry_server: EndpointStr | None = None
     on_failure: Literal["remove", "inhibit"] = "remove"
     probe: Probe | None = None
+    probe_start: Literal["up", "down"] = "up"  # until probed: serve, or wait for `rise`
     real_servers: list[RealServer] = Field(default_factory=list)
 
     _name = field_validator("name")(_check_name)
