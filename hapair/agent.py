@@ -178,6 +178,17 @@ class Agent:
             (signal.SIGHUP, self._on_reload),
         ):
             self.loop.add_signal_handler(sig, handler)
+        from hapair import linkmon, probes  # imported before the clock runs, not in it
+
+        del linkmon
+        probes.preload(
+            {
+                p.type
+                for s in self.services()
+                for p in [s.probe, *(r.probe for r in s.real_servers)]
+                if p
+            }
+        )
         # The core's clock starts when the links can carry its first heartbeat.
         self.node = HaNode(settings_of(self.cfg, self.key), epoch=self.epoch, now=self.loop.time())
         self._start_checks()
@@ -607,6 +618,26 @@ def describe_change(change: Change) -> str:
     return f"{kind} {svc}{dest_text}"
 
 
+def run_realtime(priority: int) -> None:
+    """Heartbeats must go out on time on a saturated machine (like Linux-HA heartbeat):
+    SCHED_FIFO and memory locked. Children (probe scripts, notify scripts) get the
+    normal policy back (SCHED_RESET_ON_FORK)."""
+    if priority <= 0:
+        return
+    try:
+        policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        log.warning("running without realtime priority %d: %s", priority, exc)
+        return
+    import ctypes
+
+    mcl_current, mcl_future = 1, 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(mcl_current | mcl_future) != 0:
+        log.warning("memory not locked: %s", os.strerror(ctypes.get_errno()))
+
+
 def run(config_path: Path) -> int:
     """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop."""
     logging.basicConfig(
@@ -614,6 +645,7 @@ def run(config_path: Path) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
     )
     cfg = load(config_path)
+    run_realtime(cfg.node.realtime_priority)
 
     async def main() -> int:
         return await Agent(cfg, config_path).run()

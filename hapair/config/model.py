@@ -45,6 +45,7 @@ class Node(Section):
     priority: int = Field(ge=1, le=254)
     control_socket: Path | None = None
     state_dir: Path = Path("/var/lib/hapair")  # what must outlive the agent: its epoch
+    realtime_priority: int = Field(default=10, ge=0, le=99)  # SCHED_FIFO; 0: normal
 
     _name = field_validator("name")(_check_name)
 

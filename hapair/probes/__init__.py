@@ -56,6 +56,13 @@ async def check(probe: Probe, address: IPv4Address | IPv6Address, port: int) -> 
         )
 
 
+def preload(kinds: set[str]) -> None:
+    """Import the modules of these probe types now: an import inside the event loop
+    (aiohttp takes ~0.15 s) would delay the heartbeat timers."""
+    for kind in kinds:
+        _checks.setdefault(kind, _load(kind))
+
+
 def _load(kind: str) -> CheckFn:
     if kind not in _MODULE_OF:
         raise ValueError(f"no probe of type {kind!r}")
