@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from topology import Bridge, Netns, reachable
+from topology import Bridge, Netns
+
+from hapair import control
 
 __all__ = ["lab_factory"]
 
@@ -83,13 +85,13 @@ class Director:
         return self.proc.returncode
 
     def status(self) -> dict[str, object] | None:
-        out = subprocess.run(
-            [sys.executable, "-m", "hapair", "status", "--json", "--socket", str(self.socket)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return json.loads(out.stdout) if out.returncode == 0 else None
+        """The agent's status over its control socket (what `hapair status --json` prints;
+        asked in-process, as starting a CLI per poll is slow in the guest)."""
+        try:
+            reply = control.request(self.socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
+        except control.NoAgent:
+            return None
+        return reply.get("result") if reply.get("ok") else None
 
     def state(self) -> str | None:
         status = self.status()
@@ -239,6 +241,6 @@ def started(lab: Lab) -> Lab:
         d.start()
     wait_for(lambda: lab.masters() == ["dir1"] and lab.dirs[1].state() == "BACKUP", 30)
     assert lab.holders() == ["dir1"]
-    assert reachable(lab.client, VIP)  # the client has an ARP entry for the VIP now
+    lab.client.run("ping", "-c", "1", "-W", "2", VIP)  # now the client has an ARP entry for it
     assert lab.client_mac_for_vip() == lab.dirs[0].mac()
     return lab

@@ -13,11 +13,11 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from pyroute2.ipvs import IPVSService
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic import AsyncGenericNetlinkSocket
-from pyroute2.netlink.generic.ipvs import ipvsmsg
+from pyroute2.ipvs import IPVSService  # type: ignore[import-untyped]
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.generic import AsyncGenericNetlinkSocket  # type: ignore[import-untyped]
+from pyroute2.netlink.generic.ipvs import ipvsmsg  # type: ignore[import-untyped]
 
 GENL_FAMILY = "IPVS"
 GENL_VERSION = 1
@@ -27,6 +27,8 @@ CMD_DEL_DAEMON = 10
 CMD_GET_DAEMON = 11
 CMD_ZERO = 16
 CMD_FLUSH = 17
+
+NO_IPVS = "the kernel has no IPVS (modprobe ip_vs?)"
 
 
 class SyncState(IntEnum):
@@ -104,8 +106,10 @@ class IpvsNetlink:
             # flags=0: never create a missing namespace (pyroute2's default O_CREAT would).
             self._sock = _Socket(netns=self.netns, flags=0)
             await self._sock.setup_endpoint()
-        except NetlinkError as e:  # ENOENT: no "IPVS" family, ip_vs is not loaded
+        except NetlinkError as e:
             self._close()
+            if e.code == errno_codes.ENOENT:  # no generic-netlink family "IPVS"
+                raise IpvsError(f"{self._where()}{NO_IPVS}", e.code) from e
             raise IpvsError(f"{self._where()}binding to IPVS: {_reason(e)}", e.code) from e
         except OSError as e:  # ENOENT: no such namespace
             self._close()
