@@ -51,6 +51,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """A valid auth key: 32 random bytes, mode 0600."""
+    path = tmp_path / "authkey"
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
 def _layer_unavailable(request: pytest.FixtureRequest) -> None:
     reason = dict(request.node.user_properties)["layer_unavailable"]
     pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this layer cannot run here: {reason}")

@@ -20,14 +20,6 @@ ETC = Path(__file__).resolve().parents[2] / "etc"
 
 
 @pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "authkey"
-    path.write_bytes(os.urandom(32))
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
 def base(key_file: Path) -> dict[str, Any]:
     return {
         "node": {"name": "lvs1", "priority": 150},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
@@ -53,16 +52,13 @@ def apply(table: Table, changes: list[Change]) -> Table:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path) -> Any:
-    key = tmp_path / "k"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+def cfg(key_file: Path) -> Any:
     return validate(
         {
             "node": {"name": "lvs1", "priority": 150},
             "cluster": {
                 "id": 1,
-                "auth_key_file": str(key),
+                "auth_key_file": str(key_file),
                 "links": [{"type": "udp", "interface": "eth1", "group": "239.0.0.1"}],
             },
             "vips": [{"address": "10.0.0.100/24", "interface": "eth0"}],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,13 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Any:
-    key = tmp_path / "k"
-    key.write_bytes(os.urandom(32))
-    key.chmod(0o600)
+def services(key_file: Path) -> Any:
     return validate(
         {
             "node": {"name": "a", "priority": 100},
             "cluster": {
                 "id": 1,
-                "auth_key_file": str(key),
+                "auth_key_file": str(key_file),
                 "links": [{"type": "udp", "interface": "eth1", "group": "239.1.1.1"}],
             },
             "services": [
