@@ -9,7 +9,7 @@ Topology (built once with `ip`, torn down on exit, Ctrl-C and errors):
 Each director runs `hapair run` and a UDP echo responder on 0.0.0.0:PORT that puts its
 node name in the reply; the client sends a numbered request to VIP:PORT every 5 ms and
 reports when each reply arrived (client and echo service run SCHED_FIFO via chrt, so the
-host's other load does not pose as outage; the agents run at normal priority). The outage
+host's other load does not pose as outage; the agents run as deployed). The outage
 of one run is the reply gap the switch-over falls in: from the last reply before the first
 reply from the new master to that reply. The longest gap from the trigger to 0.5 s after
 the switch-over is reported too ("window"), to catch flapping.
@@ -116,7 +116,7 @@ while True:
 HOG = "while True: pass"
 
 # The instrument (client and echo service) runs SCHED_FIFO so that the host's other load
-# does not show up as outage; the agents run as deployed, at normal priority.
+# does not show up as outage; the agents run as deployed (SCHED_FIFO by default).
 RT = ["chrt", "-f", "20"] if shutil.which("chrt") else []
 
 
