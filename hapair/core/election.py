@@ -7,7 +7,9 @@ Rules, in the order they apply:
 - Rank decides between two live nodes: priority, then the smaller name. A node that
   released the VIPs on purpose (`release`) ranks below any other until its peer fails.
 - Split brain: when two MASTERs hear each other, the lower rank steps down at once
-  and the winner re-announces the VIPs (clients may hold the loser's MAC).
+  and the winner re-announces the VIPs (clients may hold the loser's MAC). Whichever
+  hears first, the winner learns of it: from the peer's MASTER heartbeat, or from the
+  CEDED flag the loser sends while it waits as BACKUP under the winner.
 - Preemption is a handover, never an overlap: a higher-ranked BACKUP with
   `preempt = true` waits `preempt_delay`, then asks (the PREEMPT flag); the MASTER
   releases first, and only a BACKUP that sees no MASTER takes over.
@@ -122,11 +124,14 @@ class Election:
         self._peer_alive = False
         self._preempt_at: float | None = None
         self._split = False
+        self.ceded = False  # stepped down in a split brain, and still BACKUP under the winner
 
     @property
     def flags(self) -> Flag:
-        return (Flag.YIELD if self.yielding else Flag.NONE) | (
-            Flag.PREEMPT if self.preempting else Flag.NONE
+        return (
+            (Flag.YIELD if self.yielding else Flag.NONE)
+            | (Flag.PREEMPT if self.preempting else Flag.NONE)
+            | (Flag.CEDED if self.ceded else Flag.NONE)
         )
 
     # Inputs. Each returns what to do now.
@@ -207,6 +212,7 @@ class Election:
         if self._hold_until is not None and now >= self._hold_until:
             self._hold_until = None
         situation = self.situation(now)
+        before = self.state
         if situation is S.ALONE:
             self.yielding = self.released = False  # the peer failed: serve again
         elif self._peer_master():
@@ -219,9 +225,16 @@ class Election:
                 reason = f"{reason}: {self._fault_reason}"
             decisions.append(Transition(self.state, new, reason))
             self.state, self.since = new, now
-        split = self.state is State.MASTER and situation is S.PEER_MASTER_I_WIN
+        if before is State.MASTER and situation is S.PEER_MASTER_I_LOSE:
+            self.ceded = True  # for as long as we wait under this winner
+        elif not (self.state is State.BACKUP and self._peer_master()):
+            self.ceded = False
+        peer_ceded = (
+            self._peer_alive and self._peer is not None and (Flag.CEDED in self._peer.flags)
+        )
+        split = self.state is State.MASTER and (situation is S.PEER_MASTER_I_WIN or peer_ceded)
         if split and not self._split:
-            decisions.append(Announce("split brain healed: the peer MASTER steps down"))
+            decisions.append(Announce("split brain healed: the peer MASTER stepped down"))
         self._split = split
         self._update_preempt(situation, now)
         return decisions

@@ -28,6 +28,7 @@ class Flag(enum.IntFlag):
     NONE = 0
     PREEMPT = 1  # "I outrank you and my preempt delay has passed: release the VIPs"
     YIELD = 2  # "I released the VIPs on purpose: take them even if I outrank you"
+    CEDED = 4  # "I was MASTER too and stepped down for you: announce the VIPs again"
 
 
 @dataclass(frozen=True, slots=True)

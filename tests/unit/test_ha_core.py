@@ -359,3 +359,22 @@ def test_a_frozen_master_whose_first_news_is_the_new_master_steps_down() -> None
     actions = frozen.receive("udp", payload, pair.now + 0.1)
     assert transitions(actions) == [(State.MASTER, State.BACKUP)]
     assert not [x for x in actions if isinstance(x, Announce)]  # no claim on the VIPs
+
+
+def test_the_winner_announces_even_when_the_loser_hears_first() -> None:
+    # keepalived's stale-ARP case: the loser's gratuitous ARPs were the last ones clients saw.
+    pair = Pair(settings_for("a", 150), settings_for("b", 100))
+    pair.run(0.2)
+    pair.links = set()
+    pair.run(1.0)
+    a, b = pair.nodes["a"], pair.nodes["b"]
+    assert pair.states() == (State.MASTER, State.MASTER)
+    now = pair.now + 0.1
+    from_a = next(x.payload for x in a.tick(now) if isinstance(x, Send))
+    b_acts = b.receive("udp", from_a, now)  # only a -> b works at first
+    assert transitions(b_acts) == [(State.MASTER, State.BACKUP)]
+    from_b = next(x.payload for x in b_acts if isinstance(x, Send))
+    a_acts = a.receive("udp", from_b, now)  # a only ever hears b as BACKUP
+    assert [x for x in a_acts if isinstance(x, Announce)]
+    later = next(x.payload for x in b.tick(now + 0.1) if isinstance(x, Send))
+    assert not [x for x in a.receive("udp", later, now + 0.1) if isinstance(x, Announce)]
