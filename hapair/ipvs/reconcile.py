@@ -132,6 +132,8 @@ def diff(desired: Table, actual: Table, owned: Iterable[ServiceKey]) -> list[Cha
     removals: list[Change] = []
     for key, want in sorted(desired.items()):
         have = actual.get(key)
+        if have == want:
+            continue  # the common case of a periodic pass: nothing to sort or compare
         if have is None:
             adds.append(AddService(replace(want, dests={})))
             have_dests: dict[DestKey, Dest] = {}
