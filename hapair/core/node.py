@@ -120,7 +120,8 @@ class HaNode:
             if peer.name is not None and self.detector.peer_alive:
                 return self._drop("third node")
             peer = self.peer = PeerView(hb.node)
-        newer_epoch = hb.epoch > peer.guard.newest[0]
+        before = peer.guard.newest
+        newer_epoch = hb.epoch > before[0]
         if not peer.guard.accept(link, hb.epoch, hb.seq):
             return self._drop("replay")
         # Answer a new peer epoch at once: our echo of it is what lets the peer trust us.
@@ -131,10 +132,11 @@ class HaNode:
             # Maybe a replay from before we started; the live peer will echo us shortly.
             return actions + self._drop("unverified")
         self.received += 1
-        newest = (hb.epoch, hb.seq) == peer.guard.newest
+        # Only a heartbeat newer than any before is news; a copy of one already seen
+        # (the second link, or a replay onto it) proves nothing more than the first did.
+        newest = (hb.epoch, hb.seq) > before
         if newest:
             peer.newest_at = now
-        # A late copy (slow link, or a replay) proves no more than the newest heartbeat did.
         actions += self._detector_events(
             self.detector.heard(link, now if newest else peer.newest_at)
         )
