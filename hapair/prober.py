@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hapair.core.hysteresis import RiseFall
@@ -35,7 +35,6 @@ class Watch:
     verdict: RiseFall
     task: asyncio.Task[None] | None = None
     last: Any = None  # the latest probes.Result
-    history: list[tuple[float, bool]] = field(default_factory=list)  # (time, up) changes
 
 
 OnVerdict = Callable[[Hashable, bool, str], None]
@@ -88,6 +87,5 @@ class Prober:
                 result = await probes.check(probe, watch.target.address, watch.target.port)
             watch.last = result
             if watch.verdict.observe(result.ok):
-                watch.history = [*watch.history[-19:], (loop.time(), result.ok)]
                 self.on_verdict(key, result.ok, result.reason)
             await asyncio.sleep(max(0.0, probe.interval - (loop.time() - started)))

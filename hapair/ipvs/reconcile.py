@@ -15,8 +15,6 @@ from dataclasses import dataclass, replace
 from hapair.config.model import Service as ServiceConfig
 from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey, Table
 
-ADMIN_STATES = ("enabled", "drained", "disabled")
-
 
 @dataclass(frozen=True, slots=True)
 class AddService:
