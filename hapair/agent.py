@@ -15,12 +15,14 @@ import os
 import signal
 import stat
 import time
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hapair import control
+from hapair.alerts import Alerter
 from hapair.config import Config, ConfigError, load
 from hapair.config.model import InterfaceTrack, SerialLink
 from hapair.config.model import Service as ServiceConfig
@@ -142,12 +144,15 @@ class Agent:
         self.timer_late_max = 0.0
         self._wake = asyncio.Event()
         self._refresh: asyncio.Task[None] | None = None
+        self._warmup_task: asyncio.Task[None] | None = None
         wants_ipvs = bool(cfg.services) or bool(cfg.sync and cfg.sync.enabled)
         self.keeper = TableKeeper(cfg.sync, cfg.cluster.id) if wants_ipvs else None
         self.healthy: dict[tuple[str, DestKey], bool] = {}  # the probes' verdicts
         self.roster = load_roster(self.roster_path)  # the operator's overrides
         self.prober = Prober(self._on_probe)
         self.views: dict[str, ServiceView] = {}
+        self.history: dict[Hashable, deque[dict[str, Any]]] = {}  # up/down, for the monitor
+        self.alerter = Alerter(cfg.node.name, cfg.alerts, cfg.node.state_dir)
 
     # Start-up and shutdown.
 
@@ -155,6 +160,7 @@ class Agent:
         from hapair.vip import VipAddresses
 
         self.vip = VipAddresses()
+        self.alerter.start()  # resends what an earlier run left in the spool
         stale = await self.vip.remove_stale(self.cfg.vips)
         for vip in stale:
             log.warning(
@@ -162,9 +168,12 @@ class Agent:
             )
         self._sync_probes()
         if self.keeper is not None and await self.keeper.open():
+            self._apply_sysctls()
             await self._reconcile()
             await self.keeper.set_sync_role("backup")
             self.tasks.append(asyncio.create_task(self._reconcile_periodically()))
+        else:
+            self._apply_sysctls()
         self._open_links()
         for link in self.links.values():
             try:
@@ -193,6 +202,8 @@ class Agent:
         self.node = HaNode(settings_of(self.cfg, self.key), epoch=self.epoch, now=self.loop.time())
         self._start_checks()
         self.tasks.append(asyncio.create_task(self._clock(), name="clock"))
+        await self._warm_up()
+        monitor = await self._start_monitor()
         log.info(
             "%s started: priority %d, links %s, VIPs %s",
             self.cfg.node.name,
@@ -204,6 +215,8 @@ class Agent:
             await self._handle_inputs()
         finally:
             server.close()
+            if monitor is not None:
+                await monitor.stop()
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -216,6 +229,7 @@ class Agent:
             if self.keeper is not None:
                 await self.keeper.stop_sync()
                 await self.keeper.close()
+            await self.alerter.close()  # last: it may wait a moment for a delivery under way
         log.info("%s stopped", self.cfg.node.name)
         return 0
 
@@ -288,8 +302,19 @@ class Agent:
                 log.warning(
                     "real server %s of %s is %s: %s", key[1], key[0], "up" if ok else "DOWN", reason
                 )
+                self.alerter.emit(
+                    "server_up" if ok else "server_down",
+                    f"{key[0]} {key[1]}",
+                    f"real server {key[1]} of {key[0]} is {'up' if ok else 'down'}: {reason}",
+                    {"service": key[0], "server": str(key[1]), "reason": reason},
+                )
                 if self.keeper is not None:
                     await self._reconcile()
+            elif kind == "warm":
+                if item[1] is self._warmup_task:
+                    self._warmup_task = None
+                    log.info("preemption allowed: %s", item[2])
+                    await self._carry_out(self.node.hold_preemption(None, now))
             elif kind == "reload":
                 await self._reload()
             elif kind == "stop":
@@ -312,11 +337,15 @@ class Agent:
                     await self.keeper.set_sync_role(
                         "master" if action.new is State.MASTER else "backup"
                     )
+                    if action.old is State.MASTER:
+                        await self._warm_up()  # a fresh backup daemon: learn before preempting
+                self.alerter.state_changed(action.old.name, action.new.name, action.reason)
             elif isinstance(action, Announce):
                 log.info("announcing the VIPs again: %s", action.reason)
                 self._announce_all()
             elif isinstance(action, Notice):
                 log.warning("%s: %s", action.event, action.detail)
+                self.alerter.emit(action.event, action.subject, action.detail)
 
     async def _take_vips(self) -> None:
         from hapair.vip import VipError
@@ -365,9 +394,11 @@ class Agent:
         assert self.keeper is not None
         if not self.keeper.available:
             return
+        before = self.views
         desired, self.views = desired_table(
             self.services(), self.healthy, self.roster.admin_states()
         )
+        self._alert_quorum(before)
         first = not self.keeper.owned
         outcome = await self.keeper.reconcile(desired)
         if outcome.applied and not first:
@@ -383,6 +414,65 @@ class Agent:
                 "IPVS table still differs after applying: %s",
                 "; ".join(map(describe_change, outcome.remaining[:5])),
             )
+
+    def _alert_quorum(self, before: dict[str, ServiceView]) -> None:
+        """quorum_lost / quorum_back for each service whose quorum changed (was met at start)."""
+        quorums = {s.name: s.quorum for s in self.services()}
+        for name, view in self.views.items():
+            was = before[name].quorum_ok if name in before else True
+            if view.quorum_ok != was:
+                sorry = " (the sorry server stands in)" if view.sorry else ""
+                self.alerter.emit(
+                    "quorum_back" if view.quorum_ok else "quorum_lost",
+                    name,
+                    f"service {name}: {view.healthy} healthy real server(s), quorum "
+                    f"{quorums.get(name)} {'met again' if view.quorum_ok else 'lost'}{sorry}",
+                    {"service": name, "healthy": str(view.healthy)},
+                )
+
+    def _apply_sysctls(self) -> None:
+        from hapair import sysctl
+
+        ipv6 = any(s.address is not None and s.address.version == 6 for s in self.cfg.services)
+        sysctl.apply(self.cfg.sysctl, ipv6)
+        nat = [s.name for s in self.cfg.services if s.forward == "nat"]
+        with contextlib.suppress(OSError):
+            if nat and sysctl.PROC.joinpath("net/ipv4/ip_forward").read_text().strip() == "0":
+                log.warning(
+                    "service %s forwards by NAT but net.ipv4.ip_forward is 0: the real "
+                    "servers' replies will not be routed (set [sysctl] ip_forward = true)",
+                    ", ".join(nat),
+                )
+
+    async def _warm_up(self) -> None:
+        """With preemption and connection sync, a recovering node first learns the MASTER's
+        connections (core/warmup.py says how long), so taking the VIPs back drops none."""
+        if self._warmup_task is not None:
+            self._warmup_task.cancel()
+            self._warmup_task = None
+        sync = self.cfg.sync
+        if (
+            not self.cfg.cluster.preempt
+            or self.keeper is None
+            or self.keeper.sync_role != "backup"
+            or sync is None
+            or sync.warmup <= 0
+        ):
+            return
+        from hapair.core.warmup import WarmUp
+
+        warmup = WarmUp(sync.warmup, self.loop.time())
+        await self._carry_out(self.node.hold_preemption(warmup.reason(), self.loop.time()))
+
+        async def learn() -> None:
+            assert self.keeper is not None
+            while not warmup.observe(await self.keeper.connections(), self.loop.time()):
+                await asyncio.sleep(0.5)
+            self.inbox.put_nowait(("warm", task, f"{warmup.count} connections learned"))
+
+        task = self._warmup_task = asyncio.create_task(learn(), name="warm-up")
+        self.tasks.append(task)
+        task.add_done_callback(self.tasks.remove)
 
     async def _reconcile_periodically(self) -> None:
         while True:
@@ -429,15 +519,34 @@ class Agent:
                 if isinstance(request, str):
                     reply: dict[str, Any] = {"ok": False, "error": request}
                 else:
-                    answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-                    self.inbox.put_nowait(("ctl", request, answer))
-                    reply = await answer
+                    reply = await self.request(request)
                 writer.write(control.encode(reply))
                 await writer.drain()
         except (TimeoutError, OSError, ValueError) as exc:
             log.debug("control client: %s", exc)
         finally:
             writer.close()
+
+    async def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control request, handled in turn with every other input."""
+        answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.inbox.put_nowait(("ctl", request, answer))
+        return await answer
+
+    async def _start_monitor(self) -> Any:
+        """The web monitor when [monitor] is set; without it (a missing users file, a
+        world-readable key) the agent goes on failing over, and says why."""
+        if self.cfg.monitor is None:
+            return None
+        from hapair.monitor.server import Monitor, MonitorError
+
+        monitor = Monitor(self.cfg.monitor, lambda: self.status(self.loop.time()), self.request)
+        try:
+            await monitor.start()
+        except MonitorError as exc:
+            log.error("web monitor not started: %s", exc)
+            return None
+        return monitor
 
     async def _control(self, request: dict[str, Any], now: float) -> dict[str, Any]:
         cmd = request["cmd"]
@@ -471,6 +580,8 @@ class Agent:
         wall = time.time() - (now - self.node.election.since)
         types = {name: name.split(":", 1) for name in link_names(self.cfg)}
         peer = core["peer"]
+        peer_since = peer.pop("since_monotonic", None)
+        peer["since"] = None if peer_since is None else round(time.time() - (now - peer_since), 3)
         for link in peer["links"]:
             link["type"], link["name"] = types[link["name"]]
         sync = self.cfg.sync
@@ -493,7 +604,9 @@ class Agent:
             "services": self._services_status(),
             "health": {"ok": self.health.ok, "failing": self.health.failing},
             "heartbeats": core["heartbeats"],
+            "preempt_hold": core["preempt_hold"],
             "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
+            "alerts": self.alerter.status(),
         }
 
     # Real servers: the operator's roster and the probes.
@@ -532,6 +645,8 @@ class Agent:
         self.healthy = {k: v for k, v in self.prober.verdicts().items() if isinstance(k, tuple)}
 
     def _on_probe(self, key: Hashable, ok: bool, reason: str) -> None:
+        entry = {"up": ok, "time": round(time.time(), 3), "reason": reason}
+        self.history.setdefault(key, deque(maxlen=10)).append(entry)
         self.inbox.put_nowait(("probe", key, ok, reason))
 
     def _probe_status(self, key: tuple[str, DestKey]) -> dict[str, Any] | None:
@@ -560,7 +675,10 @@ class Agent:
                         "healthy": self.healthy.get((svc.name, dkey), True),
                         "admin": admin.get((svc.name, dkey), "enabled"),
                         "in_ipvs": dest is not None,
+                        "active_conns": dest.active_conns if dest else 0,
+                        "inactive_conns": dest.inactive_conns if dest else 0,
                         "probe": self._probe_status((svc.name, dkey)),
+                        "history": list(self.history.get((svc.name, dkey), ())),
                     }
                 )
             out.append(
@@ -570,6 +688,8 @@ class Agent:
                     "address": None if svc.address is None else str(svc.address),
                     "port": svc.port,
                     "fwmark": svc.fwmark,
+                    "scheduler": svc.scheduler,
+                    "forward": svc.forward,
                     "healthy": view.healthy if view else len(servers),
                     "quorum_ok": view.quorum_ok if view else True,
                     "sorry_server": bool(view and view.sorry),
@@ -586,9 +706,11 @@ class Agent:
             key = read_key(cfg.cluster.auth_key_file)
         except (ConfigError, OSError) as exc:
             log.error("reload of %s refused, running on as before:\n%s", self.config_path, exc)
+            self._alert_reload_failed(str(exc))
             return
         if cfg.node.name != self.cfg.node.name or link_names(cfg) != link_names(self.cfg):
             log.error("reload refused: node.name and [[cluster.links]] change only with a restart")
+            self._alert_reload_failed("node.name and [[cluster.links]] change only with a restart")
             return
         old_vips = {(v.address, v.interface) for v in self.cfg.vips}
         new_vips = {(v.address, v.interface) for v in cfg.vips}
@@ -598,6 +720,8 @@ class Agent:
                     await self.vip.remove(vip)
         self.cfg, self.key = cfg, key
         self.node.reconfigure(settings_of(cfg, key))
+        self._apply_sysctls()
+        self.alerter.reconfigure(cfg.alerts)
         self._sync_probes()
         if self.keeper is not None:
             await self._reconcile()
@@ -607,6 +731,18 @@ class Agent:
                 await self.vip.add(vip)
             self._announce_all()
         log.info("reloaded %s", self.config_path)
+
+    def _alert_reload_failed(self, why: str) -> None:
+        problems = why.strip().splitlines()
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        self.alerter.emit(
+            "reload_failed",
+            "",
+            f"reload of {self.config_path} refused, running on as before: "
+            + "; ".join(problems[:3])
+            + more,
+            {"config": str(self.config_path), "reason": why.strip()},
+        )
 
 
 def describe_change(change: Change) -> str:

@@ -12,7 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = 64 * 1024  # a request
+MAX_REPLY = 256 * 1024 * 1024  # a status of 10,000 real servers is ~2 MB
 COMMANDS = frozenset({"status", "drain", "enable", "disable", "add", "remove", "release"})
 SOCKET_DIR = Path("/run/hapair")
 
@@ -59,12 +60,17 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
             sock.settimeout(timeout)
             sock.connect(str(path))
             sock.sendall(encode(message))
-            data = b""
-            while not data.endswith(b"\n") and len(data) <= MAX_MESSAGE * 16:
-                chunk = sock.recv(65536)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_REPLY:
+                chunk = sock.recv(1 << 20)
                 if not chunk:
                     break
-                data += chunk
+                chunks.append(chunk)
+                size += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+            data = b"".join(chunks)
     except OSError as exc:
         raise NoAgent(f"no agent answers on {path}: {exc.strerror or exc}") from None
     try:

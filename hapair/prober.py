@@ -1,17 +1,28 @@
-"""Runs the real-server probes: one loop per server, jittered, under a global cap.
+"""Runs the real-server probes: one schedule per server, jittered, under a global cap.
 
 It owns the schedule and the hysteresis state of each target, and reports verdict
 changes through a callback; it never touches IPVS (the agent reconciles). A target
 that did not change keeps its state across a reload.
+
+Each target has a task (cancelling it stops the target). For most probe types the task
+is the loop itself: probe, observe, sleep. TCP probes, the ones that come by the
+thousand, run from callbacks instead: their task only waits to be cancelled, one timer
+starts every probe that is due (a heap of due times, a few at a time), and a
+`tcp.Connector` carries their connects, so a probe costs no task step, future or timer
+of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from hapair.core.hysteresis import RiseFall
@@ -19,6 +30,7 @@ from hapair.core.hysteresis import RiseFall
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT = 1000  # probes in flight at once, whatever the number of targets
+BATCH = 0.002  # s: TCP probes due this close together start in one go
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +47,77 @@ class Watch:
     verdict: RiseFall
     task: asyncio.Task[None] | None = None
     last: Any = None  # the latest probes.Result
+    active: bool = True  # False once the target is gone
+    started: float = 0.0  # loop time of the latest probe's start (callback-driven probes)
+    handle: Any = None  # what the TCP connector prepared for this target
 
 
 OnVerdict = Callable[[Hashable, bool, str], None]
+
+
+class Cap:
+    """At most `limit` holders at once; the others wait, first come first served.
+
+    asyncio.Semaphore scans its waiters on every acquire and release, which is quadratic
+    when thousands of probes queue behind the cap; here both are O(1). A release hands
+    its slot straight to the oldest live waiter.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._waiters: deque[asyncio.Future[None] | Callable[[], bool]] = deque()
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def take(self, then: Callable[[], bool]) -> bool:
+        """Take a slot now (True), or call `then()` when one is handed over (False);
+        `then()` returns True when it keeps the slot (and must release it later), False
+        when it no longer wants it (the slot goes to the next waiter)."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        self._waiters.append(then)
+        return False
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():  # handed a slot, then cancelled
+                self.release()
+            raise  # a cancelled future stays queued: release() skips it
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            slot = waiters.popleft()
+            if not isinstance(slot, asyncio.Future):
+                if slot():
+                    return
+                continue
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.free += 1
 
 
 class Prober:
     def __init__(self, on_verdict: OnVerdict) -> None:
         self.on_verdict = on_verdict
         self.watches: dict[Hashable, Watch] = {}
-        self._cap = asyncio.Semaphore(MAX_CONCURRENT)
+        self._cap = Cap(MAX_CONCURRENT)
+        self._connector: Any = None  # a tcp.Connector, made with the first TCP target
+        self._due: list[tuple[float, int, Hashable, Watch]] = []  # TCP probes' next starts
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
 
     def sync(self, targets: dict[Hashable, Target]) -> None:
         """Probe exactly these targets: new ones start at once, gone ones stop,
@@ -52,13 +125,15 @@ class Prober:
         for key in list(self.watches):
             if key not in targets or self.watches[key].target != targets[key]:
                 watch = self.watches.pop(key)
+                watch.active = False
                 if watch.task is not None:
                     watch.task.cancel()
         for key, target in targets.items():
             if key not in self.watches:
                 t = target.probe
                 watch = Watch(target, RiseFall(t.rise, t.fall, up=target.start_up))
-                watch.task = asyncio.create_task(self._loop(key, watch), name=f"probe {key}")
+                run = self._tcp if t.type == "tcp" else self._loop
+                watch.task = asyncio.create_task(run(key, watch), name=f"probe {key}")
                 self.watches[key] = watch
 
     def verdicts(self) -> dict[Hashable, bool]:
@@ -69,7 +144,17 @@ class Prober:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for watch in self.watches.values():
+            watch.active = False
         self.watches.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+        self._due.clear()
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
+        self._cap = Cap(MAX_CONCURRENT)  # drops the callbacks still queued
         from hapair import probes
 
         await probes.close()
@@ -77,15 +162,88 @@ class Prober:
     async def _loop(self, key: Hashable, watch: Watch) -> None:
         from hapair import probes
 
-        probe = watch.target.probe
+        target = watch.target
+        probe, address, port = target.probe, target.address, target.port
+        interval = probe.interval
+        check, cap, observe = probes.check, self._cap, watch.verdict.observe
         loop = asyncio.get_running_loop()
+        sleep = asyncio.sleep
         # Spread the first probes over one interval so thousands do not fire in step.
-        await asyncio.sleep(random.uniform(0, probe.interval))
+        await sleep(random.uniform(0, interval))
         while True:
             started = loop.time()
-            async with self._cap:
-                result = await probes.check(probe, watch.target.address, watch.target.port)
+            await cap.acquire()
+            try:
+                result = await check(probe, address, port)
+            finally:
+                cap.release()
             watch.last = result
-            if watch.verdict.observe(result.ok):
+            if observe(result.ok):
                 self.on_verdict(key, result.ok, result.reason)
-            await asyncio.sleep(max(0.0, probe.interval - (loop.time() - started)))
+            await sleep(max(0.0, interval - (loop.time() - started)))
+
+    # TCP probes: callbacks, no task steps.
+
+    async def _tcp(self, key: Hashable, watch: Watch) -> None:
+        loop = asyncio.get_running_loop()
+        from hapair.probes import tcp
+
+        if self._connector is None:
+            self._connector = tcp.Connector()
+        watch.handle = tcp.prepare(watch.target.address, watch.target.port)
+        # Spread the first probes over one interval so thousands do not fire in step.
+        self._plan(loop.time() + random.uniform(0, watch.target.probe.interval), key, watch)
+        try:
+            await loop.create_future()  # the probes run from callbacks until cancelled
+        finally:
+            watch.active = False
+
+    def _plan(self, when: float, key: Hashable, watch: Watch) -> None:
+        heapq.heappush(self._due, (when, next(self._seq), key, watch))
+        if when + BATCH < self._timer_at:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._start_due)
+
+    def _start_due(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due, cap = self._due, self._cap
+        while due and due[0][0] <= now + BATCH:
+            _, _, key, watch = heapq.heappop(due)
+            if not watch.active:
+                continue
+            watch.started = now
+            if cap.free > 0 and not cap.waiting:
+                cap.free -= 1
+                if not self._probe(key, watch):
+                    cap.release()
+            else:
+                cap.take(partial(self._probe, key, watch))
+        if due:
+            self._arm(max(due[0][0], now + BATCH))
+
+    def _probe(self, key: Hashable, watch: Watch) -> bool:
+        """Start one TCP probe with a slot of the cap; False (slot not used) when the
+        target is gone."""
+        if not watch.active or self._connector is None:
+            return False
+        self._connector.start(
+            watch.handle, watch.target.probe.timeout, partial(self._result, key, watch)
+        )
+        return True
+
+    def _result(self, key: Hashable, watch: Watch, result: Any) -> None:
+        self._cap.release()
+        if not watch.active:
+            return
+        watch.last = result
+        if watch.verdict.observe(result.ok):
+            self.on_verdict(key, result.ok, result.reason)
+        loop = asyncio.get_running_loop()
+        self._plan(max(watch.started + watch.target.probe.interval, loop.time()), key, watch)

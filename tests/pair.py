@@ -110,6 +110,7 @@ class Lab:
     dirs: list[Director]
     tmp: Path
     public: Bridge  # the VIP's network: real servers attach here
+    heartbeat: Bridge  # the heartbeat and connection-sync network
     socat: subprocess.Popen[bytes] | None = None
     extra: list[Callable[[], None]] = field(default_factory=list)  # undone at teardown
 
@@ -218,7 +219,7 @@ def lab_factory(
             config = tmp_path / f"dir{i}.toml"
             write_config(config, f"dir{i}", priority, key, tmp_path / f"tty{i}", extra, **cluster)
             dirs.append(Director(f"dir{i}", ns, priority, config, tmp_path / f"dir{i}.log"))
-        lab = Lab(client, dirs, tmp_path, public)
+        lab = Lab(client, dirs, tmp_path, public, heartbeat)
         labs.append(lab)
         lab.cable()
         return lab

@@ -28,6 +28,8 @@ _PATH_KEYS = {
     ("monitor", "tls_key"),
     ("monitor", "users_file"),
     ("alerts", "spool_dir"),
+    ("alerts", "email", "password_file"),
+    ("node", "state_dir"),
 }
 _MESSAGES = {
     "extra_forbidden": "unknown key (a typo?)",
@@ -81,8 +83,10 @@ def validate(raw: dict[str, Any], *, base_dir: Path = Path(".")) -> Config:
 
 
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
-    for section, key in _PATH_KEYS:
-        table = raw.get(section)
+    for *sections, key in _PATH_KEYS:
+        table: Any = raw
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
         if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
             table[key] = str(base_dir / table[key])
 

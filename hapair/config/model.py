@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -185,6 +186,9 @@ class Sync(Section):
     group: IP | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     ttl: int | None = Field(default=None, ge=1, le=255)
+    # A recovering node with preempt = true learns the MASTER's connections this long
+    # (less once they stop coming) before it takes the VIPs back; 0 = at once.
+    warmup: Duration = 10.0
 
     @field_validator("group")
     @classmethod
@@ -286,6 +290,8 @@ class RealServer(Section):
     address: IP
     port: int | None = Field(default=None, ge=1, le=65535)
     weight: int = Field(default=1, ge=0, le=65535)
+    upper_threshold: int = Field(default=0, ge=0)  # connections; 0 = no limit
+    lower_threshold: int = Field(default=0, ge=0)  # back in service below this
     probe: Probe | None = None
 
 
@@ -298,7 +304,10 @@ class Service(Section):
     scheduler: str = "wlc"
     scheduler_flags: list[str] = Field(default_factory=list)
     forward: Literal["dr", "nat", "tun"] = "dr"
+    tunnel: Literal["ipip", "gue", "gre"] = "ipip"  # with forward = "tun"
+    tunnel_port: int | None = Field(default=None, ge=1, le=65535)  # gue only
     persistence: Duration = 0.0
+    persistence_netmask: int | None = Field(default=None, ge=0, le=128)  # prefix length
     quorum: int = Field(default=1, ge=0)
     sorry_server: EndpointStr | None = None
     on_failure: Literal["remove", "inhibit"] = "remove"
@@ -390,13 +399,28 @@ class Scripts(Section):
     on_fault: str | None = None
     timeout: Duration = 10.0
 
+    @field_validator("on_master", "on_backup", "on_fault")
+    @classmethod
+    def _command_line(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                argv = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a command line: {exc}") from None
+            if not argv:
+                raise ValueError("an empty command line")
+        return value
+
 
 class Alerts(Section):
     min_interval: Duration = 60.0
-    spool_dir: Path | None = None
+    spool_dir: Path | None = None  # default: <node.state_dir>/alerts
     email: Email | None = None
     pager: Pager | None = None
     scripts: Scripts | None = None
+
+    def spool_path(self, state_dir: Path) -> Path:
+        return self.spool_dir or state_dir / "alerts"
 
 
 class Monitor(Section):
@@ -407,6 +431,18 @@ class Monitor(Section):
     metrics_listen: HostPortStr | None = None
 
 
+class Sysctl(Section):
+    """Kernel settings hapair writes at start and on reload; only the keys given."""
+
+    ip_forward: bool | None = None  # NAT directors route the real servers' replies
+    conntrack: bool | None = None  # net.ipv4.vs.conntrack: netfilter state for IPVS traffic
+    expire_nodest_conn: bool | None = None  # drop a removed server's connections at once
+    expire_quiescent_template: bool | None = None  # persistence ends on a weight-0 server
+    sync_threshold: tuple[int, int] | None = None  # sync after N packets, then every M
+    sync_refresh_period: Duration | None = None
+    sync_retries: int | None = Field(default=None, ge=0, le=3)
+
+
 class Config(Section):
     node: Node
     cluster: Cluster
@@ -414,6 +450,7 @@ class Config(Section):
     vips: list[Vip] = Field(default_factory=list)
     sync: Sync | None = None
     services: list[Service] = Field(default_factory=list)
+    sysctl: Sysctl | None = None
     alerts: Alerts | None = None
     monitor: Monitor | None = None
 

@@ -134,6 +134,15 @@ def _sync(cfg: Config) -> Iterator[Problem]:
         yield Problem(
             "sync.interface", "required when sync is enabled (the sync multicast interface)"
         )
+    sysctl = cfg.sysctl
+    if sysctl is not None and sysctl.sync_threshold is not None:
+        threshold, period = sysctl.sync_threshold
+        if threshold < 0 or period < 0 or (period and threshold >= period):
+            yield Problem(
+                "sysctl.sync_threshold",
+                "[threshold, period]: sync after `threshold` packets, then every `period`; "
+                "threshold must be below period (or period 0)",
+            )
 
 
 def _services(cfg: Config) -> Iterator[Problem]:
@@ -182,6 +191,19 @@ def _virtual(svc: Service, path: str, vip_addresses: set[IPAddress]) -> Iterator
             yield Problem(f"{path}.port", f"required for a {svc.protocol} service")
         elif svc.port == 0 and svc.persistence == 0:
             yield Problem(f"{path}.port", "port 0 (all ports) needs persistence > 0")
+    if svc.persistence_netmask is not None:
+        if svc.persistence == 0:
+            yield Problem(f"{path}.persistence_netmask", "applies only with persistence > 0")
+        elif svc.address is not None and svc.address.version == 4 and svc.persistence_netmask > 32:
+            yield Problem(f"{path}.persistence_netmask", "an IPv4 prefix length is 0..32")
+    if svc.forward != "tun":
+        for key in ("tunnel", "tunnel_port"):
+            if key in svc.model_fields_set:
+                yield Problem(f"{path}.{key}", "applies only with forward = 'tun'")
+    elif svc.tunnel == "gue" and svc.tunnel_port is None:
+        yield Problem(f"{path}.tunnel_port", "a gue tunnel needs the real servers' UDP port")
+    elif svc.tunnel != "gue" and svc.tunnel_port is not None:
+        yield Problem(f"{path}.tunnel_port", f"only a gue tunnel has a port, not {svc.tunnel}")
     for j, flag in enumerate(svc.scheduler_flags):
         if SCHEDULER_FLAGS[flag] != svc.scheduler:
             yield Problem(
@@ -227,6 +249,11 @@ def _real_servers(svc: Service, path: str) -> Iterator[Problem]:
         if key in seen:
             yield Problem(where, f"{rs.address} port {key[1]} is already real_servers.{seen[key]}")
         seen.setdefault(key, j)
+        if 0 < rs.upper_threshold <= rs.lower_threshold:
+            yield Problem(
+                f"{where}.lower_threshold",
+                f"{rs.lower_threshold} is not below upper_threshold {rs.upper_threshold}",
+            )
         if rs.probe is not None:
             yield from _probe(svc, rs.probe, f"{where}.probe")
 

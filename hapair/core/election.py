@@ -12,7 +12,8 @@ Rules, in the order they apply:
   CEDED flag the loser sends while it waits as BACKUP under the winner.
 - Preemption is a handover, never an overlap: a higher-ranked BACKUP with
   `preempt = true` waits `preempt_delay`, then asks (the PREEMPT flag); the MASTER
-  releases first, and only a BACKUP that sees no MASTER takes over.
+  releases first, and only a BACKUP that sees no MASTER takes over. A hold (the
+  agent's: learning the MASTER's connections first) postpones asking, nothing else.
 The election does not know which node it runs on beyond its own name and rank;
 the peer's view arrives as heartbeats, time as `now`.
 """
@@ -123,6 +124,7 @@ class Election:
         self._peer: Heartbeat | None = None
         self._peer_alive = False
         self._preempt_at: float | None = None
+        self.preempt_hold: str | None = None  # why preemption waits (e.g. learning connections)
         self._split = False
         self.ceded = False  # stepped down in a split brain, and still BACKUP under the winner
 
@@ -160,6 +162,11 @@ class Election:
     def tick(self, now: float) -> list[Decision]:
         return self._decide(now)
 
+    def hold_preemption(self, reason: str | None, now: float) -> list[Decision]:
+        """While held, a BACKUP does not ask for the VIPs back; a dead peer's are still taken."""
+        self.preempt_hold = reason
+        return self._decide(now)
+
     def stalled(self, hold: float, now: float) -> list[Decision]:
         """We did not run for longer than the peer waits: it has taken over by now.
         A MASTER steps down at once; nobody takes over until `hold` brings news."""
@@ -176,7 +183,7 @@ class Election:
             return self._hold_until
         if self.state is State.INIT:
             return self._init_until
-        if self._preempt_at is not None and not self.preempting:
+        if self._preempt_at is not None and not self.preempting and self.preempt_hold is None:
             return self._preempt_at
         return None
 
@@ -250,4 +257,9 @@ class Election:
             self._preempt_at, self.preempting = None, False
         elif self._preempt_at is None:
             self._preempt_at = now + self.preempt_delay
-        self.preempting = wants and self._preempt_at is not None and now >= self._preempt_at
+        self.preempting = (
+            wants
+            and self.preempt_hold is None
+            and self._preempt_at is not None
+            and now >= self._preempt_at
+        )

@@ -36,6 +36,7 @@ class Notice:
         str  # peer_lost, peer_back, link_lost, link_back, heartbeat_late, config_mismatch, stalled
     )
     detail: str
+    subject: str = ""  # what it is about (a link, the peer): one alert per subject
 
 
 Action = Send | Transition | Announce | Notice
@@ -68,6 +69,7 @@ class PeerView:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     verified_epoch: int | None = None  # the peer epoch that echoed ours
     newest_at: float = float("-inf")  # when the newest heartbeat arrived
+    state_since: float | None = None  # when we first heard the peer in its current state
 
 
 class HaNode:
@@ -147,6 +149,8 @@ class HaNode:
             )
         if not newest:
             return actions  # its state is old news too
+        if peer.heartbeat is None or peer.heartbeat.state != hb.state:
+            peer.state_since = now
         peer.heartbeat = hb
         return actions + self._carry_out(self.election.peer_heard(hb, now), now)
 
@@ -166,6 +170,11 @@ class HaNode:
     def set_health(self, healthy: bool, reason: str, now: float) -> list[Action]:
         woke = self._woke(now)
         return woke + self._carry_out(self.election.health(healthy, reason, now), now)
+
+    def hold_preemption(self, reason: str | None, now: float) -> list[Action]:
+        """Hold (with the reason) or allow asking a lower-ranked MASTER for the VIPs."""
+        woke = self._woke(now)
+        return woke + self._carry_out(self.election.hold_preemption(reason, now), now)
 
     def _woke(self, now: float) -> list[Action]:
         """Whatever input comes first after the agent did not run for longer than the
@@ -239,10 +248,12 @@ class HaNode:
                 "node": self.peer.name,
                 "state": str(hb.state) if hb else None,
                 "priority": hb.priority if hb else None,
+                "since_monotonic": self.peer.state_since,
                 "alive": self.detector.peer_alive,
                 "last_heard": None if silent == float("inf") else round(silent, 3),
                 "links": links,
             },
+            "preempt_hold": self.election.preempt_hold,
             "heartbeats": {
                 "sent": self.sent,
                 "received": self.received,
@@ -259,19 +270,26 @@ class HaNode:
         for e in events:
             if isinstance(e, fd.LinkDown):
                 notices.append(
-                    Notice("link_lost", f"no heartbeat on {e.link} for {self.settings.deadtime:g}s")
+                    Notice(
+                        "link_lost",
+                        f"no heartbeat on {e.link} for {self.settings.deadtime:g}s",
+                        e.link,
+                    )
                 )
             elif isinstance(e, fd.LinkUp):
-                notices.append(Notice("link_back", f"heartbeats on {e.link} again"))
+                notices.append(Notice("link_back", f"heartbeats on {e.link} again", e.link))
             elif isinstance(e, fd.PeerDown):
                 notices.append(
                     Notice(
                         "peer_lost",
                         f"{self.peer.name} silent on every link for {e.silent_for:.3f}s",
+                        self.peer.name or "",
                     )
                 )
             elif isinstance(e, fd.PeerUp):
-                notices.append(Notice("peer_back", f"{self.peer.name} heard on {e.link}"))
+                notices.append(
+                    Notice("peer_back", f"{self.peer.name} heard on {e.link}", self.peer.name or "")
+                )
             else:
                 notices.append(
                     Notice("heartbeat_late", f"{self.peer.name} silent for {e.silent_for:.3f}s")

@@ -6,15 +6,17 @@ packed with struct: pyroute2's message objects cost ~0.6 ms each); it decides no
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_codes
+import functools
 import itertools
 import os
 import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -44,7 +46,7 @@ _CMD_SERVICE, _CMD_DEST = 1, 2
 _SVC_AF, _SVC_PROTOCOL, _SVC_ADDR, _SVC_PORT, _SVC_FWMARK = 1, 2, 3, 4, 5
 _SVC_SCHED, _SVC_FLAGS, _SVC_TIMEOUT, _SVC_NETMASK, _SVC_PE = 6, 7, 8, 9, 11
 _DEST_ADDR, _DEST_PORT, _DEST_FWD, _DEST_WEIGHT, _DEST_UTH, _DEST_LTH = 1, 2, 3, 4, 5, 6
-_DEST_AF = 11
+_DEST_ACTIVE, _DEST_INACTIVE, _DEST_AF, _DEST_TUN_TYPE, _DEST_TUN_PORT = 7, 8, 11, 13, 14
 
 _F_PERSISTENT, _F_HASHED, _F_ONEPACKET = 0x1, 0x2, 0x4
 _F_SCHED = (0x8, 0x10, 0x20)  # IP_VS_SVC_F_SCHED1..3: meaning depends on the scheduler
@@ -61,6 +63,8 @@ _FORWARDS = {"nat": 0, "local": 1, "tun": 2, "dr": 3, "bypass": 4}
 _FORWARD_NAMES = {v: k for k, v in _FORWARDS.items()}
 _AF: dict[int, int] = {4: socket.AF_INET, 6: socket.AF_INET6}
 _FAMILY = {v: k for k, v in _AF.items()}
+_TUNNELS = {"ipip": 0, "gue": 1, "gre": 2}
+_TUNNEL_NAMES = {v: k for k, v in _TUNNELS.items()}
 
 
 class IpvsDriver:
@@ -74,6 +78,9 @@ class IpvsDriver:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sock: _GenlSocket | None = None
+        # Destinations by the bytes that describe them: a periodic dump of an unchanged
+        # table builds no objects (parsing dominated a dump's cost).
+        self._parsed: dict[bytes, Dest] = {}
 
     async def __aenter__(self) -> IpvsDriver:
         self._sock = _GenlSocket.open(self.netns, self._where())
@@ -84,24 +91,42 @@ class IpvsDriver:
             self._sock.close()
             self._sock = None
 
-    async def dump(self) -> Table:
-        """Every service with its destinations, whoever created them."""
+    async def dump(self, keys: Iterable[ServiceKey] | None = None) -> Table:
+        """Every service with its destinations, whoever created them; or only those of
+        `keys` that exist (a pass that changed a few services re-reads only those)."""
         table: Table = {}
-        for payload in self._request(_GET_SERVICE, "listing services", b"", dump=True):
+        if keys is None:
+            answers = self._request(_GET_SERVICE, "listing services", b"", dump=True)
+        else:
+            answers = []
+            for key in keys:
+                with contextlib.suppress(IpvsError):  # no such service: absent from the table
+                    answers += self._request(
+                        _GET_SERVICE, f"reading {key}", functools.partial(_service_attr, key)
+                    )
+        for payload in answers:
             attrs = _attrs(payload)
-            if _CMD_SERVICE not in attrs:
-                continue
-            raw = _attrs(attrs[_CMD_SERVICE])
-            service = _service_from(raw)
-            key_attr = _attr(_CMD_SERVICE, _key_attrs(service.key))
-            what = f"listing the destinations of {service.key}"
-            for dpayload in self._request(_GET_DEST, what, key_attr, dump=True):
-                dattrs = _attrs(dpayload)
-                if _CMD_DEST in dattrs:
-                    dest = _dest_from(_attrs(dattrs[_CMD_DEST]), service.key.family)
-                    service.dests[dest.key] = dest
-            table[service.key] = service
+            if _CMD_SERVICE in attrs:
+                service = _service_from(_attrs(attrs[_CMD_SERVICE]))
+                self._read_dests(service)
+                table[service.key] = service
         return table
+
+    def _read_dests(self, service: Service) -> None:
+        key_attr = _service_attr(service.key)
+        what = f"listing the destinations of {service.key}"
+        family = service.key.family
+        for payload in self._request(_GET_DEST, what, key_attr, dump=True):
+            dest = self._parsed.get(payload[:_DEST_CACHED])
+            if dest is None:
+                dest = _dest_of(payload, family)
+                if dest is None:
+                    continue
+                if len(payload) >= _DEST_CACHED and _HEADERS.unpack_from(payload) == _DEST_HEADERS:
+                    if len(self._parsed) > _PARSED_MAX:
+                        self._parsed.clear()
+                    self._parsed[payload[:_DEST_CACHED]] = dest  # the key covers all of it
+            service.dests[dest.key] = dest
 
     async def add_service(self, service: Service) -> None:
         """Create the service with its settings; its `dests` are not written (see add_dest)."""
@@ -113,20 +138,18 @@ class IpvsDriver:
 
     async def delete_service(self, key: ServiceKey) -> None:
         """Delete the service and its destinations."""
-        self._request(_DEL_SERVICE, f"deleting {key}", lambda: _attr(_CMD_SERVICE, _key_attrs(key)))
+        self._request(_DEL_SERVICE, f"deleting {key}", lambda: _service_attr(key))
 
     async def add_dest(self, key: ServiceKey, dest: Dest) -> None:
-        self._write_dest(_NEW_DEST, key, dest, f"adding destination {dest.key} to {key}")
+        self._write_dest(_NEW_DEST, key, dest, lambda: f"adding destination {dest.key} to {key}")
 
     async def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
         """Change weight, forwarding and thresholds in place: connections stay on it."""
-        self._write_dest(_SET_DEST, key, dest, f"editing destination {dest.key} of {key}")
+        self._write_dest(_SET_DEST, key, dest, lambda: f"editing destination {dest.key} of {key}")
 
     async def delete_dest(self, key: ServiceKey, dest_key: DestKey) -> None:
         def payload() -> bytes:
-            return _attr(_CMD_SERVICE, _key_attrs(key)) + _attr(
-                _CMD_DEST, _dest_key_attrs(dest_key)
-            )
+            return _service_attr(key) + _attr(_CMD_DEST, _dest_key_attrs(dest_key))
 
         what = f"deleting destination {dest_key} from {key}"
         self._request(_DEL_DEST, what, payload, enoent=" (no such destination)")
@@ -139,19 +162,25 @@ class IpvsDriver:
         hint = f" (scheduler {service.scheduler!r} not loaded?)"
         self._request(cmd, f"{verb} {service.key}", payload, enoent=hint)
 
-    def _write_dest(self, cmd: int, key: ServiceKey, dest: Dest, what: str) -> None:
+    def _write_dest(self, cmd: int, key: ServiceKey, dest: Dest, what: Callable[[], str]) -> None:
         def payload() -> bytes:
             forward = _FORWARDS.get(dest.forward)
             if forward is None:
                 raise ValueError(f"unknown forwarding method {dest.forward!r}")
-            nested = (
-                _dest_key_attrs(dest.key)
-                + _attr(_DEST_FWD, _u32(forward))
-                + _attr(_DEST_WEIGHT, _u32(dest.weight))
-                + _attr(_DEST_UTH, _u32(dest.upper_threshold))
-                + _attr(_DEST_LTH, _u32(dest.lower_threshold))
-            )
-            return _attr(_CMD_SERVICE, _key_attrs(key)) + _attr(_CMD_DEST, nested)
+            nested = _dest_key_attrs(dest.key) + _DEST_SETTINGS.pack(
+                8, _DEST_FWD, forward,
+                8, _DEST_WEIGHT, dest.weight,
+                8, _DEST_UTH, dest.upper_threshold,
+                8, _DEST_LTH, dest.lower_threshold,
+            )  # fmt: skip
+            if dest.forward == "tun":  # kernels before 5.3 know no tunnel types: ipip only
+                tunnel = _TUNNELS.get(dest.tunnel)
+                if tunnel is None:
+                    raise ValueError(f"unknown tunnel type {dest.tunnel!r}")
+                nested += _attr(_DEST_TUN_TYPE, bytes([tunnel])) + _attr(
+                    _DEST_TUN_PORT, _be16(dest.tunnel_port)
+                )
+            return _service_attr(key) + _attr(_CMD_DEST, nested)
 
         enoent = " (no such destination)" if cmd == _SET_DEST else ""  # NEW: no ENOENT
         self._request(cmd, what, payload, enoent=enoent)
@@ -159,26 +188,31 @@ class IpvsDriver:
     def _request(
         self,
         cmd: int,
-        what: str,
+        what: str | Callable[[], str],
         payload: bytes | Callable[[], bytes],
         *,
         dump: bool = False,
         enoent: str = "",
     ) -> list[bytes]:
-        """One request; any failure becomes IpvsError("<netns>: <what>: <reason>")."""
+        """One request; any failure becomes IpvsError("<netns>: <what>: <reason>").
+        `what` may be a function: it is only needed for the error."""
+
+        def failed(reason: object, code: int | None) -> IpvsError:
+            text = what if isinstance(what, str) else what()
+            return IpvsError(f"{self._where()}{text}: {reason}", code)
+
         if self._sock is None:
-            raise IpvsError(f"{self._where()}{what}: the driver is not open")
+            raise failed("the driver is not open", None)
         try:
             data = payload if isinstance(payload, bytes) else payload()
             return self._sock.request(cmd, data, dump=dump)
         except _KernelError as e:
             hint = {errno_codes.ESRCH: " (no such service)", errno_codes.ENOENT: enoent}
-            reason = f"{e.reason}{hint.get(e.code, '')}"
-            raise IpvsError(f"{self._where()}{what}: {reason}", e.code) from e
+            raise failed(f"{e.reason}{hint.get(e.code, '')}", e.code) from e
         except (ValueError, struct.error) as e:  # the model holds what IPVS cannot take
-            raise IpvsError(f"{self._where()}{what}: {e}", errno_codes.EINVAL) from e
+            raise failed(e, errno_codes.EINVAL) from e
         except OSError as e:  # the socket itself (timeout, closed)
-            raise IpvsError(f"{self._where()}{what}: {e}", e.errno) from e
+            raise failed(e, e.errno) from e
 
     def _where(self) -> str:
         return f"netns {self.netns}: " if self.netns else ""
@@ -187,6 +221,12 @@ class IpvsDriver:
 # --- the model -> attributes ---------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
+def _service_attr(key: ServiceKey) -> bytes:
+    return _attr(_CMD_SERVICE, _key_attrs(key))
+
+
+@functools.lru_cache(maxsize=4096)
 def _key_attrs(key: ServiceKey) -> bytes:
     af = _AF.get(key.family)
     if af is None:
@@ -236,6 +276,10 @@ def _netmask_bytes(family: int, prefix: int) -> bytes:
     return prefix.to_bytes(4, sys.byteorder)
 
 
+_DEST_SETTINGS = struct.Struct("=HHIHHIHHIHHI")  # forwarding, weight, thresholds
+
+
+@functools.lru_cache(maxsize=65536)
 def _dest_key_attrs(key: DestKey) -> bytes:
     return (
         _attr(_DEST_ADDR, key.address.packed)
@@ -300,7 +344,45 @@ def _dest_from(a: dict[int, bytes], service_family: int) -> Dest:
         forward=_FORWARD_NAMES.get(code & 0x7, f"forward-{code & 0x7}"),
         upper_threshold=_get_u32(a, _DEST_UTH),
         lower_threshold=_get_u32(a, _DEST_LTH),
+        tunnel=_TUNNEL_NAMES.get(a[_DEST_TUN_TYPE][0], "?") if _DEST_TUN_TYPE in a else "ipip",
+        tunnel_port=int.from_bytes(a[_DEST_TUN_PORT][:2], "big") if _DEST_TUN_PORT in a else 0,
+        active_conns=_get_u32(a, _DEST_ACTIVE),
+        inactive_conns=_get_u32(a, _DEST_INACTIVE),
     )
+
+
+# A destination as Linux (5.3 and later) sends it: the attributes that describe it and its
+# connection counts, in this order, then its statistics (which change with every packet,
+# so they are not part of what `_DEST_CACHED` bytes key).
+_DEST_LAYOUT = (
+    (_DEST_ADDR, 16),
+    (2, 2),  # port
+    (3, 4),  # forwarding method
+    (4, 4),  # weight
+    (_DEST_TUN_TYPE, 1),
+    (_DEST_TUN_PORT, 2),
+    (15, 2),  # tunnel flags
+    (_DEST_UTH, 4),
+    (_DEST_LTH, 4),
+    (_DEST_ACTIVE, 4),
+    (_DEST_INACTIVE, 4),
+    (9, 4),  # persistent connections
+    (_DEST_AF, 2),
+)
+_HEADERS = struct.Struct(
+    "=4x" + "".join(f"4s{(size + 3) & ~3}x" for _, size in _DEST_LAYOUT)  # after CMD_DEST's
+)
+_DEST_HEADERS = tuple(_NLA.pack(4 + size, kind) for kind, size in _DEST_LAYOUT)
+_DEST_CACHED = _HEADERS.size
+_PARSED_MAX = 200_000
+
+
+def _dest_of(payload: bytes, service_family: int) -> Dest | None:
+    """The destination in one answer of a destination dump (None: there is none)."""
+    outer = _attrs(payload)
+    if _CMD_DEST not in outer:
+        return None
+    return _dest_from(_attrs(outer[_CMD_DEST]), service_family)
 
 
 def _address(raw: bytes, family: int) -> IPAddress:

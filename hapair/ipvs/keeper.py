@@ -76,10 +76,29 @@ class TableKeeper:
                 outcome.failed.append((change, str(exc)))
                 log.error("IPVS: %s", exc)
         if outcome.applied or outcome.failed:
-            self.actual = await self.driver.dump()
+            touched = {_service_of(c) for c in outcome.applied} | {
+                _service_of(c) for c, _ in outcome.failed
+            }
+            if len(touched) * 2 > len(desired):  # one full dump asks the kernel less
+                self.actual = await self.driver.dump()
+            else:
+                fresh = await self.driver.dump(touched)
+                for key in touched:
+                    self.actual.pop(key, None)
+                self.actual |= fresh
             outcome.remaining = diff(desired, self.actual, self.owned)
         self.owned = set(desired) | {k for k in self.owned if k in self.actual}
         return outcome
+
+    async def connections(self) -> int:
+        """How many connections the kernel holds for our services (synced ones too)."""
+        table = await self.driver.dump()
+        return sum(
+            d.active_conns + d.inactive_conns
+            for key in self.owned
+            if key in table
+            for d in table[key].dests.values()
+        )
 
     async def _apply(self, change: Change) -> None:
         d = self.driver
@@ -143,3 +162,11 @@ class TableKeeper:
             except IpvsError as exc:
                 log.error("IPVS sync daemon: %s", exc)
         self.sync_role = None
+
+
+def _service_of(change: Change) -> ServiceKey:
+    if isinstance(change, AddService | EditService):
+        return change.service.key
+    if isinstance(change, DeleteService):
+        return change.key
+    return change.service

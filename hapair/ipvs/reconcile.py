@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hapair.config.model import Service as ServiceConfig
 from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey, Table
@@ -91,6 +92,11 @@ def desired_table(
         key = service_key(svc)
         dests: dict[DestKey, Dest] = {}
         serving = 0
+        tunnel: dict[str, Any] = (
+            {"tunnel": svc.tunnel, "tunnel_port": svc.tunnel_port or 0}
+            if svc.forward == "tun"
+            else {}
+        )
         for rs, dkey in zip(svc.real_servers, dest_keys(svc), strict=True):
             state = admin.get((svc.name, dkey), "enabled")
             up = healthy.get((svc.name, dkey), True)
@@ -98,19 +104,28 @@ def desired_table(
                 continue
             weight = rs.weight if up and state == "enabled" else 0
             serving += up and state == "enabled" and rs.weight > 0
-            dests[dkey] = Dest(dkey, weight, svc.forward)
+            dests[dkey] = Dest(
+                dkey,
+                weight,
+                svc.forward,
+                rs.upper_threshold,
+                rs.lower_threshold,
+                **tunnel,
+            )
         quorum_ok = serving >= svc.quorum
         sorry = not quorum_ok and svc.sorry_server is not None
         if sorry:
             assert svc.sorry_server is not None
             port = 0 if svc.protocol == "fwmark" else svc.sorry_server.port or svc.port or 0
             skey = DestKey(svc.sorry_server.address, port)
-            dests = {skey: Dest(skey, 1, svc.forward)}
+            dests = {skey: Dest(skey, 1, svc.forward, **tunnel)}
         table[key] = Service(
             key,
             scheduler=svc.scheduler,
             persistence=math.ceil(svc.persistence),
-            netmask=32 if key.family == 4 else 128,
+            netmask=svc.persistence_netmask
+            if svc.persistence_netmask is not None and svc.persistence > 0
+            else (32 if key.family == 4 else 128),
             flags=frozenset(svc.scheduler_flags),
             dests=dests,
         )

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 IPAddress = IPv4Address | IPv6Address
 
 FORWARDS = ("nat", "tun", "dr")  # kernel codes 0 (masq), 2 (tunnel), 3 (route)
+TUNNELS = ("ipip", "gue", "gre")  # kernel codes 0, 1, 2 (Linux 5.3 and later)
 PROTOCOLS = ("tcp", "udp", "sctp", "fwmark")
 
 
@@ -51,6 +52,11 @@ class Dest:
     forward: str = "dr"
     upper_threshold: int = 0  # 0: no limit
     lower_threshold: int = 0
+    tunnel: str = "ipip"  # encapsulation of forward = "tun"
+    tunnel_port: int = 0  # the UDP port of a gue tunnel
+    # What the kernel counts; read with the table, never written, never compared.
+    active_conns: int = field(default=0, compare=False)
+    inactive_conns: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

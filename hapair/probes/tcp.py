@@ -1,15 +1,28 @@
 """TCP probe: up when a connect to address:port completes within the timeout.
 
 Owns the lean connect path (thousands of these run each second): no streams, no data
-sent, and the socket is reset and closed the moment the handshake completes.
+sent, and the socket is reset and closed the moment the handshake completes. `check()`
+is one attempt (a non-blocking socket, connect_ex, one writer callback and one timer on
+the event loop). `Connector` is what the prober uses for many: every connect in flight
+sits in one epoll set that the event loop watches as a single reader, completions are
+handled in batches and timeouts swept every few ms from one timer, so a probe costs no
+task, future or timer of its own. The texts of the usual outcomes are built once per
+target.
 """
 
 from __future__ import annotations
 
+import _socket as _socket_module
 import asyncio
+import errno
+import heapq
+import itertools
+import os
+import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from hapair.config.model import TcpProbe
@@ -18,27 +31,208 @@ from hapair.probes import Result, describe_error, endpoint
 # SO_LINGER on with 0 s: close() sends RST, so a probe leaves no TIME_WAIT socket behind
 # (at 10,000 probes/s those would exhaust the ephemeral ports towards one real server).
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_SOL_SOCKET, _SO_ERROR, _SO_LINGER = socket.SOL_SOCKET, socket.SO_ERROR, socket.SO_LINGER
+_IN_PROGRESS = errno.EINPROGRESS
+
+_EPOLLOUT = select.EPOLLOUT
+_socket = _socket_module.socket  # the C type: no Python-level __init__ and close()
+_clock = time.perf_counter
+
+Prepared = tuple[tuple[str, int], int, str]  # sockaddr, family, the prefix of every reason
+_targets: dict[tuple[IPv4Address | IPv6Address, int], Prepared] = {}  # bounded by targets
+_reasons: dict[tuple[str, str], str] = {}  # (prefix, outcome) -> reason, for common outcomes
+
+
+def prepare(address: IPv4Address | IPv6Address, port: int) -> Prepared:
+    """What `Connector.start()` needs to know of a target, computed once."""
+    return _target(address, port)
+
+
+def _target(address: IPv4Address | IPv6Address, port: int) -> Prepared:
+    key = (address, port)
+    known = _targets.get(key)
+    if known is None:
+        if len(_targets) > 100_000:  # a config churning through addresses: start over
+            _targets.clear()
+            _reasons.clear()
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        known = _targets[key] = (
+            (str(address), port),
+            family,
+            f"TCP connect to {endpoint(address, port)}: ",
+        )
+    return known
+
+
+def _reason(prefix: str, outcome: str) -> str:
+    key = (prefix, outcome)
+    text = _reasons.get(key)
+    if text is None:
+        text = _reasons[key] = prefix + outcome
+    return text
+
+
+def _wake(done: asyncio.Future[bool], connected: bool) -> None:
+    if not done.done():
+        done.set_result(connected)
 
 
 async def check(probe: TcpProbe, address: IPv4Address | IPv6Address, port: int) -> Result:
     started = time.perf_counter()
+    sockaddr, family, prefix = _target(address, port)
     sock: socket.socket | None = None
     try:
-        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        # A bare socket and sock_connect: asyncio.open_connection would build a transport,
-        # a protocol, a reader and a writer for a connection that is closed at once.
-        async with asyncio.timeout(probe.timeout):
-            await asyncio.get_running_loop().sock_connect(sock, (str(address), port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        ok, outcome = True, "connected"
-    except TimeoutError:
-        ok, outcome = False, f"no answer within {probe.timeout:g}s"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + probe.timeout  # the timeout bounds the whole attempt
+        sock = socket.socket(family, _STREAM)
+        err = sock.connect_ex(sockaddr)
+        if err == _IN_PROGRESS:
+            fd = sock.fileno()
+            done: asyncio.Future[bool] = loop.create_future()
+            loop.add_writer(fd, _wake, done, True)
+            timer = loop.call_at(deadline, _wake, done, False)
+            try:
+                answered = await done
+            finally:
+                timer.cancel()
+                loop.remove_writer(fd)
+            err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR) if answered else -1
+        if err == 0:
+            sock.setsockopt(_SOL_SOCKET, _SO_LINGER, _RESET_ON_CLOSE)
+            ok, reason = True, _reason(prefix, "connected")
+        elif err == -1:
+            ok, reason = False, _reason(prefix, f"no answer within {probe.timeout:g}s")
+        else:
+            ok, reason = False, _reason(prefix, describe_error(OSError(err, os.strerror(err))))
     except Exception as exc:
-        ok, outcome = False, describe_error(exc)
+        ok, reason = False, prefix + describe_error(exc)
     finally:
         if sock is not None:
             sock.close()
-    latency = time.perf_counter() - started
-    return Result(ok, f"TCP connect to {endpoint(address, port)}: {outcome}", latency)
+    return Result(ok, reason, time.perf_counter() - started)
+
+
+SWEEP = 0.005  # s: timeouts are enforced this late at most
+
+
+class _Flight:
+    __slots__ = ("done", "prefix", "sock", "started", "timeout")
+
+    def __init__(
+        self,
+        sock: _socket,
+        prefix: str,
+        started: float,
+        timeout: float,
+        done: Callable[[Result], None],
+    ) -> None:
+        self.sock, self.prefix, self.started = sock, prefix, started
+        self.timeout, self.done = timeout, done
+
+
+class Connector:
+    """Many TCP probes in flight on one epoll set, watched by the event loop as one fd.
+
+    `start()` begins a connect and returns at once; `done(Result)` is called from the
+    event loop when it completes, fails or times out (never from within `start()`).
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._epoll = select.epoll()
+        self._flying: dict[int, _Flight] = {}
+        self._deadlines: list[tuple[float, int, _Flight]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._register = self._epoll.register
+        self._loop.add_reader(self._epoll.fileno(), self._ready)
+
+    def __len__(self) -> int:
+        return len(self._flying)
+
+    def start(self, target: Prepared, timeout: float, done: Callable[[Result], None]) -> None:
+        """Connect to a target from `prepare()`; `done(result)` follows within `timeout`
+        (+ SWEEP)."""
+        started = _clock()
+        sockaddr, family, prefix = target
+        sock = None
+        try:
+            sock = _socket(family, _STREAM)
+            err = sock.connect_ex(sockaddr)
+            if err == _IN_PROGRESS:
+                fd = sock.fileno()
+                self._register(fd, _EPOLLOUT)
+                flight = self._flying[fd] = _Flight(sock, prefix, started, timeout, done)
+                deadline = self._loop.time() + timeout
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), flight))
+                if deadline + SWEEP < self._timer_at:
+                    self._arm(deadline + SWEEP)
+                return
+            result = _outcome(sock, err, prefix, started)
+        except Exception as exc:
+            result = Result(False, prefix + describe_error(exc), _clock() - started)
+            if sock is not None:
+                sock.close()
+        self._loop.call_soon(done, result)
+
+    def close(self) -> None:
+        """Drop every connect in flight (their `done` is not called) and the epoll set."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop.remove_reader(self._epoll.fileno())
+        for flight in self._flying.values():
+            flight.sock.close()
+        self._flying.clear()
+        self._deadlines.clear()
+        self._epoll.close()
+
+    def _ready(self) -> None:
+        flying = self._flying
+        for fd, events in self._epoll.poll(0):
+            flight = flying.pop(fd, None)
+            if flight is None:
+                continue
+            sock = flight.sock
+            try:
+                # Writable with no error or hang-up: connected (no getsockopt needed).
+                err = 0 if events == _EPOLLOUT else sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+                result = _outcome(sock, err, flight.prefix, flight.started)
+            except Exception as exc:  # closing the socket removes it from the epoll set
+                sock.close()
+                result = Result(False, flight.prefix + describe_error(exc), 0.0)
+            flight.done(result)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        now = self._loop.time()
+        deadlines, flying = self._deadlines, self._flying
+        while deadlines and deadlines[0][0] <= now:
+            flight = heapq.heappop(deadlines)[2]
+            sock = flight.sock
+            if sock.fileno() < 0 or flying.get(sock.fileno()) is not flight:
+                continue  # answered in time
+            del flying[sock.fileno()]
+            sock.close()
+            reason = _reason(flight.prefix, f"no answer within {flight.timeout:g}s")
+            flight.done(Result(False, reason, time.perf_counter() - flight.started))
+        if deadlines:
+            self._arm(max(deadlines[0][0], now) + SWEEP)
+
+
+def _outcome(sock: _socket, err: int, prefix: str, started: float) -> Result:
+    """The Result of a connect that ended with `err` (0: connected); closes the socket."""
+    if err == 0:
+        sock.setsockopt(_SOL_SOCKET, _SO_LINGER, _RESET_ON_CLOSE)
+        sock.close()
+        return Result(True, _reason(prefix, "connected"), _clock() - started)
+    sock.close()
+    reason = _reason(prefix, describe_error(OSError(err, os.strerror(err))))
+    return Result(False, reason, _clock() - started)

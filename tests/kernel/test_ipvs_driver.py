@@ -85,6 +85,8 @@ def test_every_form_reaches_the_kernel_and_dumps_back(ns: Netns) -> None:
             dest("10.0.0.1", 80, weight=3, forward="dr", upper_threshold=100, lower_threshold=10),
             dest("10.0.0.2", 8080, weight=0, forward="nat"),
             dest("10.0.0.3", 80, weight=2, forward="tun"),
+            dest("10.0.0.4", 80, forward="tun", tunnel="gue", tunnel_port=6080),
+            dest("10.0.0.6", 80, forward="tun", tunnel="gre"),
         ),
         with_dests(
             svc(
@@ -139,6 +141,10 @@ def test_every_form_reaches_the_kernel_and_dumps_back(ns: Netns) -> None:
     assert dest_row(ns, "10.0.0.1:80", "--thresholds")[:2] == ["100", "10"]
     assert dest_row(ns, "[2001:db8::5]:0", "--thresholds")[:2] == ["50", "5"]
     assert dest_row(ns, "10.0.0.2:8080", "--thresholds")[:2] == ["0", "0"]
+    for address, tunnel in (("10.0.0.3:80", ["ipip"]), ("10.0.0.4:80", ["gue", "6080"])):
+        row = [f.lower() for f in dest_row(ns, address, "--tun-info")]
+        assert all(t in row for t in tunnel), (address, row)
+    assert "gre" in [f.lower() for f in dest_row(ns, "10.0.0.6:80", "--tun-info")]
 
     assert asyncio.run(dump(ns)) == table
 
@@ -259,6 +265,33 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
     assert listing(ns) == ["TCP 10.0.0.100:80 rr"]
 
 
+def test_a_repeated_dump_sees_every_change_and_a_partial_dump_reads_only_its_keys(
+    ns: Netns,
+) -> None:
+    web = with_dests(svc("tcp", "10.0.0.100", 80), dest("10.0.0.1", 80, weight=1))
+    dns = with_dests(svc("udp", "10.0.0.100", 53), dest("10.0.0.1", 53, weight=1))
+    gone = svc("tcp", "10.0.0.100", 81).key
+    asyncio.run(write(ns, {web.key: web, dns.key: dns}))
+
+    async def scenario() -> tuple[Table, Table, Table]:
+        async with IpvsDriver(ns.name) as ipvs:
+            first = await ipvs.dump()
+            # Changed behind the driver's back, between two dumps of one open driver.
+            ns.run("ipvsadm", "-e", "-t", "10.0.0.100:80", "-r", "10.0.0.1:80", "-w", "5")
+            ns.run("ipvsadm", "-a", "-t", "10.0.0.100:80", "-r", "10.0.0.2:80", "-w", "2")
+            second = await ipvs.dump()
+            partial = await ipvs.dump([web.key, gone])
+            return first, second, partial
+
+    first, second, partial = asyncio.run(scenario())
+    assert first == {web.key: web, dns.key: dns}
+    changed = with_dests(
+        svc("tcp", "10.0.0.100", 80), dest("10.0.0.1", 80, weight=5), dest("10.0.0.2", 80, weight=2)
+    )
+    assert second == {web.key: changed, dns.key: dns}
+    assert partial == {web.key: changed}
+
+
 def test_edit_dest_keeps_its_connections_and_counters(
     netns_factory: Callable[[str], Netns],
 ) -> None:
@@ -298,6 +331,8 @@ def test_edit_dest_keeps_its_connections_and_counters(
     active, inactive = map(int, dest_row(director, "10.61.0.50:80")[2:4])
     assert active + inactive == 1
     assert conns() == 1 and len(entries()) == 1
+    read = asyncio.run(dump(director))[web.key].dests[real.key]
+    assert (read.active_conns, read.inactive_conns) == (active, inactive)  # as ipvsadm shows
 
 
 def test_refusals_name_the_service_or_destination(ns: Netns) -> None:

@@ -105,6 +105,14 @@ def _set(*path: Any, value: Any) -> Mutation:
     return mutate
 
 
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(raw: dict[str, Any]) -> None:
+        for m in mutations:
+            m(raw)
+
+    return mutate
+
+
 def _drop(*path: Any) -> Mutation:
     def mutate(raw: dict[str, Any]) -> None:
         node = raw
@@ -264,6 +272,61 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "sh scheduler",
     ),
     ("unknown forward", _set("services", 0, "forward", value="direct"), "services.0.forward", "dr"),
+    (
+        "tunnel type without tun",
+        _set("services", 0, "tunnel", value="gue"),
+        "services.0.tunnel",
+        "only with forward = 'tun'",
+    ),
+    (
+        "gue without port",
+        _both(
+            _set("services", 0, "forward", value="tun"), _set("services", 0, "tunnel", value="gue")
+        ),
+        "services.0.tunnel_port",
+        "UDP port",
+    ),
+    (
+        "ipip with a tunnel port",
+        _both(
+            _set("services", 0, "forward", value="tun"),
+            _set("services", 0, "tunnel_port", value=6080),
+        ),
+        "services.0.tunnel_port",
+        "only a gue tunnel",
+    ),
+    (
+        "persistence netmask without persistence",
+        _set("services", 0, "persistence_netmask", value=24),
+        "services.0.persistence_netmask",
+        "persistence > 0",
+    ),
+    (
+        "IPv4 persistence netmask beyond 32",
+        _both(
+            _set("services", 0, "persistence", value=60),
+            _set("services", 0, "persistence_netmask", value=64),
+        ),
+        "services.0.persistence_netmask",
+        "0..32",
+    ),
+    (
+        "lower threshold above upper",
+        _both(
+            _set("services", 0, "real_servers", 0, "upper_threshold", value=100),
+            _set("services", 0, "real_servers", 0, "lower_threshold", value=100),
+        ),
+        "services.0.real_servers.0.lower_threshold",
+        "not below upper_threshold",
+    ),
+    (
+        "sync threshold not below its period",
+        _set("sysctl", value={"sync_threshold": [50, 3]}),
+        "sysctl.sync_threshold",
+        "below period",
+    ),
+    ("unknown sysctl", _set("sysctl", value={"ip_forwarding": True}), "sysctl.ip_forwarding", ""),
+    ("negative warmup", _set("sync", "warmup", value=-1), "sync.warmup", ">= 0"),
     ("tcp without port", _drop("services", 0, "port"), "services.0.port", "required"),
     ("tcp without address", _drop("services", 0, "address"), "services.0.address", "required"),
     (
@@ -485,6 +548,15 @@ def test_short_key(base: dict[str, Any], key_file: Path) -> None:
 def test_key_path_relative_to_config(tmp_path: Path, key_file: Path, base: dict[str, Any]) -> None:
     base["cluster"]["auth_key_file"] = "authkey"
     assert validate(base, base_dir=tmp_path).cluster.auth_key_file == key_file
+    base["node"]["state_dir"] = "state"
+    base["alerts"] = {
+        "email": {"smtp": "127.0.0.1:25", "from": "a@example.org", "to": ["b@example.org"]}
+    }
+    base["alerts"]["email"]["password_file"] = "smtp.pass"
+    cfg = validate(base, base_dir=tmp_path)
+    assert cfg.node.state_dir == tmp_path / "state"
+    assert cfg.alerts is not None and cfg.alerts.email is not None
+    assert cfg.alerts.email.password_file == tmp_path / "smtp.pass"
 
 
 def test_toml_syntax_error_names_the_line() -> None:

@@ -21,6 +21,7 @@ from hapair.core.heartbeat import (
 )
 from hapair.core.node import HaNode, Notice, Refused, Send, Settings
 from hapair.core.states import State
+from hapair.core.warmup import WarmUp
 
 pytestmark = pytest.mark.unit
 
@@ -251,6 +252,46 @@ def test_preempt_is_a_handover_without_overlap() -> None:
     assert (State.MASTER, State.MASTER) not in seen
     first_master = next(i for i, s in enumerate(seen) if s[0] is State.MASTER)
     assert first_master >= 30  # after preempt_delay
+
+
+def test_a_held_preemption_waits_but_a_dead_peer_is_still_replaced() -> None:
+    a, b = settings_for("a", 150), settings_for("b", 100)
+    pair = Pair(a, b)
+    pair.run(0.2)
+    pair._out("a", pair.nodes["a"].stop(pair.now))
+    pair.run(0.5)
+    pair.restart("a", a)
+    pair._out("a", pair.nodes["a"].hold_preemption("learning connections", pair.now))
+    pair.run(3.0)
+    assert pair.states() == (State.BACKUP, State.MASTER)
+    assert pair.nodes["a"].next_deadline() > pair.now  # no busy timer while held
+    assert pair.nodes["a"].status(pair.now)["preempt_hold"] == "learning connections"
+    pair._out("a", pair.nodes["a"].hold_preemption(None, pair.now))
+    pair.run(0.2)
+    assert pair.states() == (State.MASTER, State.BACKUP)
+    # Held again (e.g. the node restarted), it still takes over from a peer that dies.
+    pair._out("a", pair.nodes["a"].stop(pair.now))
+    pair.run(0.5)
+    pair.restart("a", a)
+    pair._out("a", pair.nodes["a"].hold_preemption("learning connections", pair.now))
+    pair.run(0.5)
+    assert pair.states() == (State.BACKUP, State.MASTER)
+    pair.links = set()
+    pair.run(1.0)
+    assert pair.states()[0] is State.MASTER
+
+
+def test_warm_up_ends_when_learning_stops_or_at_the_limit() -> None:
+    w = WarmUp(limit=10.0, now=0.0)
+    assert not w.observe(0, 0.0)
+    assert not w.observe(150, 1.0)
+    assert not w.observe(200, 2.5)
+    assert not w.observe(200, 6.0)  # 3.5 s without a new one
+    assert w.observe(190, 6.6)  # settled (some expired meanwhile)
+    busy = WarmUp(limit=10.0, now=0.0)
+    assert not any(busy.observe(n, n / 2) for n in range(20))  # ever growing
+    assert busy.observe(21, 10.0)  # the limit
+    assert WarmUp(limit=0.0, now=0.0).observe(0, 0.0)
 
 
 def test_no_preempt_keeps_the_recovered_node_backup() -> None:

@@ -1,0 +1,745 @@
+"""Probe benchmark: the CPU the real agent spends on TCP probes, against keepalived's checker.
+
+Two parts, each in fresh network namespaces (deleted on exit, error, Ctrl-C and SIGTERM)
+with lo up, so that the kernel's TCP counters of a namespace count one prober's connects
+and nothing else:
+
+  host   `hapair run` (the real agent, started with `ip netns exec`) probes --targets
+         TCP targets (default 10,000: 100 loopback addresses 127.0.1.1... x 100 ports
+         20000...) every --interval (1 s). Its CPU (utime + stime from /proc/PID/stat)
+         over a steady --window (30 s) after warm-up: percent of one core, and probes per
+         CPU-second. Target: <= 50 % of one core. The host kernel has no IPVS: the agent
+         says so once and probes on.
+  guest  in the QEMU guest (scripts/run-in-kernel, one boot; IPVS exists there), side by
+         side in the same window: hapair and `keepalived --check` (TCP_CHECK,
+         connect_timeout 1, delay_loop 1) on the same --guest-targets (1,000) targets, each
+         prober in its own namespace with its own identical listeners. Prints the CPU ratio
+         hapair / keepalived (keepalived's parent and checker processes summed). Target:
+         <= 1.5.
+
+The targets: one listener process per namespace binds the ports on 0.0.0.0 (so every
+127.0.1.x address answers), accepts and closes at once. Its CPU is measured and printed,
+never counted as the prober's. Probes are counted twice: connects the prober made
+(ActiveOpens of its namespace, /proc/PID/net/snmp) and connections the listener accepted;
+a side that falls short of targets x window / interval is reported. hapair's own account
+(`hapair status --json`: every real server's last probe ok) is checked at the end.
+
+Both probers run at normal scheduling priority (node.realtime_priority = 0): CPU time is
+the figure, and keepalived runs without realtime priority by default.
+
+Exit status: 0 when the benchmark ran (also when a target is missed), 1 when the bench
+itself broke, 2 on bad arguments, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+HAPAIR = str(REPO / ".venv" / "bin" / "hapair")
+FIRST_ADDRESS = IPv4Address("127.0.1.1")
+FIRST_PORT = 20000
+SERVICE_ADDRESS = "10.255.0.1"  # the services' address: no VIP, nothing else uses it
+HOST_TARGET_CPU = 50.0  # percent of one core
+GUEST_TARGET_RATIO = 1.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The bench itself broke (not a missed target)."""
+
+
+# --- the targets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    addresses: list[str]
+    ports: list[int]
+
+    @classmethod
+    def of(cls, targets: int) -> Layout:
+        n_addr = min(100, targets)
+        if targets % n_addr:
+            raise ValueError(f"{targets} targets: use a multiple of 100 (or at most 100)")
+        addresses = [str(FIRST_ADDRESS + i) for i in range(n_addr)]
+        return cls(addresses, [FIRST_PORT + j for j in range(targets // n_addr)])
+
+    @property
+    def count(self) -> int:
+        return len(self.addresses) * len(self.ports)
+
+
+def listener_main(first_port: int, ports: int) -> int:
+    """Inside the target namespace: listen on the ports, accept and close at once.
+    Answers a JSON line with the accept count for every line on stdin; ends at EOF."""
+    socks = []
+    ep = select.epoll()
+    for port in range(first_port, first_port + ports):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(4096)
+        socks.append(s)
+        ep.register(s.fileno(), select.EPOLLIN)
+    by_fd = {s.fileno(): s._accept for s in socks}  # type: ignore[attr-defined]
+    stdin = sys.stdin.fileno()
+    ep.register(stdin, select.EPOLLIN)
+    accepts = 0
+    close = os.close
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        for fd, _ in ep.poll():
+            if fd == stdin:
+                line = os.read(stdin, 4096)
+                if not line:
+                    return 0
+                print(json.dumps({"accepts": accepts}), flush=True)
+                continue
+            accept = by_fd[fd]
+            while True:
+                try:
+                    conn, _addr = accept()
+                except BlockingIOError:
+                    break
+                except ConnectionAbortedError:  # reset before the accept
+                    continue
+                close(conn)
+                accepts += 1
+
+
+class Listener:
+    def __init__(self, netns: str, layout: Layout) -> None:
+        cmd = ["ip", "netns", "exec", netns, PYTHON, str(Path(__file__).resolve()), "--listener"]
+        cmd += ["--first-port", str(layout.ports[0]), "--ports", str(len(layout.ports))]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()
+
+    def accepts(self) -> int:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write("count\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError as e:
+            raise BenchError("a listener died") from e
+        return int(self._read()["accepts"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"a listener died (exit status {self.proc.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        stop(self.proc)
+
+
+# --- the probers --------------------------------------------------------------------------
+
+
+def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
+    key = tmp / "authkey"
+    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(os.urandom(32))
+    text = [
+        "# written by bench/probes",
+        "[node]",
+        'name = "probebench"',
+        "priority = 100",
+        f'control_socket = "{tmp / "agent.sock"}"',
+        f'state_dir = "{tmp}"',
+        "realtime_priority = 0",
+        "",
+        "[cluster]",
+        "id = 77",
+        f'auth_key_file = "{key}"',
+        'interval = "1s"',
+        'deadtime = "3s"',
+        "",
+        "[[cluster.links]]  # nobody listens: the agent stays alone, as a MASTER",
+        'type = "udp"',
+        'interface = "lo"',
+        'peer = "127.0.0.2"',
+        "port = 7694",
+    ]
+    for port in layout.ports:
+        text += [
+            "",
+            "[[services]]",
+            f'name = "p{port}"',
+            'protocol = "tcp"',
+            f'address = "{SERVICE_ADDRESS}"',
+            f"port = {port}",
+            'forward = "dr"',
+            "",
+            "[services.probe]",
+            'type = "tcp"',
+            f'interval = "{interval:g}s"',
+            'timeout = "1s"',
+        ]
+        for address in layout.addresses:
+            text += ["", "[[services.real_servers]]", f'address = "{address}"']
+    path = tmp / "hapair.toml"
+    path.write_text("\n".join(text) + "\n")
+    check = subprocess.run([HAPAIR, "check", "-c", str(path)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise BenchError(f"hapair check refused the bench's config: {check.stdout[:500]}")
+    return path
+
+
+def keepalived_config(tmp: Path, layout: Layout, interval: float) -> Path:
+    text = ["# written by bench/probes", "global_defs {", "    router_id hapair_probe_bench", "}"]
+    for port in layout.ports:
+        text += [
+            f"virtual_server {SERVICE_ADDRESS} {port} {{",
+            f"    delay_loop {interval:g}",
+            "    lvs_sched wlc",
+            "    lvs_method DR",
+            "    protocol TCP",
+        ]
+        for address in layout.addresses:
+            text += [
+                f"    real_server {address} {port} {{",
+                "        weight 1",
+                "        TCP_CHECK {",
+                "            connect_timeout 1",
+                "        }",
+                "    }",
+            ]
+        text.append("}")
+    path = tmp / "keepalived.conf"
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+@dataclass
+class Side:
+    """One prober in its namespace, with its listener."""
+
+    name: str
+    netns: str
+    proc: subprocess.Popen[bytes]
+    listener: Listener
+    log: Path
+    samples: list[tuple[float, float, int, int, float]] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        """The prober's process and its descendants (keepalived forks its checker)."""
+        found = [self.proc.pid]
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                    children.setdefault(ppid, []).append(int(entry))
+        for pid in found:
+            found += children.get(pid, [])
+        return found
+
+    def cpu(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
+
+    def connects(self) -> int:
+        """ActiveOpens of the prober's namespace: its connect() calls."""
+        lines = Path(f"/proc/{self.proc.pid}/net/snmp").read_text().splitlines()
+        tcp = [line.split()[1:] for line in lines if line.startswith("Tcp:")]
+        return int(dict(zip(tcp[0], tcp[1], strict=True))["ActiveOpens"])
+
+    def sample(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited ({self.proc.returncode}); log: {self.log}")
+        self.samples.append(
+            (
+                time.monotonic(),
+                self.cpu(),
+                self.connects(),
+                self.listener.accepts(),
+                listener_cpu(self.listener),
+            )
+        )
+
+
+def listener_cpu(listener: Listener) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{listener.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0
+
+
+@dataclass
+class Figures:
+    name: str
+    targets: int
+    seconds: float
+    cpu_s: float
+    connects: int
+    accepts: int
+    listener_cpu_s: float
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * self.cpu_s / self.seconds
+
+    @property
+    def probes_per_s(self) -> float:
+        return self.connects / self.seconds
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.connects / self.cpu_s if self.cpu_s else float("inf")
+
+    def line(self, interval: float) -> str:
+        due = self.targets / interval
+        return (
+            f"  {self.name:<11} CPU {self.cpu_s:7.2f} s in {self.seconds:.1f} s = "
+            f"{self.cpu_percent:5.1f} % of one core; {self.probes_per_s:8.0f} probes/s "
+            f"({100 * self.probes_per_s / due:.0f} % of the {due:.0f}/s due; "
+            f"{self.accepts / self.seconds:.0f}/s accepted); "
+            f"{self.per_cpu_s:8.0f} probes per CPU-second; "
+            f"listener {100 * self.listener_cpu_s / self.seconds:.1f} % (not counted)"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def figures(side: Side, targets: int) -> Figures:
+    (t0, c0, n0, a0, l0), (t1, c1, n1, a1, l1) = side.samples[0], side.samples[-1]
+    return Figures(side.name, targets, t1 - t0, c1 - c0, n1 - n0, a1 - a0, l1 - l0)
+
+
+# --- one run: namespaces, listeners, probers ---------------------------------------------
+
+
+class Run:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.listeners: list[Listener] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench_probes."))
+        self.keep = False
+
+    def netns(self, suffix: str) -> str:
+        name = f"{self.tag}-{suffix}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def listener(self, netns: str, layout: Layout) -> Listener:
+        listener = Listener(netns, layout)
+        self.listeners.append(listener)
+        return listener
+
+    def start(self, netns: str, cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", netns, *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                **kw,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+        for listener in self.listeners:
+            listener.close()
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        if self.keep:
+            print(f"bench/probes: kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def sh(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[:500]}")
+    return p
+
+
+def start_hapair(
+    run: Run,
+    netns: str,
+    layout: Layout,
+    interval: float,
+    profile: Path | None = None,
+    listener: Listener | None = None,
+) -> Side:
+    config = hapair_config(run.tmp, layout, interval)
+    cmd = [HAPAIR, "run", "-c", str(config)]
+    if profile is not None:
+        cmd = [
+            PYTHON,
+            "-m",
+            "cProfile",
+            "-o",
+            str(profile),
+            "-m",
+            "hapair",
+            "run",
+            "-c",
+            str(config),
+        ]
+    listener = listener or run.listener(netns, layout)
+    log = run.tmp / f"hapair-{netns}.log"
+    proc = run.start(netns, cmd, log, env={**os.environ, "HAPAIR_LOG": "INFO"})
+    return Side("hapair", netns, proc, listener, log)
+
+
+def start_keepalived(run: Run, netns: str, layout: Layout, interval: float) -> Side:
+    config = keepalived_config(run.tmp, layout, interval)
+    listener = run.listener(netns, layout)
+    log = run.tmp / "keepalived.log"
+    cmd = ["keepalived", "--check", "--dont-fork", "--log-console", "--no-syslog"]
+    cmd += ["--dont-respawn", "-f", str(config), "-p", str(run.tmp / "keepalived.pid")]
+    cmd += ["-c", str(run.tmp / "checkers.pid")]
+    proc = run.start(netns, cmd, log)
+    return Side("keepalived", netns, proc, listener, log)
+
+
+def wait_steady(sides: list[Side], due: float, limit: float) -> None:
+    """Until every side connects at >= 90 % of the rate due (2 s samples), at most `limit`
+    seconds: a prober that cannot keep up is measured as it is (and reported)."""
+    deadline = time.monotonic() + limit
+    last = {s.name: (time.monotonic(), 0) for s in sides}
+    pending = list(sides)
+    while pending and time.monotonic() < deadline:
+        time.sleep(2)
+        for side in list(pending):
+            if side.proc.poll() is not None:
+                raise BenchError(f"{side.name} exited ({side.proc.returncode}): {tail(side.log)}")
+            with contextlib.suppress(OSError):
+                now, n = time.monotonic(), side.connects()
+                t0, n0 = last[side.name]
+                last[side.name] = (now, n)
+                if n0 and (n - n0) / (now - t0) >= 0.9 * due:
+                    pending.remove(side)
+    for side in pending:
+        t0, n0 = last[side.name]
+        if n0 == 0:
+            raise BenchError(f"{side.name} made no connects in {limit:.0f} s: {tail(side.log)}")
+        print(f"  {side.name} is not probing at the rate due ({due:.0f}/s) after {limit:.0f} s")
+
+
+def measure(sides: list[Side], window: float, targets: int) -> list[Figures]:
+    for side in sides:
+        side.sample()
+    end = time.monotonic() + window
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 5))
+        for side in sides:
+            if side.proc.poll() is not None:
+                raise BenchError(f"{side.name} exited ({side.proc.returncode}): {tail(side.log)}")
+    for side in sides:
+        side.sample()
+    return [figures(s, targets) for s in sides]
+
+
+def agent_status(sock_path: Path, timeout: float = 120) -> dict[str, Any]:
+    """The agent's status over its control socket, read in full (with 10,000 real servers
+    it is larger than `hapair status` accepts)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(sock_path))
+        sock.sendall(json.dumps({"cmd": "status"}).encode() + b"\n")
+        chunks = []
+        while not (chunks and chunks[-1].endswith(b"\n")):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    reply = json.loads(b"".join(chunks))
+    if not reply.get("ok"):
+        raise BenchError(f"the agent refused the status request: {reply}")
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+def hapair_account(sock_path: Path, targets: int) -> str:
+    """What the agent itself says: every real server has a last probe, and it was ok."""
+    status = agent_status(sock_path)
+    servers = [rs for svc in status.get("services", []) for rs in svc["real_servers"]]
+    probed = [rs["probe"] for rs in servers if rs.get("probe")]
+    ok = [p for p in probed if p["ok"]]
+    lat = sorted(p["latency_ms"] for p in ok)
+    if len(servers) != targets or len(ok) != targets:
+        bad = next((p["reason"] for p in probed if not p["ok"]), "no probe result")
+        raise BenchError(f"hapair status: {len(ok)} of {len(servers)} servers probed ok ({bad})")
+    return (
+        f"hapair status: {len(ok)} of {targets} real servers last probed ok, latency "
+        f"median {lat[len(lat) // 2]} ms, 99th {lat[int(len(lat) * 0.99)]} ms"
+    )
+
+
+def tail(path: Path, n: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    return ""
+
+
+def check_rate(f: Figures, interval: float) -> str | None:
+    due = f.targets / interval
+    if f.probes_per_s < 0.95 * due:
+        return f"{f.name} made {f.probes_per_s:.0f} probes/s of the {due:.0f}/s due"
+    if f.accepts < 0.95 * f.connects:
+        return f"{f.name}: only {f.accepts} of {f.connects} connects were accepted"
+    return None
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# --- the two parts ---------------------------------------------------------------------------
+
+
+def host_part(args: argparse.Namespace) -> dict[str, Any]:
+    layout = Layout.of(args.targets)
+    run = Run(f"hppr{os.getpid()}")
+    try:
+        ns = run.netns("h")
+        print(
+            f"bench/probes host: hapair run, {layout.count} TCP targets "
+            f"({len(layout.addresses)} addresses x {len(layout.ports)} ports) every "
+            f"{args.interval:g} s; warm-up {args.warmup:g} s, window {args.window:g} s",
+            flush=True,
+        )
+        side = start_hapair(run, ns, layout, args.interval, None)
+        t0 = time.monotonic()
+        wait_steady([side], layout.count / args.interval, 60)
+        time.sleep(max(0.0, args.warmup - (time.monotonic() - t0)))
+        (f,) = measure([side], args.window, layout.count)
+        print(f.line(args.interval), flush=True)
+        print("  " + hapair_account(run.tmp / "agent.sock", layout.count), flush=True)
+        if "IPVS" in (log := side.log.read_text(errors="replace")):
+            said = [line for line in log.splitlines() if "IPVS" in line]
+            print(f"  agent log ({len(said)} line(s) on IPVS): {said[0][:150]}", flush=True)
+        problem = check_rate(f, args.interval)
+        if args.profile:
+            stop(side.proc)
+            prof = run.tmp / "hapair.prof"
+            pside = start_hapair(run, ns, layout, args.interval, prof, side.listener)
+            time.sleep(args.warmup + args.window)  # slower under cProfile: no rate check
+            stop(pside.proc)
+            print_profile(prof)
+        return {"host": f.as_json(), "host_problem": problem}
+    except BaseException:
+        run.keep = True
+        raise
+    finally:
+        run.close()
+
+
+def guest_part(args: argparse.Namespace) -> dict[str, Any]:
+    layout = Layout.of(args.guest_targets)
+    if shutil.which("keepalived") is None:
+        raise BenchError("keepalived is not installed (scripts/setup installs it)")
+    run = Run(f"hppr{os.getpid()}")
+    try:
+        ns_h, ns_k = run.netns("h"), run.netns("k")
+        print(
+            f"bench/probes guest: hapair and keepalived --check side by side, "
+            f"{layout.count} TCP targets each every {args.interval:g} s; warm-up "
+            f"{args.guest_warmup:g} s, window {args.guest_window:g} s",
+            flush=True,
+        )
+        sides = [
+            start_hapair(run, ns_h, layout, args.interval, None),
+            start_keepalived(run, ns_k, layout, args.interval),
+        ]
+        t0 = time.monotonic()
+        wait_steady(sides, layout.count / args.interval, 600)  # 9p imports are slow
+        print(f"  both steady after {time.monotonic() - t0:.0f} s", flush=True)
+        time.sleep(max(0.0, args.guest_warmup - (time.monotonic() - t0)))
+        result = measure(sides, args.guest_window, layout.count)
+        for f in result:
+            print(f.line(args.interval), flush=True)
+        print("  " + hapair_account(run.tmp / "agent.sock", layout.count), flush=True)
+        problems = [p for f in result if (p := check_rate(f, args.interval))]
+        return {
+            "guest": [f.as_json() for f in result],
+            "guest_problem": "; ".join(problems) or None,
+        }
+    except BaseException:
+        run.keep = True
+        raise
+    finally:
+        run.close()
+
+
+def print_profile(path: Path) -> None:
+    import pstats
+
+    print("\n## profile of the agent (cProfile, host part)\n")
+    stats = pstats.Stats(str(path)).strip_dirs()
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(25)
+
+
+def guest_via_rig(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-run this bench's guest part in the QEMU guest; echo its output, return its result."""
+    rig = str(REPO / "scripts" / "run-in-kernel")
+    cmd = [rig, str(REPO / "bench" / "probes"), "--guest-part"]
+    cmd += ["--guest-targets", str(args.guest_targets), "--interval", str(args.interval)]
+    cmd += ["--guest-window", str(args.guest_window), "--guest-warmup", str(args.guest_warmup)]
+    env = {**os.environ, "HAPAIR_RIG_TIMEOUT": os.environ.get("HAPAIR_RIG_TIMEOUT", "900")}
+    print("bench/probes: booting the QEMU guest (scripts/run-in-kernel)", flush=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    result: dict[str, Any] | None = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0 or result is None:
+        raise BenchError(f"the guest part failed (exit status {proc.returncode})")
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    def row(label: str, value: str, target: str = "-", outcome: str = "info") -> None:
+        print(f"{label:<52} {value:>10}  {target:<9} {outcome}")
+
+    print()
+    row("measurement", "value", "target", "result")
+    host = result.get("host")
+    if host:
+        f = Figures(**host)
+        ok = f.cpu_percent <= HOST_TARGET_CPU and not result.get("host_problem")
+        row(
+            f"host: hapair CPU, {f.targets:,} targets (% of one core)",
+            f"{f.cpu_percent:.1f}",
+            f"<= {HOST_TARGET_CPU:g} %",
+            verdict(ok),
+        )
+        row("host: hapair probes per CPU-second", f"{f.per_cpu_s:.0f}")
+        if result.get("host_problem"):
+            print(f"  host: {result['host_problem']}")
+    guest = result.get("guest")
+    if guest:
+        h, k = (Figures(**g) for g in guest)
+        ratio = h.cpu_s / k.cpu_s if k.cpu_s else float("inf")
+        ok = ratio <= GUEST_TARGET_RATIO and not result.get("guest_problem")
+        row(
+            f"guest: CPU hapair / keepalived, {h.targets:,} targets",
+            f"{ratio:.2f}",
+            f"<= {GUEST_TARGET_RATIO:g}",
+            verdict(ok),
+        )
+        row("guest: hapair CPU (% of one guest core)", f"{h.cpu_percent:.1f}")
+        row("guest: keepalived CPU (% of one guest core)", f"{k.cpu_percent:.1f}")
+        row("guest: hapair probes per CPU-second", f"{h.per_cpu_s:.0f}")
+        row("guest: keepalived probes per CPU-second", f"{k.per_cpu_s:.0f}")
+        if result.get("guest_problem"):
+            print(f"  guest: {result['guest_problem']}")
+
+
+def in_guest() -> bool:
+    return os.environ.get("HAPAIR_IN_GUEST") == "1" and os.path.exists("/proc/net/ip_vs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="bench/probes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", type=int, default=10000, help="host: TCP targets (10000)")
+    p.add_argument("--window", type=float, default=30, help="host: measured seconds (30)")
+    p.add_argument("--warmup", type=float, default=10, help="host: seconds before it (10)")
+    p.add_argument("--guest-targets", type=int, default=1000, help="guest: targets (1000)")
+    p.add_argument("--guest-window", type=float, default=60, help="guest: measured s (60)")
+    p.add_argument("--guest-warmup", type=float, default=20, help="guest: s before it (20)")
+    p.add_argument("--interval", type=float, default=1.0, help="probe interval, s (1)")
+    p.add_argument("--host-only", action="store_true", help="skip the guest part")
+    p.add_argument("--guest-only", action="store_true", help="skip the host part")
+    p.add_argument("--profile", action="store_true", help="host: also profile the agent")
+    p.add_argument("--guest-part", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--listener", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--first-port", type=int, default=FIRST_PORT, help=argparse.SUPPRESS)
+    p.add_argument("--ports", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.listener:
+        return listener_main(args.first_port, args.ports)
+    try:
+        Layout.of(args.targets)
+        Layout.of(args.guest_targets)
+    except ValueError as e:
+        p.error(str(e))
+    if args.window <= 0 or args.guest_window <= 0 or args.interval <= 0:
+        p.error("--window, --guest-window and --interval must be positive")
+    if os.geteuid() != 0:
+        print("bench/probes: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, min(hard, 1 << 20), 65536)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        if args.guest_part or (in_guest() and not args.host_only):
+            result = guest_part(args)
+            if args.guest_part:
+                print("RESULT " + json.dumps(result), flush=True)
+                return 0
+            report(result)
+            return 0
+        result = {}
+        if not args.guest_only:
+            result.update(host_part(args))
+        if not args.host_only:
+            result.update(guest_via_rig(args))
+        report(result)
+        return 0
+    except BenchError as e:
+        print(f"bench/probes: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Alerts from two real agents in namespaces: a handover reaches a real SMTP server and a
+real pager endpoint (tests/alert_sinks.py in a namespace of its own on the public bridge),
+and each director's notify scripts run for its own state changes, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pair import Lab, started, wait_for
+from topology import Netns
+
+pytestmark = pytest.mark.netns
+
+SINK = "10.77.0.50"  # on the directors' public network
+SINKS_SCRIPT = Path(__file__).parent.parent / "alert_sinks.py"
+
+
+def alerts_toml(notify_log: Path) -> str:
+    script = json.dumps(f"/bin/sh -c 'echo $HAPAIR_NODE $HAPAIR_STATE >> {notify_log}'")
+    return f"""
+[alerts]
+min_interval = "0s"
+[alerts.email]
+smtp = "{SINK}:2525"
+from = "hapair@example.org"
+to = ["oncall@example.org"]
+[alerts.pager]
+url = "http://{SINK}:8080/alert"
+timeout = "2s"
+[alerts.scripts]
+on_master = {script}
+on_backup = {script}
+"""
+
+
+def start_sinks(lab: Lab, ns: Netns, received: Path) -> None:
+    lab.public.attach(ns, "eth0", f"{SINK}/24")
+    argv = [sys.executable, str(SINKS_SCRIPT), SINK, "2525", "8080", str(received)]
+    proc = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv], stdout=subprocess.PIPE)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    lab.extra.append(stop)  # undone at the lab's teardown, after the agents stopped
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+
+
+def test_a_handover_alerts_by_email_and_pager_and_runs_the_notify_scripts(
+    lab_factory: Callable[..., Lab], netns_factory: Callable[[str], Netns], tmp_path: Path
+) -> None:
+    notify_log, received = tmp_path / "notify.log", tmp_path / "received.jsonl"
+    lab = lab_factory(alerts_toml(notify_log))
+    start_sinks(lab, netns_factory("sinks"), received)
+    started(lab)
+    dir1, dir2 = lab.dirs
+
+    def alerts() -> list[dict[str, Any]]:
+        text = received.read_text() if received.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def got(channel: str, node: str, state: str) -> bool:
+        return any(
+            a["channel"] == channel
+            and (
+                a.get("node") == node and a.get("details", {}).get("state") == state
+                if channel == "pager"
+                else a["subject"].startswith(f"[hapair] {node} state_change: {node} is now {state}")
+            )
+            for a in alerts()
+        )
+
+    dir1.signal(signal.SIGTERM)  # a MASTER leaving: dir2 takes over at once
+    wait_for(lambda: dir2.state() == "MASTER", 15)
+    wait_for(lambda: got("email", "dir2", "MASTER") and got("pager", "dir2", "MASTER"), 15)
+    # dir1's own last word, sent while it stopped (close waits a moment for it).
+    assert dir1.proc is not None and dir1.proc.wait(10) == 0
+    assert got("email", "dir1", "STOPPED") and got("pager", "dir1", "STOPPED")
+
+    both = {"email", "pager"}
+    ids = {(a["channel"], a["id"]) for a in alerts()}
+    assert len(ids) == len(alerts())  # the sinks dedup by id; nothing was received twice
+    pager = {a["id"]: a for a in alerts() if a["channel"] == "pager"}
+    email = {a["id"] for a in alerts() if a["channel"] == "email"}
+    assert set(pager) == email  # every alert on both channels, under one id
+    [master] = [a for a in pager.values() if (a["node"], a["subject"]) == ("dir2", "MASTER")]
+    assert (master["event"], master["severity"]) == ("state_change", "warning")
+    assert master["details"]["old_state"] == "BACKUP"
+
+    wait_for(lambda: notify_log.exists() and "dir2 MASTER" in notify_log.read_text(), 10)
+    status: Any = dir2.status()
+    assert status["alerts"]["queued"] == 0
+    [took_over] = [r for r in status["alerts"]["recent"] if r["id"] == master["id"]]
+    assert took_over["delivered"] == {"email": True, "pager": True, "script": True}
+
+    lines = notify_log.read_text().splitlines()
+    assert [line for line in lines if line.startswith("dir2")] == ["dir2 BACKUP", "dir2 MASTER"]
+    assert "dir1 MASTER" in lines
+
+    # A refused reload is an alert too (and dir2 runs on as before).
+    dir2.config.write_text(dir2.config.read_text().replace("priority = 100", "priority = 999"))
+    dir2.signal(signal.SIGHUP)
+    wait_for(lambda: {a["channel"] for a in alerts() if "reload_failed" in str(a)} == both, 10)
+    [refused] = [a for a in alerts() if a.get("event") == "reload_failed"]
+    assert refused["severity"] == "warning" and "node.priority" in refused["summary"]
+    assert dir2.state() == "MASTER"

@@ -1,0 +1,299 @@
+"""The web monitor of real agents (tests/pair.py) in namespaces, over a veth from this
+namespace into each director's, so that both these tests and a real headless Chromium
+reach it. dir1 has a users file; dir2's is missing, so its monitor stays off while the
+agent itself runs on."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pair import VIP, Lab, started, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from topology import sh, unique_name
+
+pytestmark = pytest.mark.netns
+
+ADMIN, VIEWER = ("alice", "correct horse"), ("victor", "viewer pass")
+SERVING, SILENT = "10.77.0.10:80", "10.77.0.11:80"  # the client serves HTTP; nothing at .11
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+EXTRA = f"""
+[[services]]
+name = "web"
+protocol = "tcp"
+address = "{VIP}"
+port = 80
+scheduler = "wlc"
+forward = "dr"
+
+[services.probe]
+type = "tcp"
+interval = "300ms"
+timeout = "300ms"
+rise = 1
+fall = 1
+
+[[services.real_servers]]
+address = "10.77.0.10"
+
+[[services.real_servers]]
+address = "10.77.0.11"
+
+[monitor]
+listen = "@LISTEN@"
+tls_cert = "monitor.crt"
+tls_key = "monitor.key"
+users_file = "@USERS@"
+"""
+
+
+def monitor_address(index: int) -> str:
+    return f"10.79.{index}.2"
+
+
+def hapair(*args: str, stdin: str = "") -> None:
+    subprocess.run(
+        [sys.executable, "-m", "hapair", *args], input=stdin, text=True, check=True, timeout=60
+    )
+
+
+def delete_link(name: str) -> None:
+    sh("ip", "link", "del", name, check=False)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def monitor_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[Lab]:
+    """The pair with a service and [monitor]; each director reachable at 10.79.N.2."""
+    lab = lab_factory(EXTRA)
+    hapair("gen-cert", str(tmp_path / "monitor.crt"), str(tmp_path / "monitor.key"))
+    users = tmp_path / "users"
+    for (user, password), role in ((ADMIN, "admin"), (VIEWER, "viewer")):
+        hapair("passwd", "-f", str(users), user, "--role", role, stdin=password + "\n")
+    for i, d in enumerate(lab.dirs, 1):
+        users_file = users if i == 1 else tmp_path / "no-users-here"
+        text = d.config.read_text().replace("@LISTEN@", f"{monitor_address(i)}:8443")
+        d.config.write_text(text.replace("@USERS@", str(users_file)))
+        outside = unique_name("mon")
+        sh("ip", "link", "add", outside, "type", "veth", "peer", "name", "mon0", "netns", d.ns.name)
+        lab.extra.append(lambda name=outside: delete_link(name))
+        sh("ip", "addr", "add", f"10.79.{i}.1/24", "dev", outside)
+        sh("ip", "link", "set", outside, "up")
+        d.ns.ip("addr", "add", f"{monitor_address(i)}/24", "dev", "mon0")
+        d.ns.ip("link", "set", "mon0", "up")
+    web = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client.name, sys.executable, "-m", "http.server", "80"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lab.extra.append(lambda: stop(web))
+    started(lab)
+    yield lab
+
+
+class Monitor:
+    def __init__(self, address: str, cert: Path) -> None:
+        self.address = address
+        self.context = ssl.create_default_context(cafile=str(cert))
+        self.context.check_hostname = False  # the lab certificate names localhost
+
+    def request(
+        self, method: str, path: str, auth: tuple[str, str] | None = ADMIN, body: Any = None
+    ) -> tuple[int, Any]:
+        headers = {}
+        if auth is not None:
+            token = base64.b64encode(":".join(auth).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        data = None if body is None else json.dumps(body)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPSConnection(self.address, 8443, context=self.context, timeout=20)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        ctype = response.headers.get_content_type()
+        return response.status, json.loads(raw) if ctype == "application/json" else raw.decode()
+
+    def status(self) -> dict[str, Any]:
+        code, body = self.request("GET", "/api/status")
+        assert code == 200, body
+        return dict(body)
+
+
+def server(status: dict[str, Any] | None, address: str) -> dict[str, Any]:
+    """The real server's status; {} when it is not (or no longer) a real server."""
+    assert status is not None
+    for svc in status["services"]:
+        for rs in svc["real_servers"]:
+            if f"{rs['address']}:{rs['port']}" == address:
+                return dict(rs)
+    return {}
+
+
+def test_monitor_of_a_real_agent(monitor_lab: Lab, tmp_path: Path) -> None:
+    dir1, dir2 = monitor_lab.dirs
+    monitor = Monitor(monitor_address(1), tmp_path / "monitor.crt")
+
+    def probed() -> bool:
+        s = monitor.status()
+        silent, serving = server(s, SILENT), server(s, SERVING)
+        return bool(serving and silent and not silent["healthy"] and silent["history"])
+
+    wait_for(probed, 15)
+    s = monitor.status()
+    assert (s["node"], s["state"], s["peer"]["node"], s["peer"]["state"]) == (
+        "dir1",
+        "MASTER",
+        "dir2",
+        "BACKUP",
+    )
+    assert s["peer"]["alive"] and s["peer"]["priority"] == 100 and s["peer"]["since"] > 0
+    assert server(s, SERVING)["healthy"] is True
+    assert server(s, SILENT)["history"][-1]["up"] is False
+
+    # Nothing without credentials, nothing over plain HTTP, nothing a viewer may change.
+    assert monitor.request("GET", "/api/status", auth=None)[0] == 401
+    assert monitor.request("GET", "/api/status", auth=("alice", "wrong password"))[0] == 401
+    conn = http.client.HTTPConnection(monitor.address, 8443, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        conn.request("GET", "/api/status")
+        conn.getresponse()
+    conn.close()
+    drain = f"/api/servers/web/{SERVING}/drain"
+    assert monitor.request("POST", drain, auth=VIEWER)[0] == 403
+    assert server(dir1.status(), SERVING)["admin"] == "enabled"
+
+    # Through the agent's own control path: the control socket sees the same.
+    assert monitor.request("POST", drain) == (
+        200,
+        {"ok": True, "result": f"{SERVING} of web drained"},
+    )
+    assert server(dir1.status(), SERVING)["admin"] == "drained"
+    assert monitor.request("POST", f"/api/servers/web/{SERVING}/enable")[0] == 200
+    assert server(dir1.status(), SERVING)["admin"] == "enabled"
+    code, reply = monitor.request("POST", "/api/servers/web", body={"server": "10.77.0.12:80"})
+    assert code == 200, reply
+    assert server(dir1.status(), "10.77.0.12:80")
+    assert monitor.request("DELETE", "/api/servers/web/10.77.0.12:80")[0] == 200
+    assert not server(dir1.status(), "10.77.0.12:80")
+    code, reply = monitor.request("POST", "/api/servers/mail/10.77.0.12:80/drain")
+    assert (code, reply["ok"]) == (409, False) and "mail" in reply["error"]
+
+    code, text = monitor.request("GET", "/metrics", auth=VIEWER)
+    assert code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("hapair_node_state", (("state", "MASTER"),))] == 1
+    assert samples[("hapair_peer_alive", ())] == 1
+    assert samples[("hapair_real_server_healthy", (("server", SILENT), ("service", "web")))] == 0
+
+    # dir2 has no users file: no monitor, and it says why, but it fails over all the same.
+    wait_for(lambda: "web monitor not started: no users file" in dir2.log.read_text(), 5)
+    assert monitor.request("POST", "/api/release") == (
+        200,
+        {"ok": True, "result": "released: the peer takes the VIPs"},
+    )
+    wait_for(lambda: monitor_lab.holders() == ["dir2"] and dir2.state() == "MASTER", 10)
+    wait_for(lambda: monitor.status()["peer"]["state"] == "MASTER", 5)
+
+
+def test_browser_logs_in_drains_and_logs_out(monitor_lab: Lab, tmp_path: Path) -> None:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        why = "needs Debian's chromium and chromium-driver (scripts/setup installs them)"
+        if os.environ.get("HAPAIR_REQUIRE_LAYERS") == "1":
+            pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this test cannot run here: {why}")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dir1 = monitor_lab.dirs[0]
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # as root
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        "--ignore-certificate-errors",  # the lab's self-signed certificate
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    options.accept_insecure_certs = True
+    # An explicit driver path: Selenium Manager downloads nothing.
+    driver = webdriver.Chrome(
+        service=Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log")),
+        options=options,
+    )
+    base = f"https://{monitor_address(1)}:8443"
+    wait = WebDriverWait(driver, 20)
+    try:
+        driver.get(f"{base}/")
+        wait.until(ec.url_to_be(f"{base}/login"))
+        driver.find_element(By.ID, "username").send_keys(ADMIN[0])
+        driver.find_element(By.ID, "password").send_keys(ADMIN[1])
+        driver.find_element(By.ID, "login").click()
+        wait.until(ec.url_to_be(f"{base}/"))
+
+        # Both directors and the service with its real servers.
+        own = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, '[data-node="dir1"]')))
+        peer = driver.find_element(By.CSS_SELECTOR, '[data-node="dir2"]')
+        assert "MASTER" in own.text and "holds the VIPs" in own.text
+        assert "BACKUP" in peer.text and "100" in peer.text
+        row = f'[data-server="web/{SERVING}"]'
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, row)))
+        wait.until(
+            ec.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, f'[data-server="web/{SILENT}"] .health'), "down"
+            )
+        )
+        assert "udp eth1" in driver.find_element(By.ID, "links").text
+        assert VIP in driver.find_element(By.ID, "vips").text
+
+        # Drain one server: the page and the agent both say so.
+        driver.find_element(By.CSS_SELECTOR, f'{row} button[data-action="drain"]').click()
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, f"{row} .admin"), "drained"))
+        assert server(dir1.status(), SERVING)["admin"] == "drained"
+
+        # Release asks first; cancelling changes nothing.
+        driver.find_element(By.ID, "release").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "confirm")))
+        driver.find_element(By.ID, "confirm-cancel").click()
+        assert dir1.state() == "MASTER"
+
+        # On a phone the page fits the width (wide tables scroll inside their panel).
+        driver.set_window_size(390, 844)
+        assert driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+
+        driver.find_element(By.ID, "logout").click()
+        wait.until(ec.url_to_be(f"{base}/login"))
+        driver.get(f"{base}/")
+        wait.until(ec.url_to_be(f"{base}/login"))
+    finally:
+        driver.quit()
