@@ -145,7 +145,11 @@ def test_spread_sync_failover_and_warm_failback(
         # The BACKUP's kernel learns the connections from the MASTER's sync daemon.
         wait_for(lambda: synced(dir2.ns) >= CONNECTIONS, 10, step=0.5)
 
-        # The MASTER dies: its agent, then the whole machine.
+        # The MASTER dies: its links first (a dead machine sends nothing: a namespace
+        # being torn down briefly answers for its VIPs without IPVS, with resets), then
+        # its agent and the whole machine.
+        for ifname in ("eth0", "eth1", "eth2") if mode == "nat" else ("eth0", "eth1"):
+            dir1.ns.ip("link", "set", ifname, "down")
         assert dir1.proc is not None
         dir1.proc.kill()
         dir1.proc.wait()
