@@ -7,7 +7,7 @@ Run in a namespace (`ip netns exec NS python tests/traffic.py ...`):
                          port 7 that answers "NAME <line>", on every address (under DR
                          the packets are for the VIP); prints "ready" when listening.
   spread URL N           N requests, each on a new connection; prints {"NAME": count}.
-  hold ADDR PORT N       N connections that each send a line every PERIOD and wait for the
+  hold ADDR PORT N [P]   N connections that each send a line every P s (PERIOD) and wait for the
                          answer (one in flight, so TCP retransmits across an outage); on
                          "report" (stdin) prints one JSON line with every connection's
                          state; "quit" ends it.
@@ -35,6 +35,17 @@ PERIOD = 0.5  # seconds between a connection's lines
 
 
 async def serve(name: str) -> None:
+    servers = await listen(name)
+    print("ready", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        del servers  # referenced while serving
+
+
+async def listen(name: str) -> list[Any]:
+    """Start real server NAME's HTTP (80) and echo (7) servers on every address of this
+    network namespace; return them (an aiohttp runner, an asyncio server)."""
     from aiohttp import web
 
     async def hello(request: web.Request) -> web.Response:
@@ -56,9 +67,7 @@ async def serve(name: str) -> None:
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", 80).start()
     server = await asyncio.start_server(echo, "0.0.0.0", 7, backlog=1024)
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
+    return [runner, server]
 
 
 def spread(url: str, n: int) -> None:
@@ -85,7 +94,7 @@ class Conn:
     moved: bool = False  # a different server answered: the connection was not the same
 
 
-async def hold(addr: str, port: int, n: int) -> None:
+async def hold(addr: str, port: int, n: int, period: float = PERIOD) -> None:
     conns = [Conn() for _ in range(n)]
     ready = asyncio.Event()
 
@@ -106,7 +115,7 @@ async def hold(addr: str, port: int, n: int) -> None:
                 seq += 1
                 if all(x.answered >= 5 for x in conns):
                     ready.set()
-                await asyncio.sleep(PERIOD)
+                await asyncio.sleep(period)
         except (OSError, ConnectionError) as exc:
             c.error = str(exc) or type(exc).__name__
 
@@ -181,9 +190,11 @@ def request_spread(ns: str, url: str, n: int, timeout: float) -> dict[str, int]:
 class Holder:
     """The long-lived connections of `hold`, as the test drives them."""
 
-    def __init__(self, ns: str, addr: str, port: int, n: int, timeout: float) -> None:
+    def __init__(
+        self, ns: str, addr: str, port: int, n: int, timeout: float, period: float = PERIOD
+    ) -> None:
         self.proc = subprocess.Popen(
-            _python_in(ns, "hold", addr, str(port), str(n)),
+            _python_in(ns, "hold", addr, str(port), str(n), str(period)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -217,6 +228,8 @@ if __name__ == "__main__":
     elif cmd == "spread":
         spread(rest[0], int(rest[1]))
     elif cmd == "hold":
-        asyncio.run(hold(rest[0], int(rest[1]), int(rest[2])))
+        asyncio.run(
+            hold(rest[0], int(rest[1]), int(rest[2]), float(rest[3]) if rest[3:] else PERIOD)
+        )
     else:
         sys.exit(f"unknown command {cmd!r}")

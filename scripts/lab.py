@@ -1,0 +1,1136 @@
+"""The failover lab: a director pair with real servers, in network namespaces.
+
+    scripts/lab up [--mode dr|nat|tun]   build it and leave it running (needs IPVS)
+    scripts/lab status                   `hapair status` of both directors
+    scripts/lab down                     remove everything (idempotent)
+    scripts/lab demo [--mode ...]        up, a measured failover and failback, down
+    scripts/lab topology                 the topology below as JSON (for provisioning)
+
+The topology is described once, in TOPOLOGY below: a client, two directors (lvs1
+priority 150, lvs2 priority 100), three real servers (HTTP on 80, SMTP on 25, a line
+echo on 7) and an "ops" host receiving the alerts (a real SMTP server and a pager
+endpoint); a public bridge, a heartbeat/sync bridge, a private bridge (NAT only), a
+serial cable between the directors (a socat pty pair), and a management veth from the
+root namespace to each director for its web monitor. The real servers, the long-lived
+connections and the alert sinks are the test suite's own (tests/traffic.py,
+tests/alert_sinks.py, tests/topology.py).
+
+Every namespace is named `lab-<host>`; everything the lab starts runs inside one of
+them except socat, whose pid is kept in the lab directory. `down` kills only those
+processes and deletes only those names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import itertools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+sys.path.insert(0, str(TESTS))  # topology, traffic, alert_sinks: shared with the tests
+
+IN_GUEST = os.environ.get("HAPAIR_IN_GUEST") == "1"
+# Inside the QEMU guest (software emulation) everything runs ~10x slower.
+SLOWDOWN = float(os.environ.get("HAPAIR_SLOWDOWN", "10" if IN_GUEST else "1"))
+LAB_DIR = Path(os.environ.get("HAPAIR_LAB_DIR", "/run/hapair-lab"))
+PYTHON = sys.executable
+
+# --- the topology: the one description of the lab (also `scripts/lab topology`) -----------
+
+PREFIX = "lab-"
+MODES = ("dr", "nat", "tun")
+VIP = "10.60.0.100"
+NAT_GATEWAY = "10.62.0.254"  # NAT: the real servers' default route, a second VIP
+CLUSTER_ID = 60
+GROUP = "239.0.0.60"
+HB_PORT = 6694
+SMTP_SINK_PORT, PAGER_PORT = 2525, 8080
+MONITOR_PORT = 8443
+MONITOR_USER = "admin"
+
+TOPOLOGY: dict[str, Any] = {
+    "networks": {
+        "public": {"cidr": "10.60.0.0/24", "note": "client, directors' eth0 (the VIP), ops"},
+        "heartbeat": {"cidr": "10.61.0.0/24", "note": "directors' eth1: heartbeats, sync"},
+        "private": {"cidr": "10.62.0.0/24", "note": "NAT only: real servers, directors' eth2"},
+    },
+    "vip": VIP,
+    "nat_gateway": NAT_GATEWAY,
+    "hosts": {
+        "client": {"role": "client", "public": "10.60.0.10"},
+        "lvs1": {
+            "role": "director",
+            "priority": 150,
+            "public": "10.60.0.1",
+            "heartbeat": "10.61.0.1",
+            "private": "10.62.0.1",
+            "management": "198.18.1.2",
+        },
+        "lvs2": {
+            "role": "director",
+            "priority": 100,
+            "public": "10.60.0.2",
+            "heartbeat": "10.61.0.2",
+            "private": "10.62.0.2",
+            "management": "198.18.2.2",
+        },
+        # A real server is on the public network under dr and tun, the private one under nat.
+        "rs1": {"role": "real", "public": "10.60.0.21", "private": "10.62.0.21"},
+        "rs2": {"role": "real", "public": "10.60.0.22", "private": "10.62.0.22"},
+        "rs3": {"role": "real", "public": "10.60.0.23", "private": "10.62.0.23"},
+        "ops": {"role": "ops", "public": "10.60.0.50"},
+    },
+    # name, port, scheduler, probe type
+    "services": [("web", 80, "wlc", "http"), ("mail", 25, "rr", "smtp"), ("echo", 7, "rr", "tcp")],
+    "interfaces": {"public": "eth0", "heartbeat": "eth1", "private": "eth2"},
+}
+HOSTS: dict[str, dict[str, Any]] = TOPOLOGY["hosts"]
+DIRECTORS = [n for n, h in HOSTS.items() if h["role"] == "director"]
+REALS = [n for n, h in HOSTS.items() if h["role"] == "real"]
+BRIDGES = {"public": "pub", "heartbeat": "hb", "private": "prv"}  # network -> namespace hint
+
+
+def ns_name(host: str) -> str:
+    return PREFIX + host
+
+
+def all_namespaces() -> list[str]:
+    return [ns_name(h) for h in HOSTS] + [ns_name(b) for b in BRIDGES.values()]
+
+
+def mgmt_link(director: str) -> str:
+    return PREFIX + director  # the root-namespace end of the management veth
+
+
+def mgmt_root_address(director: str) -> str:
+    return HOSTS[director]["management"].rsplit(".", 1)[0] + ".1"
+
+
+def real_address(mode: str, host: str) -> str:
+    return str(HOSTS[host]["private" if mode == "nat" else "public"])
+
+
+def timing() -> dict[str, float]:
+    """Heartbeat timing: as a deployment would set it, looser in the emulated guest."""
+    if IN_GUEST:
+        return {"interval": 0.5, "deadtime": 3.0, "initdead": 6.0, "warmup": 60.0}
+    return {"interval": 0.2, "deadtime": 1.0, "initdead": 3.0, "warmup": 10.0}
+
+
+def director_config(name: str, mode: str, lab: Path) -> str:
+    host, t = HOSTS[name], timing()
+    probe_interval, probe_timeout = (5, 4) if IN_GUEST else (2, 1)
+    services = ""
+    for svc, port, scheduler, probe in TOPOLOGY["services"]:
+        services += f"""
+[[services]]
+name = "{svc}"
+protocol = "tcp"
+address = "{VIP}"
+port = {port}
+scheduler = "{scheduler}"
+forward = "{mode}"
+probe = {{ type = "{probe}", interval = "{probe_interval}s", timeout = "{probe_timeout}s" }}
+"""
+        for rs in REALS:
+            services += f'\n[[services.real_servers]]\naddress = "{real_address(mode, rs)}"\n'
+    gateway = f"""
+[[vips]]
+address = "{NAT_GATEWAY}/24"
+interface = "eth2"
+garp_repeat = 3
+garp_interval = "50ms"
+"""
+    sink = HOSTS["ops"]["public"]
+    return f"""# written by scripts/lab for the {mode} lab
+[node]
+name = "{name}"
+priority = {host["priority"]}
+control_socket = "{lab / f"{name}.sock"}"
+state_dir = "{lab / name}"
+
+[cluster]
+id = {CLUSTER_ID}
+auth_key_file = "{lab / "authkey"}"
+interval = "{t["interval"]}s"
+deadtime = "{t["deadtime"]}s"
+initdead = "{t["initdead"]}s"
+preempt = true
+
+[[cluster.links]]
+type = "udp"
+interface = "eth1"
+group = "{GROUP}"
+port = {HB_PORT}
+
+[[cluster.links]]
+type = "serial"
+device = "{lab / f"tty-{name}"}"
+baud = 115200
+
+[[vips]]
+address = "{VIP}/24"
+interface = "eth0"
+garp_repeat = 3
+garp_interval = "50ms"
+{gateway if mode == "nat" else ""}
+[sync]
+interface = "eth1"
+sync_id = {CLUSTER_ID}
+warmup = "{t["warmup"]}s"
+
+[sysctl]
+ip_forward = {"true" if mode == "nat" else "false"}
+sync_threshold = [3, 10]
+
+[alerts]
+min_interval = "0s"
+[alerts.email]
+smtp = "{sink}:{SMTP_SINK_PORT}"
+from = "hapair@{name}.lab"
+to = ["oncall@example.org"]
+[alerts.pager]
+url = "http://{sink}:{PAGER_PORT}/alert"
+
+[monitor]
+listen = "{host["management"]}:{MONITOR_PORT}"
+tls_cert = "{lab / "monitor.crt"}"
+tls_key = "{lab / "monitor.key"}"
+users_file = "{lab / "users"}"
+{services}"""
+
+
+# --- small tools ---------------------------------------------------------------------------
+
+
+class LabError(Exception):
+    pass
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * SLOWDOWN)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)!r} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def ip_batch(lines: list[str], ns: str | None = None) -> None:
+    """Several `ip` commands in one process (`ip -batch`), in namespace `ns`."""
+    if not lines:
+        return
+    cmd = ["ip", "-batch", "-"] if ns is None else ["ip", "-n", ns, "-batch", "-"]
+    proc = subprocess.run(
+        cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60 * SLOWDOWN
+    )
+    if proc.returncode != 0:
+        raise LabError(f"ip {'-n ' + ns if ns else ''} -batch: {proc.stderr.strip()}")
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    """`predicate()`'s first true value; LabError after `timeout` seconds (x SLOWDOWN)."""
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"not within {timeout * SLOWDOWN:.0f} s: {what}")
+        time.sleep(step)
+
+
+def has_ipvs() -> bool:
+    if not Path("/proc/net/ip_vs").exists():
+        subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, check=False)
+    return Path("/proc/net/ip_vs").exists()
+
+
+def existing_namespaces() -> set[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def status_of(director: str, lab: Path) -> dict[str, Any] | None:
+    """What `hapair status --json` prints (the same control-socket request, in-process)."""
+    from hapair import control
+
+    try:
+        reply = control.request(lab / f"{director}.sock", {"cmd": "status"}, timeout=5 * SLOWDOWN)
+    except (control.NoAgent, OSError):
+        return None
+    result = reply.get("result") if reply.get("ok") else None
+    return result if isinstance(result, dict) else None
+
+
+def state_of(director: str, lab: Path) -> str | None:
+    s = status_of(director, lab)
+    return None if s is None else str(s["state"])
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in text)
+
+
+# --- roles run inside the namespaces -------------------------------------------------------
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the block in network namespace `name` (this thread only): sockets made there
+    stay there, so one process can serve in several namespaces."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
+        if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        try:
+            yield
+        finally:
+            libc.setns(home.fileno(), CLONE_NEWNET)
+
+
+async def serve_all(alerts: Path) -> None:
+    """Every real server and the alert sinks, in one process (each Python process costs
+    seconds in the emulated guest), each listening in its own namespace: per real server
+    tests/traffic.py's HTTP (80) and line echo (7) and an SMTP server on 25 (aiosmtpd,
+    its greeting names the server); on ops tests/alert_sinks.py's SMTP and pager sinks."""
+    from aiosmtpd.handlers import Sink
+    from aiosmtpd.smtp import SMTP
+    from alert_sinks import PagerSink, SmtpSink
+    from traffic import listen
+
+    def record(item: dict[str, Any]) -> None:
+        with open(alerts, "a") as f:
+            f.write(json.dumps(item | {"received": time.time()}) + "\n")
+
+    loop = asyncio.get_running_loop()
+    keep: list[Any] = []
+    for rs in REALS:
+        with in_netns(ns_name(rs)):
+            keep += await listen(rs)
+            smtp = await loop.create_server(lambda n=rs: SMTP(Sink(), hostname=n), "0.0.0.0", 25)
+            keep.append(smtp)
+    sink = HOSTS["ops"]["public"]
+    with in_netns(ns_name("ops")):
+        keep += [
+            SmtpSink(sink, SMTP_SINK_PORT, on_alert=record),
+            PagerSink(sink, PAGER_PORT, on_alert=record),
+        ]
+        for server in keep[-2:]:
+            await server.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def poll_http(host: str, port: int, period: float, timeout: float) -> None:
+    """A client sending a GET on a new connection every `period` s (not waiting for the
+    previous one); prints `1 <done> <server>` per answer, `0 <done> <error>` per failure,
+    wall-clock times. Ends on EOF or "quit" on stdin."""
+    out: list[str] = []
+
+    async def one() -> None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            writer.write(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), timeout)
+            writer.close()
+            head, _, body = reply.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+                raise ConnectionError(head.split(b"\r\n")[0].decode(errors="replace") or "empty")
+            out.append(f"1 {time.time():.4f} {body.decode().strip() or '?'}\n")
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            reason = type(exc).__name__
+            out.append(f"0 {time.time():.4f} {reason}\n")
+
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            if out:
+                sys.stdout.write("".join(out))
+                sys.stdout.flush()
+                out.clear()
+
+    async def send() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        nxt = time.monotonic()
+        while True:
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            nxt += period
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            nxt = max(nxt, time.monotonic() - period)
+
+    loop = asyncio.get_running_loop()
+    workers = [asyncio.create_task(flush()), asyncio.create_task(send())]
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() not in ("quit", ""):
+        pass
+    for w in workers:
+        w.cancel()
+
+
+# --- the lab -------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    mode: str
+    dir: Path
+    password: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    bridges: list[str] = field(default_factory=list)  # the networks in this mode
+    generation: int = 0  # of wire(): bridge port names stay unique across rebuilds
+    t0: float = field(default_factory=time.monotonic)
+
+    def step(self, text: str) -> None:
+        say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+    # building
+
+    def spawn(self, key: str, host: str | None, *cmd: str) -> subprocess.Popen[bytes]:
+        """A background process (its own session: it outlives `up`) logging to <key>.log."""
+        argv = list(cmd) if host is None else ["ip", "netns", "exec", ns_name(host), *cmd]
+        with open(self.dir / f"{key}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=os.environ | {"HAPAIR_LOG": "INFO"},
+            )
+        self.procs[key] = proc
+        return proc
+
+    def wait_ready(self, key: str, timeout: float) -> None:
+        proc, log = self.procs[key], self.dir / f"{key}.log"
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise LabError(f"{key} exited {proc.returncode}:\n{log_tail(log)}")
+            return "ready" in log.read_text(errors="replace")
+
+        wait_for(f"{key} ready", ready, timeout)
+
+    def build(self) -> None:
+        if existing_namespaces() & set(all_namespaces()):
+            raise LabError("a lab is already up: run 'scripts/lab down' first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        key = self.dir / "authkey"
+        key.write_bytes(secrets.token_bytes(32))
+        key.chmod(0o600)
+        self.spawn(
+            "socat",
+            None,
+            "socat",
+            f"pty,raw,echo=0,link={self.dir / 'tty-lvs1'}",
+            f"pty,raw,echo=0,link={self.dir / 'tty-lvs2'}",
+        )
+        self.save()
+        self.bridges = [b for b in BRIDGES if b != "private" or self.mode == "nat"]
+        self.wire(["client", "ops", *REALS, *DIRECTORS], bridges=True)
+        for d in DIRECTORS:
+            (self.dir / d).mkdir(exist_ok=True)
+            (self.dir / f"{d}.toml").write_text(director_config(d, self.mode, self.dir))
+        self.monitor_login()
+        wait_for("the serial cable (socat)", lambda: (self.dir / "tty-lvs2").exists(), 10)
+
+    def monitor_login(self) -> None:
+        """The monitor's certificate and login, by `hapair gen-cert` and `hapair passwd`
+        (their code run in this process: a process costs seconds in the guest)."""
+        from hapair.cli import main as hapair
+
+        self.password = secrets.token_urlsafe(12)
+        secret = self.dir / "monitor-password"
+        secret.write_text(self.password + "\n")
+        secret.chmod(0o600)
+        crt, key = self.dir / "monitor.crt", self.dir / "monitor.key"
+        stdin = sys.stdin
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = hapair(["gen-cert", str(crt), str(key), "--cn", "hapair-lab"])
+                sys.stdin = io.StringIO(self.password + "\n")
+                rc = rc or hapair(["passwd", "-f", str(self.dir / "users"), MONITOR_USER])
+        finally:
+            sys.stdin = stdin
+        if rc != 0:
+            raise LabError("hapair gen-cert / hapair passwd failed")
+
+    def wire(self, hosts: list[str], bridges: bool = False) -> None:
+        """Create `hosts` (fresh namespaces) on their networks, with `ip -batch`: one `ip`
+        per namespace, not one per change. `bridges`: make the bridges first."""
+        self.generation += 1
+        gen = self.generation
+        root = [f"netns add {ns_name(BRIDGES[b])}" for b in (self.bridges if bridges else [])]
+        root += [f"netns add {ns_name(h)}" for h in hosts]
+        for d in (h for h in hosts if h in DIRECTORS):
+            link, there = mgmt_link(d), ns_name(d)
+            root += [
+                f"link add {link} type veth peer name mgmt0 netns {there}",
+                f"addr add {mgmt_root_address(d)}/24 dev {link}",
+                f"link set {link} up",
+            ]
+        if self.mode == "tun":
+            sh("modprobe", "-q", "ipip", check=False)
+        ip_batch(root)
+        inside: dict[str, list[str]] = {h: ["link set lo up"] for h in hosts}
+        for network in self.bridges:
+            batch = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
+            batch = batch if bridges else []
+            for h in hosts:
+                if (ifname := self.interface(h, network)) is None:
+                    continue
+                port = f"{h}-{gen}"
+                batch += [
+                    f"link add {port} type veth peer name {ifname} netns {ns_name(h)}",
+                    f"link set {port} master br0 up",
+                ]
+                inside[h] += [
+                    f"addr add {HOSTS[h][network]}/24 dev {ifname}",
+                    f"link set {ifname} up",
+                ]
+            ip_batch(batch, ns_name(BRIDGES[network]))
+        for h in hosts:
+            if h in DIRECTORS:
+                inside[h] += [
+                    f"addr add {HOSTS[h]['management']}/24 dev mgmt0",
+                    "link set mgmt0 up",
+                ]
+            elif h in REALS and self.mode == "nat":  # replies go back through the MASTER
+                inside[h].append(f"route add default via {NAT_GATEWAY}")
+            elif h in REALS:  # the VIP is local to the server, never answered for in ARP
+                dev = "lo" if self.mode == "dr" else "tunl0"  # tun: IPIP arrives on tunl0
+                inside[h] += [f"link set {dev} up", f"addr add {VIP}/32 dev {dev}"]
+            ip_batch(inside[h], ns_name(h))
+            if h in REALS and self.mode != "nat":
+                settings = ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]
+                if self.mode == "tun":  # decapsulated packets come from the client's address
+                    settings += [f"net.ipv4.conf.{c}.rp_filter=0" for c in ("all", "tunl0")]
+                sh("ip", "netns", "exec", ns_name(h), "sysctl", "-qw", *settings)
+
+    def interface(self, host: str, network: str) -> str | None:
+        """`host`'s interface on `network`, or None if it is not on it in this mode."""
+        if network not in HOSTS[host] or network not in self.bridges:
+            return None
+        if HOSTS[host]["role"] == "real":
+            return "eth0" if network == ("private" if self.mode == "nat" else "public") else None
+        return str(TOPOLOGY["interfaces"][network])
+
+    def start_agent(self, d: str) -> None:
+        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
+
+    def agent_alive(self, d: str) -> bool:
+        proc = self.procs.get(d)
+        if proc is not None and proc.poll() is not None:
+            tail = log_tail(self.dir / f"{d}.log")
+            raise LabError(f"the {d} agent exited {proc.returncode}:\n{tail}")
+        return True
+
+    def start(self) -> None:
+        """Real servers, alert sinks, both agents; back once the pair is steady."""
+        alerts = str(self.dir / "alerts.jsonl")
+        self.spawn("servers", "ops", PYTHON, str(Path(__file__).resolve()), "_serve", alerts)
+        for d in DIRECTORS:
+            self.start_agent(d)
+        self.save()
+        self.wait_ready("servers", 60)
+        self.step("real servers up (HTTP :80, SMTP :25, echo :7), alert sinks up on ops")
+        self.wait_steady()
+
+    def wait_steady(self) -> dict[str, Any]:
+        def steady() -> dict[str, Any] | None:
+            for d in DIRECTORS:
+                self.agent_alive(d)
+            s1, s2 = (status_of(d, self.dir) for d in DIRECTORS)
+            if not s1 or not s2 or (s1["state"], s2["state"]) != ("MASTER", "BACKUP"):
+                return None
+            if not s2["peer"]["alive"] or not all(lk["alive"] for lk in s2["peer"]["links"]):
+                return None
+            return s1
+
+        return wait_for("lvs1 MASTER and lvs2 BACKUP, hearing each other", steady, 60, 0.3)
+
+    # keeping track, for `down` from another process
+
+    def save(self) -> None:
+        state = {"mode": self.mode, "socat": None}
+        if "socat" in self.procs:
+            state["socat"] = self.procs["socat"].pid
+        (self.dir / "state.json").write_text(json.dumps(state))
+
+    # tearing down
+
+    def down(self) -> None:
+        down(self.dir)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
+
+
+def down(lab: Path, quiet: bool = True) -> list[str]:
+    """Kill every process in the lab's namespaces and the lab's socat, delete the namespaces
+    and the management links, remove the lab directory. Idempotent; returns what it did."""
+    done: list[str] = []
+    present = [n for n in all_namespaces() if n in existing_namespaces()]
+    pids: set[int] = set()
+    for name in present:
+        out = sh("ip", "netns", "pids", name, check=False).stdout
+        pids |= {int(p) for p in out.split()}
+    with contextlib.suppress(OSError, ValueError):
+        socat = json.loads((lab / "state.json").read_text())["socat"]
+        cmdline = Path(f"/proc/{socat}/cmdline").read_bytes()
+        if cmdline.startswith(b"socat\0") and str(lab).encode() in cmdline:
+            pids.add(int(socat))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10 * SLOWDOWN
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if _running(p)}
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if pids:
+        done.append(f"killed {len(pids)} process(es) that ignored SIGTERM")
+    for name in present:
+        sh("ip", "netns", "del", name, check=False)
+    if present:
+        done.append(f"deleted namespaces {' '.join(present)}")
+    links = sh("ip", "-o", "link", "show", check=False).stdout
+    for d in DIRECTORS:
+        if f" {mgmt_link(d)}@" in links or f" {mgmt_link(d)}:" in links:
+            sh("ip", "link", "del", mgmt_link(d), check=False)
+            done.append(f"deleted link {mgmt_link(d)}")
+    if lab.exists():
+        shutil.rmtree(lab, ignore_errors=True)
+        done.append(f"removed {lab}")
+    return done
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def leftovers(lab: Path) -> list[str]:
+    """What of a lab still exists (empty after a clean `down`)."""
+    left = [n for n in all_namespaces() if n in existing_namespaces()]
+    links = sh("ip", "-o", "link", "show", check=False).stdout
+    left += [mgmt_link(d) for d in DIRECTORS if f" {mgmt_link(d)}@" in links]
+    if lab.exists():
+        left.append(str(lab))
+    return left
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+class Poller:
+    """tests the VIP with a fresh HTTP request every `period` s, from the client."""
+
+    def __init__(self, period: float) -> None:
+        timeout = 2.0 * SLOWDOWN
+        self.proc = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", ns_name("client"), PYTHON, str(Path(__file__).resolve())),
+                *("_poll", VIP, "80", str(period), str(timeout)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ok: list[tuple[float, str]] = []
+        self.failed: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            ok, t, what = line.split(maxsplit=2)
+            with self.lock:
+                (self.ok if ok == "1" else self.failed).append((float(t), what.strip()))
+
+    def answered_since(self, since: float, by: str | None = None) -> int:
+        with self.lock:
+            return sum(1 for t, s in self.ok if t > since and (by is None or s == by))
+
+    def outage(self, start: float, end: float) -> tuple[float, float, float]:
+        """(longest gap in s between successive answers from `start` - 1 s to `end`,
+        where it began, where it ended)."""
+        with self.lock:
+            times = sorted(t for t, _ in self.ok if start - 1.0 <= t <= end)
+        if len(times) < 2:
+            return float("inf"), start, end
+        gap, a, b = max((b - a, a, b) for a, b in itertools.pairwise(times))
+        return gap, a, b
+
+    def failures(self, start: float, end: float) -> int:
+        with self.lock:
+            return sum(1 for t, _ in self.failed if start <= t <= end)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+            try:
+                self.proc.wait(10 * SLOWDOWN)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def synced(lab: Lab, d: str) -> int:
+    """Established connections to the echo service in `d`'s kernel (`ipvsadm -Lnc`)."""
+    rows = sh("ip", "netns", "exec", ns_name(d), "ipvsadm", "-Lnc", check=False).stdout
+    rows = rows.splitlines()[2:]
+    return sum(1 for r in rows if f" {VIP}:7 " in f" {r} " and "ESTABLISHED" in r)
+
+
+@dataclass
+class Survival:
+    survived: int  # answered after `since`, by the server it always had, no error
+    total: int
+    last: float  # s from `since` until the last survivor answered
+    broken: dict[str, int]  # reason -> connections
+
+
+def connections_after(holder: Any, since: float, timeout: float) -> Survival:
+    """How the long-lived connections fared after `since`; waits until every one answered
+    or broke, at most `timeout` (x SLOWDOWN)."""
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while True:
+        conns = holder.report()
+        alive = [c for c in conns if not c["error"] and not c["moved"]]
+        survived = [c for c in alive if c["last_ok"] > since]
+        if len(survived) == len(alive) or time.monotonic() > deadline:
+            broken: dict[str, int] = {}
+            for c in conns:
+                if c not in survived:
+                    why = c["error"] or ("moved to another server" if c["moved"] else "silent")
+                    broken[why] = broken.get(why, 0) + 1
+            last = max((c["last_ok"] for c in survived), default=since)
+            return Survival(len(survived), len(conns), last - since, broken)
+        time.sleep(0.5)
+
+
+def log_events(path: Path, pattern: str, since: float) -> list[tuple[float, str]]:
+    """(wall time, message) of the agent log lines after `since` matching `pattern`."""
+    events = []
+    text = path.read_text(errors="replace") if path.exists() else ""
+    for line in text.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ (.*)", line)
+        if m and re.search(pattern, m[3]):
+            t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+            if t >= since:
+                events.append((t, m[3]))
+    return events
+
+
+def alerts_received(lab: Path) -> list[dict[str, Any]]:
+    path = lab / "alerts.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def monitor_check(lab: Lab, d: str) -> str:
+    """Ask `d`'s monitor for /api/status over HTTPS with the lab's login; a line to print."""
+    url = f"https://{HOSTS[d]['management']}:{MONITOR_PORT}/api/status"
+    context = ssl.create_default_context(cafile=str(lab.dir / "monitor.crt"))
+    context.check_hostname = False  # the lab certificate names "lab", not the address
+    token = base64.b64encode(f"{MONITOR_USER}:{lab.password}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5 * SLOWDOWN, context=context) as r:
+            body = json.loads(r.read())
+        return f"{url} answers: {body['node']} {body['state']}"
+    except Exception as exc:
+        return f"{url} did NOT answer ({exc}); see {lab.dir / (d + '.log')}"
+
+
+def smtp_through_vip() -> str:
+    """One email through VIP:25 from the client; which real server took it."""
+    script = (
+        "import smtplib\n"
+        f"s = smtplib.SMTP({VIP!r}, 25, timeout=30)\n"
+        "name = s.ehlo()[1].split()[0].decode()\n"
+        "s.sendmail('demo@client.lab', ['user@example.org'], 'Subject: hi\\r\\n\\r\\nhello')\n"
+        "s.quit()\n"
+        "print(name)\n"
+    )
+    out = sh("ip", "netns", "exec", ns_name("client"), PYTHON, "-c", script, check=False)
+    if out.returncode != 0:
+        return f"FAILED: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
+    return f"accepted by {out.stdout.strip()}"
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    mode: str
+    deadtime: float
+    connections: int
+    failover_ok: bool = False
+    master_after: float | None = None  # s from the kill to lvs2's MASTER (its status)
+    outage: float | None = None  # s, the longest gap between answers around the failover
+    rate: float = 0.0  # answers per second before the kill
+    failed_requests: int = 0
+    survived: int = 0
+    broken: dict[str, int] = field(default_factory=dict)
+    failback_ok: bool = False
+    learned: int | None = None
+    failback_outage: float | None = None
+    failback_survived: int = 0
+    alerts: list[str] = field(default_factory=list)  # alert email subjects after the kill
+    monitor: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def banner(mode: str) -> None:
+    t = timing()
+    say(f"hapair failover lab: mode {mode}, VIP {VIP}, real servers {', '.join(REALS)}")
+    say(
+        f"heartbeats every {t['interval'] * 1000:.0f} ms on UDP multicast and a serial line;"
+        f" deadtime {t['deadtime']:g} s" + (" (looser in the emulated guest)" if IN_GUEST else "")
+    )
+
+
+def cmd_up(mode: str, lab_dir: Path) -> int:
+    banner(mode)
+    lab = Lab(mode, lab_dir)
+    try:
+        lab.build()
+        lab.step("namespaces, bridges, serial cable, configs, monitor login: built")
+        lab.start()
+        lab.step("lvs1 MASTER, lvs2 BACKUP")
+    except BaseException:
+        say("lab: start-up failed; tearing down")
+        lab.down()
+        raise
+    print_up(lab)
+    return 0
+
+
+def print_up(lab: Lab) -> None:
+    say()
+    say(f"The lab is up (files and logs in {lab.dir}):")
+    for d in DIRECTORS:
+        say(f"  {d}: config {lab.dir / (d + '.toml')}, log {lab.dir / (d + '.log')}")
+        say(f"    monitor {monitor_check(lab, d)}")
+    say(f"  monitor login: {MONITOR_USER} / {lab.password}")
+    say(f"  (self-signed certificate {lab.dir / 'monitor.crt'}: curl --cacert it, or -k)")
+    say(f"  alerts received by ops: {lab.dir / 'alerts.jsonl'}")
+    say("Try:")
+    say(f"  ip netns exec {ns_name('client')} curl -s http://{VIP}/")
+    say(f"  .venv/bin/hapair status -c {lab.dir / 'lvs1.toml'}")
+    say(f"  ip netns exec {ns_name('lvs1')} ipvsadm -Ln")
+    say("  scripts/lab status; scripts/lab down")
+
+
+def cmd_status(lab_dir: Path) -> int:
+    if not lab_dir.exists():
+        say("lab: no lab is up")
+        return 3
+    rc = 0
+    for d in DIRECTORS:
+        say(f"=== {d}")
+        out = subprocess.run(
+            [PYTHON, "-m", "hapair", "status", "-c", str(lab_dir / f"{d}.toml")], check=False
+        )
+        rc = rc or out.returncode
+    return rc
+
+
+def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
+    """The whole story in one run; tears everything down at the end, whatever happens."""
+    banner(mode)
+    t = timing()
+    result = DemoResult(mode, t["deadtime"], connections)
+    lab = Lab(mode, lab_dir)
+    holder: Any = None
+    poller: Poller | None = None
+    try:
+        lab.build()
+        lab.step("built: namespaces lab-*, public and heartbeat bridges, socat serial cable")
+        lab.start()
+        lab.step("lvs1 MASTER, lvs2 BACKUP; both IPVS tables loaded, sync daemons on eth1")
+        for d in DIRECTORS:
+            result.monitor.append(monitor_check(lab, d))
+            lab.step(f"monitor: {result.monitor[-1]}")
+        lab.step(f"SMTP through the VIP: {smtp_through_vip()}")
+        # In the emulated guest a Python server manages a fraction of the host's rate.
+        period, line_period = (0.05, 2.0) if IN_GUEST else (0.01, 0.5)
+        poller = Poller(period)
+        from traffic import Holder
+
+        holder = Holder(ns_name("client"), VIP, 7, connections, 60 * SLOWDOWN, line_period)
+        lab.step(f"client: a new HTTP request to {VIP}:80 every {period * 1000:.0f} ms, and")
+        lab.step(
+            f"  {connections} connections to {VIP}:7 each sending a line every {line_period:g} s"
+        )
+        n = wait_for(
+            "lvs2's kernel learning the connections",
+            lambda: (c := synced(lab, "lvs2")) >= connections and c,
+            20,
+            0.5,
+        )
+        lab.step(f"lvs2's kernel holds {n} of them (ipvsadm -Lnc), copied by the sync daemon")
+        time.sleep(2.0)
+        before = len(alerts_received(lab.dir))
+
+        # The failure: lvs1's agent killed, then its whole machine (links, kernel state).
+        proc = lab.procs["lvs1"]
+        killed = time.time()
+        proc.kill()
+        ip_batch(
+            [f"link set {ifname} down" for ifname in ("eth0", "eth1", "mgmt0")], ns_name("lvs1")
+        )
+        proc.wait()
+        sh("ip", "netns", "del", ns_name("lvs1"))
+        sh("ip", "link", "del", mgmt_link("lvs1"), check=False)
+        lab.step("KILLED lvs1: agent SIGKILLed, every link down, its namespace deleted")
+
+        def lvs2_master() -> float | None:
+            s = status_of("lvs2", lab.dir)
+            return float(s["since"]) if s and s["state"] == "MASTER" else None
+
+        since = wait_for("lvs2 MASTER", lvs2_master, 30)
+        result.master_after = since - killed
+        wait_for("answers through lvs2", lambda: poller.answered_since(since), 20)
+        conns = connections_after(holder, killed, 30)
+        result.survived, result.broken = conns.survived, conns.broken
+        time.sleep(1.0)
+        end = time.time()
+        gap, gap_from, gap_to = poller.outage(killed, end)
+        result.outage = gap
+        result.rate = poller.answered_since(killed - 5) - poller.answered_since(killed)
+        result.rate /= 5
+        result.failed_requests = poller.failures(killed - 1, end)
+        result.failover_ok = True
+        took_over = "state_change: lvs2 is now MASTER"
+        with contextlib.suppress(LabError):
+            wait_for("lvs2's alert email", lambda: mail_about(lab.dir, took_over, before), 10)
+        emails = [a for a in alerts_received(lab.dir)[before:] if a["channel"] == "email"]
+
+        say()
+        say("Failover (t = 0: lvs1 killed)")
+        rows = [
+            (0.0, "lvs1 dies: its heartbeats stop on both links (UDP multicast, serial)"),
+            (result.master_after, f"lvs2 is MASTER (its `since`; deadtime {t['deadtime']:g} s)"),
+            (gap_from - killed, "the client's last answer before the outage"),
+            (gap_to - killed, "the client's first answer after it"),
+        ]
+        for at, line in log_events(lab.dir / "lvs2.log", r"^(\w+ -> \w+|peer_lost):", killed):
+            rows.append((at - killed, f"lvs2 log: {line}"))
+        for a in emails:
+            if re.search(r"\] lvs2 (state_change|peer_lost):", a["subject"]):
+                rows.append((a["received"] - killed, f"email: {a['subject'][:72]}"))
+        for at, what in sorted(rows, key=lambda r: r[0]):
+            say(f"  {at * 1000:+8.0f} ms  {what}")
+        say(
+            f"  client-visible outage: {gap * 1000:.0f} ms, the longest gap between answers"
+            f" (before the kill: {result.rate:.0f} answers/s; {result.failed_requests} failed)"
+        )
+        say(f"  long-lived connections: {conns.survived} of {conns.total} survived (answered")
+        say(f"    after the kill by the same real server; the last one at +{conns.last:.1f} s)")
+        for why, count in conns.broken.items():
+            say(f"    {count} broken: {why}")
+        result.alerts = [a["subject"] for a in emails]
+        events: dict[str, int] = {}
+        for a in emails:
+            event = a["subject"].split(":")[0].split()[-1]
+            events[event] = events.get(event, 0) + 1
+        kinds = ", ".join(f"{n} {e}" for e, n in events.items())
+        say(f"  alert emails received by ops since the kill: {len(emails)} ({kinds or 'none'})")
+        result.monitor.append(monitor_check(lab, "lvs2"))
+        say(f"  monitor: {result.monitor[-1]}")
+
+        # The failback: lvs1 returns as a fresh machine and preempts once it has learned.
+        say()
+        lab.step("lvs1 comes back: a fresh namespace, the same config; preempt = true")
+        lab.wire(["lvs1"])
+        lab.start_agent("lvs1")
+        wait_for(
+            "lvs1 BACKUP",
+            lambda: lab.agent_alive("lvs1") and state_of("lvs1", lab.dir) == "BACKUP",
+            60,
+            0.3,
+        )
+        lab.step("lvs1 BACKUP: learning the connections from lvs2 before it preempts")
+
+        def lvs1_master() -> float | None:
+            lab.agent_alive("lvs1")
+            s = status_of("lvs1", lab.dir)
+            return float(s["since"]) if s and s["state"] == "MASTER" else None
+
+        back = wait_for("lvs1 MASTER again", lvs1_master, t["warmup"] + 30, 0.3)
+        found = re.findall(r"preemption allowed: (\d+)", (lab.dir / "lvs1.log").read_text())
+        result.learned = int(found[-1]) if found else None
+        learned = "?" if result.learned is None else str(result.learned)
+        lab.step(
+            f"lvs1 MASTER again, once its kernel had learned {learned} connections from lvs2"
+            " (the held ones and recent requests'); lvs2 BACKUP"
+        )
+        wait_for("answers through lvs1", lambda: poller.answered_since(back), 20)
+        fb = connections_after(holder, back, 30)
+        time.sleep(1.0)
+        result.failback_outage = poller.outage(back, time.time())[0]
+        result.failback_survived = fb.survived
+        result.failback_ok = True
+        say(
+            f"  failback: outage {result.failback_outage * 1000:.0f} ms;"
+            f" connections: {fb.survived} of {fb.total} survived"
+        )
+        for why, count in fb.broken.items():
+            say(f"    {count} broken: {why}")
+    except (LabError, AssertionError, subprocess.TimeoutExpired) as exc:
+        result.error = str(exc)
+        say(f"lab: FAILED: {exc}")
+        for d in DIRECTORS:
+            say(f"  --- {d} log (last lines)\n{log_tail(lab.dir / f'{d}.log')}")
+    finally:
+        say()
+        if holder is not None:
+            holder.close()
+        if poller is not None:
+            poller.close()
+        keep = os.environ.get("HAPAIR_LAB_KEEP_LOGS")
+        if keep and lab.dir.exists():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in lab.dir.glob("*.log"):
+                shutil.copy(log, keep)
+        lab.step("tearing down")
+        lab.down()
+        result.leftovers = leftovers(lab.dir)
+        left = result.leftovers
+        lab.step("taken down: " + (f"LEFT OVER: {left}" if left else "nothing left"))
+    return result
+
+
+def mail_about(lab: Path, text: str, skip: int) -> bool:
+    return any(
+        a["channel"] == "email" and text in a["subject"] for a in alerts_received(lab)[skip:]
+    )
+
+
+def rerun_in_guest(argv: list[str]) -> None:
+    say("lab: this machine's kernel has no IPVS; running the lab in a QEMU guest with")
+    say("     Debian's kernel (scripts/run-in-kernel, software emulation: ~10x slower).")
+    say("     Timings below come from the guest, with a looser deadtime.")
+    env = os.environ | {"HAPAIR_RIG_TIMEOUT": os.environ.get("HAPAIR_RIG_TIMEOUT", "900")}
+    script = str(ROOT / "scripts" / "run-in-kernel")
+    os.execve(script, [script, PYTHON, str(Path(__file__).resolve()), *argv], env)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="scripts/lab", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("up", "demo"):
+        c = sub.add_parser(name)
+        c.add_argument("--mode", choices=MODES, default="dr")
+        if name == "demo":
+            c.add_argument("--connections", type=int, default=200)
+    sub.add_parser("down")
+    sub.add_parser("status")
+    sub.add_parser("topology")
+    s = sub.add_parser("_serve")
+    s.add_argument("alerts", type=Path)
+    q = sub.add_parser("_poll")
+    q.add_argument("host")
+    q.add_argument("port", type=int)
+    q.add_argument("period", type=float)
+    q.add_argument("timeout", type=float)
+    args = p.parse_args(argv)
+
+    if args.cmd == "_serve":
+        asyncio.run(serve_all(args.alerts))
+        return 0
+    if args.cmd == "_poll":
+        asyncio.run(poll_http(args.host, args.port, args.period, args.timeout))
+        return 0
+    if args.cmd == "topology":
+        say(json.dumps(TOPOLOGY, indent=2))
+        return 0
+    if os.geteuid() != 0:
+        say("lab: run as root (it makes network namespaces)")
+        return 1
+    if args.cmd == "down":
+        done = down(LAB_DIR)
+        say("lab: " + ("; ".join(done) if done else "nothing to take down"))
+        return 0
+    if args.cmd == "status":
+        return cmd_status(LAB_DIR)
+    if not has_ipvs():
+        if IN_GUEST:
+            say("lab: no IPVS even in the guest kernel (modprobe ip_vs failed)")
+            return 1
+        if args.cmd == "demo":
+            rerun_in_guest(argv)
+        say("lab: 'up' needs a kernel with IPVS, and this machine's has none")
+        say("     (/proc/net/ip_vs is missing and 'modprobe ip_vs' failed).")
+        say("     'scripts/lab demo' runs the whole lab, a failover and a failback in a QEMU")
+        say("     guest with Debian's kernel; for a lab that stays up, use a machine or VM")
+        say("     whose kernel has IPVS.")
+        return 1
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        if args.cmd == "up":
+            return cmd_up(args.mode, LAB_DIR)
+        result = cmd_demo(args.mode, LAB_DIR, args.connections)
+        if "HAPAIR_LAB_RESULT" in os.environ:
+            Path(os.environ["HAPAIR_LAB_RESULT"]).write_text(json.dumps(asdict(result)))
+        return 0 if result.failover_ok and result.failback_ok and not result.leftovers else 1
+    except KeyboardInterrupt:
+        say("lab: interrupted; everything was taken down")
+        return 130
+    except LabError as exc:
+        say(f"lab: FAILED: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

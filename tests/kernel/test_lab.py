@@ -1,0 +1,64 @@
+"""The failover lab (scripts/lab.py) end to end, as `scripts/lab demo` runs it: the
+topology, real servers, both agents with monitor and alerts, a client polling the VIP and
+holding 200 long-lived connections, lvs1 killed, lvs2 taking over, lvs1 back with a warm
+failback; then everything is gone: namespaces, links, processes, the lab directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+CONNECTIONS = 200
+
+
+def load_lab() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hapair_lab", ROOT / "scripts" / "lab.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def test_the_lab_demo_fails_over_and_back_keeping_the_connections(tmp_path: Path) -> None:
+    lab = load_lab()
+    lab_dir = tmp_path / "lab"
+    result = lab.cmd_demo("dr", lab_dir, connections=CONNECTIONS)
+
+    assert not result.error, result.error
+    assert result.failover_ok and result.failback_ok
+    # Measured, not configured: bounded by the deadtime plus a margin for the slow guest.
+    margin = 0.5 * lab.SLOWDOWN
+    assert result.master_after is not None and 0 < result.master_after < result.deadtime + margin
+    assert result.outage is not None and result.outage < result.deadtime + margin
+    assert result.survived >= 0.995 * CONNECTIONS, result
+    assert result.failback_survived >= 0.995 * CONNECTIONS, result
+    assert result.learned is not None and result.learned >= CONNECTIONS
+    assert result.failback_outage is not None and result.failback_outage < margin
+    assert any(" lvs2 state_change: lvs2 is now MASTER" in s for s in result.alerts)
+    assert all("answers:" in line for line in result.monitor), result.monitor
+
+    assert result.leftovers == [] and lab.leftovers(lab_dir) == []
+    assert processes_mentioning(str(lab_dir), "lab.py _poll", f"traffic.py hold {lab.VIP}") == []
