@@ -259,10 +259,10 @@ def _instrument(driver: Any, times: list[float]) -> None:
     """Record how long each of the keeper's dumps takes (the instance's method is wrapped)."""
     inner = driver.dump
 
-    async def dump() -> Any:
+    async def dump(*args: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return await inner()
+            return await inner(*args)
         finally:
             times.append(time.perf_counter() - t0)
 

@@ -119,13 +119,15 @@ class IpvsDriver:
         for payload in self._request(_GET_DEST, what, key_attr, dump=True):
             dest = self._parsed.get(payload[:_DEST_CACHED])
             if dest is None:
-                dest = _dest_of(payload, family)
-                if dest is None:
-                    continue
-                if len(payload) >= _DEST_CACHED and _HEADERS.unpack_from(payload) == _DEST_HEADERS:
+                dest = _dest_in_layout(payload, family)
+                if dest is not None:  # the bytes of the key describe all of it
                     if len(self._parsed) > _PARSED_MAX:
                         self._parsed.clear()
-                    self._parsed[payload[:_DEST_CACHED]] = dest  # the key covers all of it
+                    self._parsed[payload[:_DEST_CACHED]] = dest
+                else:
+                    dest = _dest_of(payload, family)
+                    if dest is None:
+                        continue
             service.dests[dest.key] = dest
 
     async def add_service(self, service: Service) -> None:
@@ -369,12 +371,44 @@ _DEST_LAYOUT = (
     (9, 4),  # persistent connections
     (_DEST_AF, 2),
 )
-_HEADERS = struct.Struct(
-    "=4x" + "".join(f"4s{(size + 3) & ~3}x" for _, size in _DEST_LAYOUT)  # after CMD_DEST's
+_VALUE_FORMATS = {16: "16s", 4: "I", 2: "2s2x", 1: "B3x"}
+_DEST_STRUCT = struct.Struct(  # after CMD_DEST's header: (attribute header, value) each
+    "=4x" + "".join(f"4s{_VALUE_FORMATS[size]}" for _, size in _DEST_LAYOUT)
 )
 _DEST_HEADERS = tuple(_NLA.pack(4 + size, kind) for kind, size in _DEST_LAYOUT)
-_DEST_CACHED = _HEADERS.size
+_DEST_CACHED = _DEST_STRUCT.size
 _PARSED_MAX = 200_000
+_dest_keys: dict[tuple[bytes, bytes, int], DestKey] = {}  # one object per destination
+
+
+def _dest_in_layout(payload: bytes, service_family: int) -> Dest | None:
+    """The destination of one dump answer in `_DEST_LAYOUT`, unpacked in one call (None:
+    another layout, for `_dest_of`)."""
+    if len(payload) < _DEST_CACHED:
+        return None
+    values = _DEST_STRUCT.unpack_from(payload)
+    if values[0::2] != _DEST_HEADERS:
+        return None
+    addr, port, fwd, weight, tun, tun_port, _, uth, lth, active, inactive, _, af = values[1::2]
+    family = _FAMILY.get(int.from_bytes(af, sys.byteorder), service_family)
+    key = _dest_keys.get((addr, port, family))
+    if key is None:
+        if len(_dest_keys) > _PARSED_MAX:
+            _dest_keys.clear()
+        key = _dest_keys[addr, port, family] = DestKey(
+            _address(addr, family), int.from_bytes(port, "big")
+        )
+    return Dest(
+        key,
+        weight,
+        _FORWARD_NAMES.get(fwd & 0x7, f"forward-{fwd & 0x7}"),
+        uth,
+        lth,
+        _TUNNEL_NAMES.get(tun, "?"),
+        int.from_bytes(tun_port, "big"),
+        active,
+        inactive,
+    )
 
 
 def _dest_of(payload: bytes, service_family: int) -> Dest | None:

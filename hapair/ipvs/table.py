@@ -39,6 +39,14 @@ class ServiceKey:
 class DestKey:
     address: IPAddress
     port: int = 0  # 0 for the destinations of a fwmark service
+    # Hashed once: tables of 10,000 destinations are built and compared every few seconds.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
