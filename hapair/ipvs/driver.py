@@ -6,6 +6,7 @@ packed with struct: pyroute2's message objects cost ~0.6 ms each); it decides no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno as errno_codes
@@ -36,7 +37,9 @@ _NETLINK_GENERIC = 16
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _GENL = struct.Struct("=BBH")  # genlmsghdr
 _NLA = struct.Struct("=HH")
+_ANSWER_AT = _HDR.size + _GENL.size  # where an answer's payload starts
 _RECV_SIZE = 1 << 16  # a dump's datagram is at most 32 KiB
+_YIELD_EVERY = 32  # services read between two turns of the event loop
 
 # IPVS (linux/ip_vs.h).
 _IPVS_VERSION = 1
@@ -45,6 +48,7 @@ _NEW_DEST, _SET_DEST, _DEL_DEST, _GET_DEST = 5, 6, 7, 8
 _CMD_SERVICE, _CMD_DEST = 1, 2
 _SVC_AF, _SVC_PROTOCOL, _SVC_ADDR, _SVC_PORT, _SVC_FWMARK = 1, 2, 3, 4, 5
 _SVC_SCHED, _SVC_FLAGS, _SVC_TIMEOUT, _SVC_NETMASK, _SVC_PE = 6, 7, 8, 9, 11
+_SVC_STATS, _SVC_STATS64 = 10, 12
 _DEST_ADDR, _DEST_PORT, _DEST_FWD, _DEST_WEIGHT, _DEST_UTH, _DEST_LTH = 1, 2, 3, 4, 5, 6
 _DEST_ACTIVE, _DEST_INACTIVE, _DEST_AF, _DEST_TUN_TYPE, _DEST_TUN_PORT = 7, 8, 11, 13, 14
 
@@ -78,9 +82,13 @@ class IpvsDriver:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sock: _GenlSocket | None = None
-        # Destinations by the bytes that describe them: a periodic dump of an unchanged
-        # table builds no objects (parsing dominated a dump's cost).
+        # What was parsed, by the bytes that describe it (a service's and a destination's
+        # statistics excluded): a periodic dump of an unchanged table builds no objects
+        # and loops over no destination (parsing dominated a dump's cost).
         self._parsed: dict[bytes, Dest] = {}
+        self._parsed_sets: dict[tuple[bytes, ...], dict[DestKey, Dest]] = {}  # per service
+        self._parsed_services: dict[bytes, Service] = {}
+        self._stats_size = 0  # of a service's statistics, the tail of its description
 
     async def __aenter__(self) -> IpvsDriver:
         self._sock = _GenlSocket.open(self.netns, self._where())
@@ -104,31 +112,66 @@ class IpvsDriver:
                     answers += self._request(
                         _GET_SERVICE, f"reading {key}", functools.partial(_service_attr, key)
                     )
-        for payload in answers:
-            attrs = _attrs(payload)
-            if _CMD_SERVICE in attrs:
-                service = _service_from(_attrs(attrs[_CMD_SERVICE]))
+        for n, payload in enumerate(answers, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the caller's event loop runs between services
+            service = self._service_of(payload)
+            if service is not None:
                 self._read_dests(service)
                 table[service.key] = service
         return table
 
+    def _service_of(self, payload: bytes) -> Service | None:
+        """The service (without destinations) in one answer to GET_SERVICE; parsed once
+        per distinct description (its statistics, which follow it, are not part of it)."""
+        outer = _attrs(payload)
+        inner = outer.get(_CMD_SERVICE)
+        if inner is None:
+            return None
+        # The statistics are the tail, of one size for all services: a known description
+        # followed by statistics is that service, found without walking its attributes.
+        cut = len(inner) - self._stats_size
+        known = None
+        if self._stats_size and cut > 0 and _NLA.unpack_from(inner, cut)[1] & 0x3FFF == _SVC_STATS:
+            known = self._parsed_services.get(inner[:cut])
+        if known is None:
+            cut = _stats_offset(inner)
+            self._stats_size = len(inner) - cut
+            if len(self._parsed_services) > _PARSED_MAX:
+                self._parsed_services.clear()
+            known = _service_from(_attrs(inner[:cut]))
+            self._parsed_services[inner[:cut]] = known
+        return Service(known.key, known.scheduler, known.persistence, known.netmask, known.flags)
+
     def _read_dests(self, service: Service) -> None:
-        key_attr = _service_attr(service.key)
-        what = f"listing the destinations of {service.key}"
-        family = service.key.family
-        for payload in self._request(_GET_DEST, what, key_attr, dump=True):
-            dest = self._parsed.get(payload[:_DEST_CACHED])
+        key = service.key
+        what = functools.partial("listing the destinations of {}".format, key)
+        answers = self._request(_GET_DEST, what, _service_attr(key), dump=True)
+        described = tuple([payload[:_DEST_CACHED] for payload in answers])
+        known = self._parsed_sets.get(described)
+        if known is not None:  # the same destinations as last time: one copy, no loop
+            service.dests.update(known)
+            return
+        parsed, dests = self._parsed, service.dests
+        in_layout = True
+        for payload in answers:
+            dest = parsed.get(payload[:_DEST_CACHED])
             if dest is None:
-                dest = _dest_in_layout(payload, family)
+                dest = _dest_in_layout(payload, key.family)
                 if dest is not None:  # the bytes of the key describe all of it
-                    if len(self._parsed) > _PARSED_MAX:
-                        self._parsed.clear()
-                    self._parsed[payload[:_DEST_CACHED]] = dest
+                    if len(parsed) > _PARSED_MAX:
+                        parsed.clear()
+                    parsed[payload[:_DEST_CACHED]] = dest
                 else:
-                    dest = _dest_of(payload, family)
+                    in_layout = False
+                    dest = _dest_of(payload, key.family)
                     if dest is None:
                         continue
-            service.dests[dest.key] = dest
+            dests[dest.key] = dest
+        if in_layout:
+            if len(self._parsed_sets) > _PARSED_MAX // 8:
+                self._parsed_sets.clear()
+            self._parsed_sets[described] = dict(dests)
 
     async def add_service(self, service: Service) -> None:
         """Create the service with its settings; its `dests` are not written (see add_dest)."""
@@ -198,23 +241,24 @@ class IpvsDriver:
     ) -> list[bytes]:
         """One request; any failure becomes IpvsError("<netns>: <what>: <reason>").
         `what` may be a function: it is only needed for the error."""
-
-        def failed(reason: object, code: int | None) -> IpvsError:
-            text = what if isinstance(what, str) else what()
-            return IpvsError(f"{self._where()}{text}: {reason}", code)
-
-        if self._sock is None:
-            raise failed("the driver is not open", None)
         try:
+            if self._sock is None:
+                raise _NotOpen("the driver is not open")
             data = payload if isinstance(payload, bytes) else payload()
             return self._sock.request(cmd, data, dump=dump)
         except _KernelError as e:
             hint = {errno_codes.ESRCH: " (no such service)", errno_codes.ENOENT: enoent}
-            raise failed(f"{e.reason}{hint.get(e.code, '')}", e.code) from e
+            raise self._failed(what, f"{e.reason}{hint.get(e.code, '')}", e.code) from e
+        except _NotOpen as e:
+            raise self._failed(what, e, None) from e
         except (ValueError, struct.error) as e:  # the model holds what IPVS cannot take
-            raise failed(e, errno_codes.EINVAL) from e
+            raise self._failed(what, e, errno_codes.EINVAL) from e
         except OSError as e:  # the socket itself (timeout, closed)
-            raise failed(e, e.errno) from e
+            raise self._failed(what, e, e.errno) from e
+
+    def _failed(self, what: str | Callable[[], str], reason: object, code: int | None) -> IpvsError:
+        text = what if isinstance(what, str) else what()
+        return IpvsError(f"{self._where()}{text}: {reason}", code)
 
     def _where(self) -> str:
         return f"netns {self.netns}: " if self.netns else ""
@@ -319,6 +363,17 @@ def _service_from(a: dict[int, bytes]) -> Service:
         netmask=_prefix(a.get(_SVC_NETMASK), family),
         flags=frozenset(flags),
     )
+
+
+def _stats_offset(buf: bytes) -> int:
+    """Where a service's statistics start (the kernel sends them after its settings)."""
+    offset, end = 0, len(buf)
+    while offset + 4 <= end:
+        size, kind = _NLA.unpack_from(buf, offset)
+        if size < 4 or kind & 0x3FFF in (_SVC_STATS, _SVC_STATS64):
+            break
+        offset += (size + 3) & ~3
+    return offset
 
 
 def _prefix(raw: bytes | None, family: int) -> int:
@@ -463,6 +518,10 @@ def _get_u32(a: dict[int, bytes], kind: int) -> int:
     return struct.unpack_from("=I", a[kind])[0] if kind in a else 0
 
 
+class _NotOpen(Exception):
+    pass
+
+
 class _KernelError(Exception):
     def __init__(self, code: int, text: str | None) -> None:
         self.code = code
@@ -524,6 +583,8 @@ class _GenlSocket:
         answers: list[bytes] = []
         while True:
             data = self._sock.recv(_RECV_SIZE)
+            if flags & _NLM_F_DUMP == _NLM_F_DUMP and _uniform(data, seq, answers):
+                continue  # a datagram of same-sized answers, read in one pass
             offset = 0
             while offset + _HDR.size <= len(data):
                 size, kind, mflags, mseq, _ = _HDR.unpack_from(data, offset)
@@ -537,6 +598,29 @@ class _GenlSocket:
                     if not mflags & _NLM_F_MULTI and not flags & _NLM_F_ACK:
                         return answers  # a single answer without an ack to follow
                 offset += (size + 3) & ~3  # answers to an abandoned request are skipped
+
+
+def _uniform(data: bytes, seq: int, answers: list[bytes]) -> bool:
+    """Adds the payloads of `data` to `answers` when it holds only dump answers to `seq`
+    of one size (a dump of destinations: one datagram of ten costs one call); else False,
+    and nothing is added."""
+    if len(data) < _HDR.size:
+        return False
+    size, kind, _, _, _ = _HDR.unpack_from(data)
+    if kind <= _NLMSG_DONE or size <= _ANSWER_AT or len(data) % size:
+        return False
+    header = (size, kind, _NLM_F_MULTI, seq)
+    found = [r[5] for r in _uniform_layout(size).iter_unpack(data) if r[:4] == header]
+    if len(found) * size != len(data):
+        return False
+    answers += found
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_layout(size: int) -> struct.Struct:
+    # nlmsghdr, genlmsghdr (skipped), then the payload
+    return struct.Struct(f"=IHHII4x{size - _ANSWER_AT}s")
 
 
 def _raise_error(data: bytes, offset: int, size: int, kind: int, flags: int) -> None:

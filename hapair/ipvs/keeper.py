@@ -7,6 +7,7 @@ health or ownership beyond "the services in the config are ours".
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from hapair.ipvs.reconcile import (
 from hapair.ipvs.table import ServiceKey, Table
 
 log = logging.getLogger(__name__)
+YIELD_EVERY = 64  # changes applied between two turns of the event loop
 
 
 @dataclass
@@ -41,6 +43,9 @@ class TableKeeper:
         self.actual: Table = {}
         self.available = False
         self.sync_role: str | None = None
+        # The driver's socket carries one request at a time, and a pass yields to the
+        # event loop between services: passes and connection counts take turns.
+        self._turn = asyncio.Lock()
 
     async def open(self) -> bool:
         """False (said once, clearly) when the kernel has no IPVS: VIP failover goes on."""
@@ -63,12 +68,18 @@ class TableKeeper:
 
     async def reconcile(self, desired: Table) -> Outcome:
         """One pass: read the kernel, apply the difference, read again to verify."""
+        async with self._turn:
+            return await self._reconcile(desired)
+
+    async def _reconcile(self, desired: Table) -> Outcome:
         from hapair.ipvs.netlink import IpvsError
 
         self.owned |= set(desired)
         outcome = Outcome()
         self.actual = await self.driver.dump()
-        for change in diff(desired, self.actual, self.owned):
+        for n, change in enumerate(diff(desired, self.actual, self.owned), 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # heartbeats go on during a long load
             try:
                 await self._apply(change)
                 outcome.applied.append(change)
@@ -92,7 +103,8 @@ class TableKeeper:
 
     async def connections(self) -> int:
         """How many connections the kernel holds for our services (synced ones too)."""
-        table = await self.driver.dump()
+        async with self._turn:
+            table = await self.driver.dump()
         return sum(
             d.active_conns + d.inactive_conns
             for key in self.owned

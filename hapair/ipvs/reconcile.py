@@ -143,10 +143,11 @@ def diff(desired: Table, actual: Table, owned: Iterable[ServiceKey]) -> list[Cha
     adds: list[Change] = []
     edits: list[Change] = []
     removals: list[Change] = []
-    for key, want in sorted(desired.items()):
+    # A periodic pass finds nothing to change: compare first, sort only what differs.
+    differing = sorted(key for key, want in desired.items() if actual.get(key) != want)
+    for key in differing:
+        want = desired[key]
         have = actual.get(key)
-        if have == want:
-            continue  # the common case of a periodic pass: nothing to sort or compare
         if have is None:
             adds.append(AddService(replace(want, dests={})))
             have_dests: dict[DestKey, Dest] = {}
@@ -161,7 +162,6 @@ def diff(desired: Table, actual: Table, owned: Iterable[ServiceKey]) -> list[Cha
             elif current != dest:
                 edits.append(EditDest(key, dest))
         removals += [DeleteDest(key, dkey) for dkey in sorted(have_dests) if dkey not in want.dests]
-    for key in sorted(set(owned)):
-        if key not in desired and key in actual:
-            removals.append(DeleteService(key))
+    gone = {key for key in owned if key not in desired and key in actual}
+    removals += [DeleteService(key) for key in sorted(gone)]
     return adds + edits + removals

@@ -27,6 +27,26 @@ class ServiceKey:
     port: int = 0
     fwmark: int = 0
     family: int = 4
+    # Compared and hashed as one tuple of plain values: tables of 1,000 services are
+    # compared every few seconds, and ipaddress compares in Python.
+    _id: tuple[str, int, int, int, int] = field(
+        default=("", 0, 0, 0, 0), init=False, repr=False, compare=False
+    )
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        address = 0 if self.address is None else int(self.address)
+        ident = (self.protocol, address, self.port, self.fwmark, self.family)
+        object.__setattr__(self, "_id", ident)
+        object.__setattr__(self, "_hash", hash(ident))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not ServiceKey:
+            return NotImplemented
+        return self._id == other._id
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         if self.protocol == "fwmark":
@@ -39,11 +59,19 @@ class ServiceKey:
 class DestKey:
     address: IPAddress
     port: int = 0  # 0 for the destinations of a fwmark service
-    # Hashed once: tables of 10,000 destinations are built and compared every few seconds.
+    # As ServiceKey: one tuple of plain values, hashed once (10,000 destinations).
+    _id: tuple[int, int, int] = field(default=(0, 0, 0), init=False, repr=False, compare=False)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.address, self.port)))
+        ident = (self.address.version, int(self.address), self.port)
+        object.__setattr__(self, "_id", ident)
+        object.__setattr__(self, "_hash", hash(ident))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not DestKey:
+            return NotImplemented
+        return self._id == other._id
 
     def __hash__(self) -> int:
         return self._hash
@@ -65,6 +93,27 @@ class Dest:
     # What the kernel counts; read with the table, never written, never compared.
     active_conns: int = field(default=0, compare=False)
     inactive_conns: int = field(default=0, compare=False)
+    _id: tuple[object, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ident = (
+            self.key._id,
+            self.weight,
+            self.forward,
+            self.upper_threshold,
+            self.lower_threshold,
+            self.tunnel,
+            self.tunnel_port,
+        )
+        object.__setattr__(self, "_id", ident)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Dest:
+            return NotImplemented
+        return self._id == other._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,6 +282,8 @@ def test_a_repeated_dump_sees_every_change_and_a_partial_dump_reads_only_its_key
             # Changed behind the driver's back, between two dumps of one open driver.
             ns.run("ipvsadm", "-e", "-t", "10.0.0.100:80", "-r", "10.0.0.1:80", "-w", "5")
             ns.run("ipvsadm", "-a", "-t", "10.0.0.100:80", "-r", "10.0.0.2:80", "-w", "2")
+            ns.run("ipvsadm", "-E", "-u", "10.0.0.100:53", "-s", "rr", "-p", "60")
+            ns.run("ipvsadm", "-d", "-u", "10.0.0.100:53", "-r", "10.0.0.1:53")
             second = await ipvs.dump()
             partial = await ipvs.dump([web.key, gone])
             return first, second, partial
@@ -291,7 +293,9 @@ def test_a_repeated_dump_sees_every_change_and_a_partial_dump_reads_only_its_key
     changed = with_dests(
         svc("tcp", "10.0.0.100", 80), dest("10.0.0.1", 80, weight=5), dest("10.0.0.2", 80, weight=2)
     )
-    assert second == {web.key: changed, dns.key: dns}
+    # Services and destination sets are parsed once per description: each change shows.
+    dns_now = svc("udp", "10.0.0.100", 53, scheduler="rr", persistence=60)
+    assert second == {web.key: changed, dns.key: dns_now}
     assert partial == {web.key: changed}
 
 
