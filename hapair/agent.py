@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hapair import control
 from hapair.alerts import Alerter
@@ -45,6 +45,9 @@ from hapair.links.serial import SerialHeartbeatLink
 from hapair.links.udp import UdpHeartbeatLink
 from hapair.prober import Prober, Target
 from hapair.track import run_check
+
+if TYPE_CHECKING:
+    from hapair.reaper import Reaper
 
 log = logging.getLogger("hapair")
 
@@ -128,9 +131,10 @@ class Health:
 
 
 class Agent:
-    def __init__(self, cfg: Config, config_path: Path) -> None:
+    def __init__(self, cfg: Config, config_path: Path, reaper: Reaper | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.reaper = reaper  # removes the VIPs if this process dies without stopping
         self.loop = asyncio.get_running_loop()
         self.key = read_key(cfg.cluster.auth_key_file)
         self.epoch = next_epoch(cfg.node.name, cfg.node.state_dir)
@@ -143,6 +147,9 @@ class Agent:
         self.stopped = asyncio.Event()
         self.timer_late_max = 0.0
         self._wake = asyncio.Event()
+        self._reconcile_queued = False
+        self._ipvs_pass: asyncio.Task[None] | None = None
+        self._ipvs_again = False
         self._refresh: asyncio.Task[None] | None = None
         self._warmup_task: asyncio.Task[None] | None = None
         wants_ipvs = bool(cfg.services) or bool(cfg.sync and cfg.sync.enabled)
@@ -215,6 +222,9 @@ class Agent:
             await self._handle_inputs()
         finally:
             server.close()
+            if self._ipvs_pass is not None:  # a pass under way finishes: no half-made table
+                self._ipvs_again = False
+                await asyncio.gather(self._ipvs_pass, return_exceptions=True)
             if monitor is not None:
                 await monitor.stop()
             for task in self.tasks:
@@ -295,7 +305,8 @@ class Agent:
                 _, request, reply = item
                 reply.set_result(await self._control(request, now))
             elif kind == "reconcile":
-                await self._reconcile()
+                self._reconcile_queued = False
+                self._reconcile_beside()
             elif kind == "probe":
                 _, key, ok, reason = item
                 self.healthy[key] = ok
@@ -308,8 +319,11 @@ class Agent:
                     f"real server {key[1]} of {key[0]} is {'up' if ok else 'down'}: {reason}",
                     {"service": key[0], "server": str(key[1]), "reason": reason},
                 )
-                if self.keeper is not None:
-                    await self._reconcile()
+                if self.keeper is not None and not self._reconcile_queued:
+                    # One pass after the verdicts already queued: 1,000 servers coming up
+                    # together cost one pass, not 1,000 (each a dump of the whole table).
+                    self._reconcile_queued = True
+                    self.inbox.put_nowait(("reconcile",))
             elif kind == "warm":
                 if item[1] is self._warmup_task:
                     self._warmup_task = None
@@ -389,6 +403,23 @@ class Agent:
             self._announce_all(repeat=1)
 
     # IPVS.
+
+    def _reconcile_beside(self) -> None:
+        """A periodic or probe-driven pass, run beside the inputs: a pass over a big table
+        (1,000 services: ~0.1 s here, ~1 s in a slow VM) must not hold back heartbeats."""
+        if self._ipvs_pass is not None and not self._ipvs_pass.done():
+            self._ipvs_again = True  # one more pass when this one ends, with what is new
+            return
+        self._ipvs_again = True
+        self._ipvs_pass = asyncio.create_task(self._passes(), name="ipvs")
+
+    async def _passes(self) -> None:
+        while self._ipvs_again:
+            self._ipvs_again = False
+            try:
+                await self._reconcile()
+            except Exception:  # a bug, not the kernel (IpvsError is handled per change)
+                log.exception("IPVS pass failed")
 
     async def _reconcile(self) -> None:
         assert self.keeper is not None
@@ -477,7 +508,9 @@ class Agent:
     async def _reconcile_periodically(self) -> None:
         while True:
             await asyncio.sleep(RECONCILE_PERIOD)
-            self.inbox.put_nowait(("reconcile",))
+            if not self._reconcile_queued:
+                self._reconcile_queued = True
+                self.inbox.put_nowait(("reconcile",))
 
     # Timers.
 
@@ -719,6 +752,8 @@ class Agent:
                 if (vip.address, vip.interface) not in new_vips:
                     await self.vip.remove(vip)
         self.cfg, self.key = cfg, key
+        if self.reaper is not None:
+            self.reaper.tell(cfg.vips)  # before any new VIP is added
         self.node.reconfigure(settings_of(cfg, key))
         self._apply_sysctls()
         self.alerter.reconfigure(cfg.alerts)
@@ -782,8 +817,15 @@ def run(config_path: Path) -> int:
     )
     cfg = load(config_path)
     run_realtime(cfg.node.realtime_priority)
+    from hapair.reaper import Reaper
+
+    # Forked before any thread and the event loop; after mlockall, which would otherwise
+    # copy every page the two processes share.
+    reaper = Reaper.start(cfg.vips, cfg.node.realtime_priority)
 
     async def main() -> int:
-        return await Agent(cfg, config_path).run()
+        return await Agent(cfg, config_path, reaper).run()
 
-    return asyncio.run(main())
+    code = asyncio.run(main())
+    reaper.done()  # only after a clean stop: otherwise the reaper removes the VIPs
+    return code

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 from pair import DEADTIME, GROUP, VIP, Lab, started, wait_for
@@ -38,6 +39,43 @@ def test_master_dies_backup_takes_over_and_the_client_follows(
     assert dir2.state() == "MASTER"
     wait_for(lambda: lab.client_mac_for_vip() == dir2.mac(), 5)
     assert reachable(lab.client, VIP)
+
+
+def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..., Lab]) -> None:
+    """SIGKILL of the MASTER's agent, its links up: its reaper takes the VIP off at once, so
+    the VIP is never on both directors, and on neither only until the peer's deadtime."""
+    lab = started(lab_factory())
+    dir1, dir2 = lab.dirs
+    samples: list[tuple[float, list[str]]] = []  # (time, VIP holders), every ~10 ms
+    killed = time.monotonic()
+    dir1.signal(signal.SIGKILL)
+    taken: float | None = None
+    while taken is None or samples[-1][0] < taken + 1.0:
+        now = time.monotonic()
+        samples.append((now, lab.holders()))
+        if taken is None and "dir2" in samples[-1][1]:
+            taken = now
+        assert now - killed < 15, "dir2 did not take the VIP over"
+        time.sleep(max(0.0, now + 0.01 - time.monotonic()))
+    gone = next((t - killed for t, holders in samples if "dir1" not in holders), float("inf"))
+    spans = [(b[0] - a[0], a[1]) for a, b in pairwise(samples)]
+    dual = sum(dt for dt, holders in spans if len(holders) == 2)
+    none = sum(dt for dt, holders in spans if not holders)
+    print(
+        f"dir1's VIP gone {gone * 1000:.0f} ms after its agent was killed; dir2 holds it after "
+        f"{(taken - killed) * 1000:.0f} ms; two holders {dual * 1000:.0f} ms, none "
+        f"{none * 1000:.0f} ms (deadtime {DEADTIME * 1000:.0f} ms; {len(samples)} samples, "
+        f"one per {(samples[-1][0] - killed) / len(samples) * 1000:.0f} ms)"
+    )
+    assert dual == 0, "the VIP was on both directors"
+    assert gone < 1.0
+    assert none <= DEADTIME + 0.5
+    assert all(holders == ["dir2"] for t, holders in samples if t >= taken)
+    assert dir2.state() == "MASTER"
+    log = dir1.log.read_text()
+    assert "died without shutting down; removed VIP 10.77.0.100/24 from eth0" in log
+    pids = ["ip", "netns", "pids", dir1.ns.name]
+    wait_for(lambda: not subprocess.run(pids, capture_output=True).stdout.strip(), 5)  # no reaper
 
 
 def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) -> None:
@@ -69,9 +107,9 @@ def test_both_links_cut_then_healed_leaves_one_master(lab_factory: Callable[...,
 def test_recovered_primary_and_preempt(lab_factory: Callable[..., Lab], preempt: bool) -> None:
     lab = started(lab_factory(preempt=preempt))
     dir1, dir2 = lab.dirs
-    dir1.signal(signal.SIGKILL)
+    dir1.kill_with_reaper()
     wait_for(lambda: dir2.holds_vip() and dir2.state() == "MASTER", 15)
-    assert dir1.holds_vip()  # a killed agent could not remove it; its successor does, first
+    assert dir1.holds_vip()  # nothing could remove it; the agent's successor does, first
     dir1.start()
     wait_for(lambda: dir1.state() is not None, 30)
     assert "left over from an earlier run" in dir1.log.read_text()
