@@ -4,7 +4,8 @@
     scripts/lab status                   `hapair status` of both directors
     scripts/lab down                     remove everything (idempotent)
     scripts/lab demo [--mode ...]        up, a measured failover and failback, down
-    scripts/lab topology                 the topology below as JSON (for provisioning)
+    scripts/lab topology [--mode ...]    the topology below as JSON (the Vagrantfile reads it)
+    scripts/lab provision HOST [--mode ...]  make THIS machine lab host HOST (a Vagrant VM)
 
 The topology is described once, in TOPOLOGY below: a client, two directors (lvs1
 priority 150, lvs2 priority 100), three real servers (HTTP on 80, SMTP on 25, a line
@@ -18,6 +19,12 @@ tests/alert_sinks.py, tests/topology.py).
 Every namespace is named `lab-<host>`; everything the lab starts runs inside one of
 them except socat, whose pid is kept in the lab directory. `down` kills only those
 processes and deletes only those names.
+
+`provision` sets up one machine of the same topology, where the lab's networks already
+reach it with the topology's addresses (Vagrant's private networks): it finds each
+network's interface by its address and runs the very steps the namespace lab runs for
+that host (a director's config, a real server's VIP and ARP settings or NAT route and its
+services, the ops host's alert sinks), installed as systemd units.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import ssl
@@ -68,11 +76,19 @@ SMTP_SINK_PORT, PAGER_PORT = 2525, 8080
 MONITOR_PORT = 8443
 MONITOR_USER = "admin"
 
+PREFIXLEN = 24  # of every host address below
+
 TOPOLOGY: dict[str, Any] = {
     "networks": {
         "public": {"cidr": "10.60.0.0/24", "note": "client, directors' eth0 (the VIP), ops"},
         "heartbeat": {"cidr": "10.61.0.0/24", "note": "directors' eth1: heartbeats, sync"},
         "private": {"cidr": "10.62.0.0/24", "note": "NAT only: real servers, directors' eth2"},
+        "management": {
+            "cidr": "198.18.0.0/16",
+            "note": "a /24 from the lab's host (.1: the root namespace, the Vagrant host) to"
+            " each director (.2, mgmt0): its web monitor",
+            "from_host": True,
+        },
     },
     "vip": VIP,
     "nat_gateway": NAT_GATEWAY,
@@ -102,7 +118,8 @@ TOPOLOGY: dict[str, Any] = {
     },
     # name, port, scheduler, probe type
     "services": [("web", 80, "wlc", "http"), ("mail", 25, "rr", "smtp"), ("echo", 7, "rr", "tcp")],
-    "interfaces": {"public": "eth0", "heartbeat": "eth1", "private": "eth2"},
+    # The namespace lab's interface names; a provisioned machine finds its own by address.
+    "interfaces": {"public": "eth0", "heartbeat": "eth1", "private": "eth2", "management": "mgmt0"},
 }
 HOSTS: dict[str, dict[str, Any]] = TOPOLOGY["hosts"]
 DIRECTORS = [n for n, h in HOSTS.items() if h["role"] == "director"]
@@ -130,6 +147,28 @@ def real_address(mode: str, host: str) -> str:
     return str(HOSTS[host]["private" if mode == "nat" else "public"])
 
 
+def host_networks(host: str, mode: str) -> dict[str, str]:
+    """The networks `host` is on in `mode`, {network: its address}: a real server only on the
+    private network under nat, only on the public one otherwise; a director on the private
+    one under nat only; every host on the others it has an address for."""
+    h = HOSTS[host]
+    if h["role"] == "real":
+        network = "private" if mode == "nat" else "public"
+        return {network: str(h[network])}
+    nets = [n for n in TOPOLOGY["networks"] if n in h and (n != "private" or mode == "nat")]
+    return {n: str(h[n]) for n in nets}
+
+
+def topology_json(mode: str) -> dict[str, Any]:
+    """TOPOLOGY, plus the mode and every host's attachments in it, {host: {network:
+    address/prefix}}: what the Vagrantfile gives each VM."""
+    attach = {
+        host: {n: f"{a}/{PREFIXLEN}" for n, a in host_networks(host, mode).items()}
+        for host in HOSTS
+    }
+    return TOPOLOGY | {"mode": mode, "attach": attach}
+
+
 def timing() -> dict[str, float]:
     """Heartbeat timing: as a deployment would set it, looser in the emulated guest."""
     if IN_GUEST:
@@ -137,7 +176,56 @@ def timing() -> dict[str, float]:
     return {"interval": 0.2, "deadtime": 1.0, "initdead": 3.0, "warmup": 10.0}
 
 
-def director_config(name: str, mode: str, lab: Path) -> str:
+@dataclass(frozen=True)
+class DirectorFiles:
+    """The files a director's config names: in the namespace lab's directory, or where an
+    installed director keeps them (/etc/hapair, /var/lib/hapair, /run/hapair, under a root
+    prefix for tests)."""
+
+    config: Path
+    socket: Path
+    state_dir: Path
+    authkey: Path
+    tls_cert: Path
+    tls_key: Path
+    users: Path
+    password: Path  # the monitor login's password, for the operator to read
+
+    @classmethod
+    def lab(cls, name: str, lab: Path) -> DirectorFiles:
+        """The namespace lab's: all in its directory, one monitor login for both."""
+        return cls(
+            config=lab / f"{name}.toml",
+            socket=lab / f"{name}.sock",
+            state_dir=lab / name,
+            authkey=lab / "authkey",
+            tls_cert=lab / "monitor.crt",
+            tls_key=lab / "monitor.key",
+            users=lab / "users",
+            password=lab / "monitor-password",
+        )
+
+    @classmethod
+    def installed(cls, name: str, root: Path) -> DirectorFiles:
+        """A machine's (`provision`): the contract's default places, under `root`."""
+        etc = root / "etc" / "hapair"
+        return cls(
+            config=etc / "hapair.toml",
+            socket=root / "run" / "hapair" / f"{name}.sock",
+            state_dir=root / "var" / "lib" / "hapair",
+            authkey=etc / "authkey",
+            tls_cert=etc / "monitor.crt",
+            tls_key=etc / "monitor.key",
+            users=etc / "users",
+            password=etc / "monitor-password",
+        )
+
+
+def director_config(
+    name: str, mode: str, files: DirectorFiles, interfaces: dict[str, str], serial: str | None
+) -> str:
+    """Director `name`'s config; `interfaces`: {network: its interface there}; `serial`: the
+    device of the serial heartbeat cable, or None for UDP heartbeats alone."""
     host, t = HOSTS[name], timing()
     probe_interval, probe_timeout = (5, 4) if IN_GUEST else (2, 1)
     services = ""
@@ -154,24 +242,35 @@ probe = {{ type = "{probe}", interval = "{probe_interval}s", timeout = "{probe_t
 """
         for rs in REALS:
             services += f'\n[[services.real_servers]]\naddress = "{real_address(mode, rs)}"\n'
-    gateway = f"""
+    public, heartbeat = interfaces["public"], interfaces["heartbeat"]
+    gateway = ""
+    if mode == "nat":
+        gateway = f"""
 [[vips]]
-address = "{NAT_GATEWAY}/24"
-interface = "eth2"
+address = "{NAT_GATEWAY}/{PREFIXLEN}"
+interface = "{interfaces["private"]}"
 garp_repeat = 3
 garp_interval = "50ms"
+"""
+    cable = ""
+    if serial is not None:
+        cable = f"""
+[[cluster.links]]
+type = "serial"
+device = "{serial}"
+baud = 115200
 """
     sink = HOSTS["ops"]["public"]
     return f"""# written by scripts/lab for the {mode} lab
 [node]
 name = "{name}"
 priority = {host["priority"]}
-control_socket = "{lab / f"{name}.sock"}"
-state_dir = "{lab / name}"
+control_socket = "{files.socket}"
+state_dir = "{files.state_dir}"
 
 [cluster]
 id = {CLUSTER_ID}
-auth_key_file = "{lab / "authkey"}"
+auth_key_file = "{files.authkey}"
 interval = "{t["interval"]}s"
 deadtime = "{t["deadtime"]}s"
 initdead = "{t["initdead"]}s"
@@ -179,23 +278,18 @@ preempt = true
 
 [[cluster.links]]
 type = "udp"
-interface = "eth1"
+interface = "{heartbeat}"
 group = "{GROUP}"
 port = {HB_PORT}
-
-[[cluster.links]]
-type = "serial"
-device = "{lab / f"tty-{name}"}"
-baud = 115200
-
+{cable}
 [[vips]]
-address = "{VIP}/24"
-interface = "eth0"
+address = "{VIP}/{PREFIXLEN}"
+interface = "{public}"
 garp_repeat = 3
 garp_interval = "50ms"
-{gateway if mode == "nat" else ""}
+{gateway}
 [sync]
-interface = "eth1"
+interface = "{heartbeat}"
 sync_id = {CLUSTER_ID}
 warmup = "{t["warmup"]}s"
 
@@ -214,9 +308,9 @@ url = "http://{sink}:{PAGER_PORT}/alert"
 
 [monitor]
 listen = "{host["management"]}:{MONITOR_PORT}"
-tls_cert = "{lab / "monitor.crt"}"
-tls_key = "{lab / "monitor.key"}"
-users_file = "{lab / "users"}"
+tls_cert = "{files.tls_cert}"
+tls_key = "{files.tls_key}"
+users_file = "{files.users}"
 {services}"""
 
 
@@ -236,6 +330,15 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Complet
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)!r} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
+
+
+def run_in(where: str | None, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`cmd` on this machine (`where` None) or in network namespace `where`."""
+    return (
+        sh(*cmd, check=check)
+        if where is None
+        else sh("ip", "netns", "exec", where, *cmd, check=check)
+    )
 
 
 def ip_batch(lines: list[str], ns: str | None = None) -> None:
@@ -319,37 +422,78 @@ def in_netns(name: str) -> Iterator[None]:
             libc.setns(home.fileno(), CLONE_NEWNET)
 
 
-async def serve_all(alerts: Path) -> None:
-    """Every real server and the alert sinks, in one process (each Python process costs
-    seconds in the emulated guest), each listening in its own namespace: per real server
-    tests/traffic.py's HTTP (80) and line echo (7) and an SMTP server on 25 (aiosmtpd,
-    its greeting names the server); on ops tests/alert_sinks.py's SMTP and pager sinks."""
+async def serve_real(host: str) -> list[Any]:
+    """Real server `host`'s services, listening on every address here: tests/traffic.py's
+    HTTP (80) and line echo (7), and an SMTP server on 25 (aiosmtpd, its greeting names
+    the server). Returns them, to be kept."""
     from aiosmtpd.handlers import Sink
     from aiosmtpd.smtp import SMTP
-    from alert_sinks import PagerSink, SmtpSink
     from traffic import listen
+
+    loop = asyncio.get_running_loop()
+    keep: list[Any] = await listen(host)
+    keep.append(await loop.create_server(lambda: SMTP(Sink(), hostname=host), "0.0.0.0", 25))
+    return keep
+
+
+async def serve_ops(alerts: Path) -> list[Any]:
+    """The ops host's alert sinks (tests/alert_sinks.py's SMTP and pager) on its public
+    address; every alert received is appended to `alerts` as a JSON line."""
+    from alert_sinks import PagerSink, SmtpSink
 
     def record(item: dict[str, Any]) -> None:
         with open(alerts, "a") as f:
             f.write(json.dumps(item | {"received": time.time()}) + "\n")
 
-    loop = asyncio.get_running_loop()
+    sink = HOSTS["ops"]["public"]
+    sinks = [
+        SmtpSink(sink, SMTP_SINK_PORT, on_alert=record),
+        PagerSink(sink, PAGER_PORT, on_alert=record),
+    ]
+    for server in sinks:
+        await server.start()
+    return sinks
+
+
+async def serve_all(alerts: Path) -> None:
+    """Every real server and the alert sinks, in one process (each Python process costs
+    seconds in the emulated guest), each listening in its own namespace."""
     keep: list[Any] = []
     for rs in REALS:
         with in_netns(ns_name(rs)):
-            keep += await listen(rs)
-            smtp = await loop.create_server(lambda n=rs: SMTP(Sink(), hostname=n), "0.0.0.0", 25)
-            keep.append(smtp)
-    sink = HOSTS["ops"]["public"]
+            keep += await serve_real(rs)
     with in_netns(ns_name("ops")):
-        keep += [
-            SmtpSink(sink, SMTP_SINK_PORT, on_alert=record),
-            PagerSink(sink, PAGER_PORT, on_alert=record),
-        ]
-        for server in keep[-2:]:
-            await server.start()
+        keep += await serve_ops(alerts)
     print("ready", flush=True)
     await asyncio.Event().wait()
+
+
+async def serve_host(host: str, alerts: Path) -> None:
+    """One provisioned machine's services (a real server's, or the ops host's sinks): the
+    process its systemd unit runs."""
+    keep = await (serve_ops(alerts) if HOSTS[host]["role"] == "ops" else serve_real(host))
+    print(f"ready: {len(keep)} servers", flush=True)
+    await asyncio.Event().wait()
+
+
+def real_server_network(host: str, mode: str, where: str | None) -> None:
+    """What makes `host` a real server in `mode`, on this machine (`where` None) or in
+    namespace `where`. nat: the default route via NAT_GATEWAY (replies go back through the
+    MASTER). dr: the VIP on lo, tun: on tunl0 (IPIP arrives there, from the client's
+    address: no reverse-path filter); never answered for in ARP. Idempotent."""
+    if mode == "nat":
+        ip_batch([f"route replace default via {NAT_GATEWAY}"], where)
+        return
+    dev = "lo" if mode == "dr" else "tunl0"
+    if mode == "tun":
+        sh("modprobe", "-q", "ipip", check=False)
+        if run_in(where, "ip", "link", "show", "tunl0", check=False).returncode != 0:
+            raise LabError(f"{host}: no tunl0 for the tun mode: this kernel has no ipip module")
+    ip_batch([f"link set {dev} up", f"addr replace {VIP}/32 dev {dev}"], where)
+    settings = ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]
+    if mode == "tun":
+        settings += [f"net.ipv4.conf.{c}.rp_filter=0" for c in ("all", "tunl0")]
+    run_in(where, "sysctl", "-qw", *settings)
 
 
 async def poll_http(host: str, port: int, period: float, timeout: float) -> None:
@@ -460,32 +604,15 @@ class Lab:
         self.save()
         self.bridges = [b for b in BRIDGES if b != "private" or self.mode == "nat"]
         self.wire(["client", "ops", *REALS, *DIRECTORS], bridges=True)
+        interfaces = dict(TOPOLOGY["interfaces"])
         for d in DIRECTORS:
-            (self.dir / d).mkdir(exist_ok=True)
-            (self.dir / f"{d}.toml").write_text(director_config(d, self.mode, self.dir))
-        self.monitor_login()
+            files = DirectorFiles.lab(d, self.dir)
+            files.state_dir.mkdir(exist_ok=True)
+            serial = str(self.dir / f"tty-{d}")
+            files.config.write_text(director_config(d, self.mode, files, interfaces, serial))
+        # One certificate and login for both monitors.
+        self.password, _ = monitor_login(DirectorFiles.lab(DIRECTORS[0], self.dir), "hapair-lab")
         wait_for("the serial cable (socat)", lambda: (self.dir / "tty-lvs2").exists(), 10)
-
-    def monitor_login(self) -> None:
-        """The monitor's certificate and login, by `hapair gen-cert` and `hapair passwd`
-        (their code run in this process: a process costs seconds in the guest)."""
-        from hapair.cli import main as hapair
-
-        self.password = secrets.token_urlsafe(12)
-        secret = self.dir / "monitor-password"
-        secret.write_text(self.password + "\n")
-        secret.chmod(0o600)
-        crt, key = self.dir / "monitor.crt", self.dir / "monitor.key"
-        stdin = sys.stdin
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                rc = hapair(["gen-cert", str(crt), str(key), "--cn", "hapair-lab"])
-                sys.stdin = io.StringIO(self.password + "\n")
-                rc = rc or hapair(["passwd", "-f", str(self.dir / "users"), MONITOR_USER])
-        finally:
-            sys.stdin = stdin
-        if rc != 0:
-            raise LabError("hapair gen-cert / hapair passwd failed")
 
     def wire(self, hosts: list[str], bridges: bool = False) -> None:
         """Create `hosts` (fresh namespaces) on their networks, with `ip -batch`: one `ip`
@@ -497,12 +624,11 @@ class Lab:
         for d in (h for h in hosts if h in DIRECTORS):
             link, there = mgmt_link(d), ns_name(d)
             root += [
-                f"link add {link} type veth peer name mgmt0 netns {there}",
-                f"addr add {mgmt_root_address(d)}/24 dev {link}",
+                f"link add {link} type veth peer name {TOPOLOGY['interfaces']['management']}"
+                f" netns {there}",
+                f"addr add {mgmt_root_address(d)}/{PREFIXLEN} dev {link}",
                 f"link set {link} up",
             ]
-        if self.mode == "tun":
-            sh("modprobe", "-q", "ipip", check=False)
         ip_batch(root)
         inside: dict[str, list[str]] = {h: ["link set lo up"] for h in hosts}
         for network in self.bridges:
@@ -517,34 +643,27 @@ class Lab:
                     f"link set {port} master br0 up",
                 ]
                 inside[h] += [
-                    f"addr add {HOSTS[h][network]}/24 dev {ifname}",
+                    f"addr add {HOSTS[h][network]}/{PREFIXLEN} dev {ifname}",
                     f"link set {ifname} up",
                 ]
             ip_batch(batch, ns_name(BRIDGES[network]))
+        mgmt = TOPOLOGY["interfaces"]["management"]
         for h in hosts:
             if h in DIRECTORS:
                 inside[h] += [
-                    f"addr add {HOSTS[h]['management']}/24 dev mgmt0",
-                    "link set mgmt0 up",
+                    f"addr add {HOSTS[h]['management']}/{PREFIXLEN} dev {mgmt}",
+                    f"link set {mgmt} up",
                 ]
-            elif h in REALS and self.mode == "nat":  # replies go back through the MASTER
-                inside[h].append(f"route add default via {NAT_GATEWAY}")
-            elif h in REALS:  # the VIP is local to the server, never answered for in ARP
-                dev = "lo" if self.mode == "dr" else "tunl0"  # tun: IPIP arrives on tunl0
-                inside[h] += [f"link set {dev} up", f"addr add {VIP}/32 dev {dev}"]
             ip_batch(inside[h], ns_name(h))
-            if h in REALS and self.mode != "nat":
-                settings = ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]
-                if self.mode == "tun":  # decapsulated packets come from the client's address
-                    settings += [f"net.ipv4.conf.{c}.rp_filter=0" for c in ("all", "tunl0")]
-                sh("ip", "netns", "exec", ns_name(h), "sysctl", "-qw", *settings)
+            if h in REALS:
+                real_server_network(h, self.mode, ns_name(h))
 
     def interface(self, host: str, network: str) -> str | None:
         """`host`'s interface on `network`, or None if it is not on it in this mode."""
-        if network not in HOSTS[host] or network not in self.bridges:
+        if network not in self.bridges or network not in host_networks(host, self.mode):
             return None
         if HOSTS[host]["role"] == "real":
-            return "eth0" if network == ("private" if self.mode == "nat" else "public") else None
+            return "eth0"  # its only network
         return str(TOPOLOGY["interfaces"][network])
 
     def start_agent(self, d: str) -> None:
@@ -799,6 +918,234 @@ def smtp_through_vip() -> str:
     if out.returncode != 0:
         return f"FAILED: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
     return f"accepted by {out.stdout.strip()}"
+
+
+# --- one machine of the lab (a Vagrant VM): `provision` -----------------------------------
+
+SYSTEMD = Path("/run/systemd/system")  # there when systemd runs this machine
+LAB_SCRIPT = str(Path(__file__).resolve())
+DIRECTOR_UNIT = "hapair.service"
+SERVICE_UNITS = {"real": "hapair-lab-real.service", "ops": "hapair-lab-ops.service"}
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """`path` holds `data` with `mode`, never readable by others in between."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.unlink(missing_ok=True)  # left by a crash, perhaps with another mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.chmod(mode)  # whatever the umask
+    tmp.replace(path)
+
+
+def install_file(path: Path, data: str | bytes, mode: int) -> bool:
+    """Write `data` to `path` with `mode` unless it holds exactly that; True if it wrote."""
+    raw = data.encode() if isinstance(data, str) else data
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == raw and path.stat().st_mode & 0o7777 == mode:
+            return False
+    write_private(path, raw, mode)
+    return True
+
+
+def monitor_login(files: DirectorFiles, cn: str) -> tuple[str, bool]:
+    """The monitor's certificate and login (MONITOR_USER, a random password kept in
+    `files.password`) by `hapair gen-cert` and `hapair passwd`, their code run in this
+    process (a process costs seconds in the guest). Kept when all are there already:
+    returns (the password, whether it made them)."""
+    if all(f.exists() for f in (files.tls_cert, files.tls_key, files.users, files.password)):
+        return files.password.read_text().strip(), False
+    from hapair.cli import main as hapair
+
+    password = secrets.token_urlsafe(12)
+    write_private(files.password, (password + "\n").encode())
+    stdin = sys.stdin
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = hapair(["gen-cert", str(files.tls_cert), str(files.tls_key), "--cn", cn])
+            sys.stdin = io.StringIO(password + "\n")
+            rc = rc or hapair(["passwd", "-f", str(files.users), MONITOR_USER])
+    finally:
+        sys.stdin = stdin
+    if rc != 0:
+        raise LabError("hapair gen-cert / hapair passwd failed")
+    return password, True
+
+
+def interfaces_by_address(host: str, wanted: dict[str, str]) -> dict[str, str]:
+    """{network: the interface here holding `host`'s address on it}: a VM's interface
+    names are its own (Vagrant's private networks are eth1, eth2, ... or enp0s8, ...)."""
+    links = json.loads(sh("ip", "-j", "-4", "addr", "show").stdout or "[]")
+    holder = {
+        a["local"]: str(link["ifname"])
+        for link in links
+        for a in link.get("addr_info", [])
+        if "local" in a
+    }
+    missing = [
+        f"{address} ({network})" for network, address in wanted.items() if address not in holder
+    ]
+    if missing:
+        raise LabError(
+            f"{host}: no interface here holds {', '.join(missing)}: is this machine on those"
+            " networks of the topology, with those addresses (scripts/lab topology)?"
+        )
+    return {network: holder[address] for network, address in wanted.items()}
+
+
+def systemd_unit(description: str, start: list[str], pre: list[str], *extra: str) -> str:
+    lines = [
+        "# written by scripts/lab.py provision",
+        "[Unit]",
+        f"Description={description}",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        *(f"ExecStartPre={cmd}" for cmd in pre),
+        f"ExecStart={shlex.join(start)}",
+        *extra,
+        "Restart=on-failure",
+        "RestartSec=2s",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def provision_director(
+    name: str,
+    mode: str,
+    root: Path,
+    interfaces: dict[str, str],
+    serial: str | None,
+    authkey: Path | None,
+) -> list[str]:
+    """Director `name`'s key, monitor login, config (checked by `hapair check` before it
+    replaces the old one) and systemd unit, under `root`; what it changed."""
+    files = DirectorFiles.installed(name, root)
+    changed = []
+    if authkey is not None:
+        if install_file(files.authkey, authkey.read_bytes(), 0o600):
+            changed.append(f"{files.authkey}: the pair's key, from {authkey}")
+    elif not files.authkey.exists():
+        raise LabError(
+            f"{name}: no {files.authkey}: give the pair's shared key with --authkey FILE"
+            " (the same file to both directors)"
+        )
+    if monitor_login(files, name)[1]:
+        changed.append(
+            f"{files.tls_cert}, {files.users}: the monitor's certificate and login"
+            f" ({MONITOR_USER}, the password in {files.password})"
+        )
+    text = director_config(name, mode, files, interfaces, serial)
+    candidate = files.config.with_name(f".{files.config.name}.check")
+    write_private(candidate, text.encode(), 0o644)
+    check = sh(PYTHON, "-m", "hapair", "check", "-c", str(candidate), check=False)
+    candidate.unlink()
+    if check.returncode != 0:
+        raise LabError(f"{name}: hapair check refused the config:\n{check.stdout}{check.stderr}")
+    if install_file(files.config, text, 0o644):
+        changed.append(f"{files.config} (hapair check: ok)")
+    unit = systemd_unit(
+        f"hapair: the HA agent of LVS director {name}",
+        [PYTHON, "-m", "hapair", "run", "-c", str(files.config)],
+        ["-/sbin/modprobe -q ip_vs"],
+        "Environment=HAPAIR_LOG=INFO",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    )
+    path = root / "etc" / "systemd" / "system" / DIRECTOR_UNIT
+    if install_file(path, unit, 0o644):
+        changed.append(str(path))
+    command, link = Path(PYTHON).parent / "hapair", root / "usr" / "local" / "bin" / "hapair"
+    if command.exists() and not link.exists() and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(command)
+        changed.append(f"{link} -> {command}")
+    return changed
+
+
+def provision_services(host: str, mode: str, root: Path) -> list[str]:
+    """A real server's services (and, before them at every start, its network settings),
+    or the ops host's alert sinks, as a systemd unit under `root`; what it changed."""
+    role = HOSTS[host]["role"]
+    serve = [PYTHON, LAB_SCRIPT, "_serve-host", host]
+    if role == "real":
+        what = f"real server {host}: HTTP on 80, SMTP on 25, a line echo on 7"
+        pre = [shlex.join([PYTHON, LAB_SCRIPT, "provision", host, "--mode", mode, "--net-only"])]
+    else:
+        alerts = root / "var" / "lib" / "hapair-lab" / "alerts.jsonl"
+        alerts.parent.mkdir(parents=True, exist_ok=True)
+        what = f"the alert sinks (SMTP {SMTP_SINK_PORT}, pager {PAGER_PORT}) into {alerts}"
+        serve += ["--alerts", str(alerts)]
+        pre = []
+    unit = systemd_unit(f"hapair lab: {what}", serve, pre)
+    path = root / "etc" / "systemd" / "system" / SERVICE_UNITS[role]
+    return [str(path)] if install_file(path, unit, 0o644) else []
+
+
+def systemd_up(unit: str, restart: bool) -> None:
+    sh("systemctl", "daemon-reload")
+    sh("systemctl", "enable", "--quiet", unit)
+    sh("systemctl", "restart" if restart else "start", unit)
+    state = sh("systemctl", "is-active", unit, check=False).stdout.strip()
+    say(f"  {unit}: {'(re)started' if restart else 'started'}, {state}")
+
+
+def provision(
+    host: str,
+    mode: str,
+    root: Path = Path("/"),
+    *,
+    start: bool = True,
+    serial: str | None = None,
+    authkey: Path | None = None,
+    net_only: bool = False,
+) -> list[str]:
+    """Make this machine lab host `host` in `mode`: its interfaces found by address, then
+    the namespace lab's own steps for its role (director_config, real_server_network,
+    serve_real, serve_ops), installed as systemd units and started (not with `start`
+    False). Idempotent; returns what it changed (files written)."""
+    role = HOSTS[host]["role"]
+    if start and root != Path("/"):
+        raise LabError("--root needs --no-start (systemd reads /etc/systemd/system)")
+    if start and not net_only and role != "client" and not SYSTEMD.exists():
+        raise LabError("systemd does not run this machine: provision with --no-start")
+    if serial is not None and role != "director":
+        raise LabError(f"{host}: --serial is for the directors")
+    interfaces = interfaces_by_address(host, host_networks(host, mode))
+    found = ", ".join(f"{n} {HOSTS[host][n]} on {i}" for n, i in interfaces.items())
+    say(f"provision {host} ({role}, {mode}): {found}")
+    if role == "real":
+        real_server_network(host, mode, None)
+        say(
+            f"  network: default route via {NAT_GATEWAY}"
+            if mode == "nat"
+            else f"  network: VIP {VIP}/32 on {'lo' if mode == 'dr' else 'tunl0'},"
+            " arp_ignore=1, arp_announce=2"
+        )
+    if net_only:
+        return []
+    changed: list[str] = []
+    unit = None
+    if role == "director":
+        changed = provision_director(host, mode, root, interfaces, serial, authkey)
+        unit = DIRECTOR_UNIT
+    elif role in SERVICE_UNITS:
+        changed = provision_services(host, mode, root)
+        unit = SERVICE_UNITS[role]
+    else:
+        say(f"  nothing to install: try curl http://{VIP}/ once the directors are up")
+    for line in changed:
+        say(f"  wrote {line}")
+    if unit is not None and not changed:
+        say("  nothing changed")
+    if unit is not None and start:
+        systemd_up(unit, restart=bool(changed))
+    return changed
 
 
 # --- the commands --------------------------------------------------------------------------
@@ -1072,9 +1419,36 @@ def main(argv: list[str]) -> int:
             c.add_argument("--connections", type=int, default=200)
     sub.add_parser("down")
     sub.add_parser("status")
-    sub.add_parser("topology")
+    t = sub.add_parser("topology")
+    t.add_argument("--mode", choices=MODES, default="dr", help="whose attachments to list")
+    pv = sub.add_parser(
+        "provision",
+        description="Make THIS machine lab host HOST of the topology (a VM whose interfaces"
+        " already hold the topology's addresses): a director's config and unit, a real"
+        " server's network settings and services, the ops host's alert sinks. Idempotent.",
+    )
+    pv.add_argument("host", choices=list(HOSTS))
+    pv.add_argument("--mode", choices=MODES, default="dr")
+    pv.add_argument(
+        "--root", type=Path, default=Path("/"), help="write every file under this prefix"
+    )
+    pv.add_argument("--no-start", action="store_true", help="install, start nothing")
+    pv.add_argument(
+        "--serial",
+        metavar="DEVICE",
+        help="a director's serial cable to its peer, a second heartbeat link (default: none)",
+    )
+    pv.add_argument(
+        "--authkey", type=Path, metavar="FILE", help="the pair's key (the same for both)"
+    )
+    pv.add_argument(
+        "--net-only", action="store_true", help="a real server's network settings alone"
+    )
     s = sub.add_parser("_serve")
     s.add_argument("alerts", type=Path)
+    h = sub.add_parser("_serve-host")
+    h.add_argument("host", choices=[n for n in HOSTS if HOSTS[n]["role"] in SERVICE_UNITS])
+    h.add_argument("--alerts", type=Path, default=Path("/var/lib/hapair-lab/alerts.jsonl"))
     q = sub.add_parser("_poll")
     q.add_argument("host")
     q.add_argument("port", type=int)
@@ -1085,15 +1459,33 @@ def main(argv: list[str]) -> int:
     if args.cmd == "_serve":
         asyncio.run(serve_all(args.alerts))
         return 0
+    if args.cmd == "_serve-host":
+        asyncio.run(serve_host(args.host, args.alerts))
+        return 0
     if args.cmd == "_poll":
         asyncio.run(poll_http(args.host, args.port, args.period, args.timeout))
         return 0
     if args.cmd == "topology":
-        say(json.dumps(TOPOLOGY, indent=2))
+        say(json.dumps(topology_json(args.mode), indent=2))
         return 0
     if os.geteuid() != 0:
-        say("lab: run as root (it makes network namespaces)")
+        say("lab: run as root (it makes network namespaces, or configures this machine)")
         return 1
+    if args.cmd == "provision":
+        try:
+            provision(
+                args.host,
+                args.mode,
+                args.root.absolute(),
+                start=not args.no_start,
+                serial=args.serial,
+                authkey=args.authkey,
+                net_only=args.net_only,
+            )
+        except LabError as exc:
+            say(f"lab: provision {args.host}: FAILED: {exc}")
+            return 1
+        return 0
     if args.cmd == "down":
         done = down(LAB_DIR)
         say("lab: " + ("; ".join(done) if done else "nothing to take down"))

@@ -1,0 +1,428 @@
+"""`scripts/lab.py provision HOST`, the Vagrant VMs' provisioning, run in namespaces that
+stand in for the VMs: each on a bridge per network, holding its addresses from TOPOLOGY on
+interfaces named unlike the lab's (vnet3, vnet2, ...: the interfaces must be found by
+address), provisioned with --root TMP --no-start (no systemd here). The directors'
+configs pass `hapair check` and name the interfaces found; a second run changes nothing;
+a real server gets its VIP and ARP settings (dr, tun) or its route (nat) in its own
+namespace and serves from its unit's command; two provisioned directors, started with
+their units' command, elect lvs1 and fail over to lvs2."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from topology import Bridge, Netns, sh
+
+from hapair import control
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_PY = ROOT / "scripts" / "lab.py"
+
+
+def load_lab() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hapair_lab", LAB_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+lab = load_lab()
+HOSTS: dict[str, dict[str, Any]] = lab.HOSTS
+
+
+@dataclass
+class Machine:
+    """A namespace standing in for lab host `name`'s VM."""
+
+    name: str
+    ns: Netns
+    root: Path  # provision's --root
+    interfaces: dict[str, str]  # network -> the interface holding the host's address
+
+    def provision(self, mode: str, *extra: str, check: bool = True) -> str:
+        cmd = [sys.executable, str(LAB_PY), "provision", self.name, "--mode", mode]
+        proc = self.ns.run(
+            *cmd, "--root", str(self.root), "--no-start", *extra, check=False, timeout=120
+        )
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    def unit(self, name: str) -> dict[str, list[str]]:
+        """The unit file's Exec lines, {key: [command line, ...]}."""
+        text = (self.root / "etc" / "systemd" / "system" / name).read_text()
+        lines: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            key, eq, value = line.partition("=")
+            if eq and key.startswith("Exec"):
+                lines.setdefault(key, []).append(value)
+        return lines
+
+    def files(self) -> dict[str, tuple[bytes, int, int]]:
+        """Every file under its root: content, mode, mtime."""
+        out = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                st = path.stat()
+                out[str(path)] = (path.read_bytes(), st.st_mode, st.st_mtime_ns)
+        return out
+
+
+@pytest.fixture
+def machines(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    tmp_path: Path,
+) -> Callable[..., Machine]:
+    """`make(host, mode, without=())` -> a Machine on the networks `host` is on in `mode`
+    (one bridge per network, shared by the test's machines), but those in `without`."""
+    bridges: dict[str, Bridge] = {}
+
+    def make(host: str, mode: str, without: tuple[str, ...] = ()) -> Machine:
+        ns = netns_factory(host)
+        interfaces = {}
+        networks = lab.host_networks(host, mode)
+        for i, (network, address) in enumerate(networks.items()):
+            if network in without:
+                continue
+            ifname = f"vnet{len(networks) - i}"  # the lab's eth0 is vnet3 here, ...
+            if network not in bridges:
+                bridges[network] = bridge_factory(network[:3])
+            bridges[network].attach(ns, ifname, f"{address}/{lab.PREFIXLEN}")
+            interfaces[network] = ifname
+        root = tmp_path / host
+        root.mkdir()
+        return Machine(host, ns, root, interfaces)
+
+    return make
+
+
+@pytest.fixture
+def authkey(tmp_path: Path) -> Path:
+    path = tmp_path / "pair-key"
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[[Machine, list[str], Path], subprocess.Popen[bytes]]]:
+    """`start(machine, argv, log)`: argv run in the machine's namespace, logging to `log`;
+    at teardown every process in those namespaces is killed (an agent's helpers too)."""
+    started: list[tuple[Machine, subprocess.Popen[bytes]]] = []
+
+    def start(machine: Machine, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", machine.ns.name, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=os.environ | {"HAPAIR_LOG": "INFO"},
+            )
+        started.append((machine, proc))
+        return proc
+
+    yield start
+    for _, proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for machine, _ in started:
+        kill_all_in(machine.ns)
+
+
+def kill_all_in(ns: Netns) -> None:
+    for pid in sh("ip", "netns", "pids", ns.name, check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+    return value
+
+
+def addresses(ns: Netns, dev: str) -> list[str]:
+    links = json.loads(ns.ip("-j", "-4", "addr", "show", "dev", dev).stdout)
+    return [f"{a['local']}/{a['prefixlen']}" for link in links for a in link["addr_info"]]
+
+
+def sysctl(ns: Netns, *keys: str) -> list[str]:
+    return ns.run("sysctl", "-n", *keys).stdout.split()
+
+
+# --- directors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", lab.MODES)
+def test_director_configs_name_the_interfaces_found_and_a_second_run_changes_nothing(
+    mode: str, machines: Callable[..., Machine], authkey: Path
+) -> None:
+    pair = [machines(d, mode) for d in lab.DIRECTORS]
+    for m in pair:
+        out = m.provision(mode, "--authkey", str(authkey))
+        assert f"public {HOSTS[m.name]['public']} on {m.interfaces['public']}" in out, out
+        etc = m.root / "etc" / "hapair"
+        config = etc / "hapair.toml"
+        check = sh(sys.executable, "-m", "hapair", "check", "-c", str(config), check=False)
+        assert (check.returncode, check.stdout) == (0, "ok\n"), check.stdout
+        cfg = tomllib.loads(config.read_text())
+
+        assert cfg["node"]["name"] == m.name
+        assert cfg["node"]["priority"] == HOSTS[m.name]["priority"]
+        assert cfg["cluster"]["links"] == [
+            {"type": "udp", "interface": m.interfaces["heartbeat"], "group": lab.GROUP}
+            | {"port": lab.HB_PORT}
+        ]  # no serial link unless --serial names a device
+        vips = {v["address"]: v["interface"] for v in cfg["vips"]}
+        expected = {f"{lab.VIP}/24": m.interfaces["public"]}
+        if mode == "nat":
+            expected[f"{lab.NAT_GATEWAY}/24"] = m.interfaces["private"]
+        assert vips == expected
+        assert cfg["sync"]["interface"] == m.interfaces["heartbeat"]
+        assert cfg["monitor"]["listen"] == f"{HOSTS[m.name]['management']}:{lab.MONITOR_PORT}"
+        servers = {rs["address"] for s in cfg["services"] for rs in s["real_servers"]}
+        assert servers == {lab.real_address(mode, rs) for rs in lab.REALS}
+        assert {s["forward"] for s in cfg["services"]} == {mode}
+        for key in ("control_socket", "state_dir"):
+            assert cfg["node"][key].startswith(f"{m.root}/"), cfg["node"][key]
+
+        assert (etc / "authkey").read_bytes() == authkey.read_bytes()
+        for private in ("authkey", "monitor.key", "users", "monitor-password"):
+            assert (etc / private).stat().st_mode & 0o777 == 0o600, private
+        unit = m.unit("hapair.service")
+        command = f"{sys.executable} -m hapair run -c {config}"
+        assert unit["ExecStart"] == [command], unit
+        assert (
+            os.readlink(m.root / "usr/local/bin/hapair") == f"{Path(sys.executable).parent}/hapair"
+        )
+
+    for m in pair:
+        before = m.files()
+        out = m.provision(mode, "--authkey", str(authkey))
+        assert "nothing changed" in out and "wrote" not in out, out
+        assert m.files() == before
+
+
+def test_a_serial_device_adds_the_serial_link(
+    machines: Callable[..., Machine], authkey: Path
+) -> None:
+    m = machines("lvs2", "dr")
+    m.provision("dr", "--authkey", str(authkey), "--serial", "/dev/ttyS1")
+    config = m.root / "etc/hapair/hapair.toml"
+    links = tomllib.loads(config.read_text())["cluster"]["links"]
+    assert [(lk["type"], lk.get("device")) for lk in links] == [
+        ("udp", None),
+        ("serial", "/dev/ttyS1"),
+    ]
+    assert sh(sys.executable, "-m", "hapair", "check", "-c", str(config)).stdout == "ok\n"
+
+
+def test_a_missing_address_or_key_is_refused_before_anything_is_written(
+    machines: Callable[..., Machine], authkey: Path
+) -> None:
+    off = machines("lvs1", "nat", without=("heartbeat",))
+    out = off.provision("nat", "--authkey", str(authkey), check=False)
+    assert f"no interface here holds {HOSTS['lvs1']['heartbeat']} (heartbeat)" in out, out
+    assert "FAILED" in out and list(off.root.iterdir()) == []
+
+    keyless = machines("lvs2", "nat")
+    out = keyless.provision("nat", check=False)
+    assert "--authkey FILE" in out and "FAILED" in out, out
+    assert not (keyless.root / "etc/hapair/hapair.toml").exists()
+
+    # Not a root prefix's place to start anything; nor a client's to have a serial line.
+    cmd = [sys.executable, str(LAB_PY), "provision", "client", "--root", str(off.root)]
+    assert "--root needs --no-start" in sh(*cmd, check=False).stdout
+    cmd = [*cmd, "--no-start", "--serial", "/dev/ttyS1"]
+    assert "--serial is for the directors" in sh(*cmd, check=False).stdout
+
+
+def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
+    machines: Callable[..., Machine],
+    authkey: Path,
+    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    pair = [machines(d, "dr") for d in lab.DIRECTORS]
+    for m in pair:
+        m.provision("dr", "--authkey", str(authkey))
+    lvs1, lvs2 = pair
+    for m in pair:  # what systemd would run
+        processes(
+            m, shlex.split(m.unit("hapair.service")["ExecStart"][0]), tmp_path / f"{m.name}.log"
+        )
+
+    def status(m: Machine) -> dict[str, Any] | None:
+        sock = m.root / "run" / "hapair" / f"{m.name}.sock"
+        try:
+            reply = control.request(sock, {"cmd": "status"}, timeout=5)
+        except (control.NoAgent, OSError):
+            return None
+        return reply.get("result") if reply.get("ok") else None
+
+    def states() -> tuple[str | None, ...]:
+        return tuple(None if (s := status(m)) is None else s["state"] for m in pair)
+
+    def logs() -> str:
+        return "\n".join(
+            (tmp_path / f"{m.name}.log").read_text(errors="replace")[-3000:] for m in pair
+        )
+
+    vip = f"{lab.VIP}/24"
+    try:
+        wait_for("lvs1 MASTER, lvs2 BACKUP", lambda: states() == ("MASTER", "BACKUP"), 30)
+    except AssertionError:
+        raise AssertionError(f"states {states()}\n{logs()}") from None
+    assert vip in addresses(lvs1.ns, lvs1.interfaces["public"])
+    assert vip not in addresses(lvs2.ns, lvs2.interfaces["public"])
+    s2 = status(lvs2)
+    assert s2 is not None and s2["peer"]["alive"], s2
+    assert [lk["name"] for lk in s2["peer"]["links"]] == [lvs2.interfaces["heartbeat"]]
+
+    # lvs1's machine dies: every process in it killed, its links down.
+    kill_all_in(lvs1.ns)
+    for ifname in lvs1.interfaces.values():
+        lvs1.ns.ip("link", "set", ifname, "down")
+    wait_for("lvs2 MASTER", lambda: states()[1] == "MASTER", 15)
+    wait_for("the VIP on lvs2", lambda: vip in addresses(lvs2.ns, lvs2.interfaces["public"]), 5)
+
+
+# --- real servers, ops, client -----------------------------------------------------------
+
+
+def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
+    machines: Callable[..., Machine],
+    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    rs, client = machines("rs1", "dr"), machines("client", "dr")
+    host_sysctls = [
+        Path(f"/proc/sys/net/ipv4/conf/all/{k}").read_text() for k in ("arp_ignore", "arp_announce")
+    ]
+    out = rs.provision("dr")
+    assert f"public {HOSTS['rs1']['public']} on {rs.interfaces['public']}" in out, out
+    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.VIP}/32"]
+    assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
+        "1",
+        "2",
+    ]
+    # ... in that namespace alone
+    assert host_sysctls == [
+        Path(f"/proc/sys/net/ipv4/conf/all/{k}").read_text() for k in ("arp_ignore", "arp_announce")
+    ]
+    unit = rs.unit("hapair-lab-real.service")
+    assert unit["ExecStartPre"] == [
+        f"{sys.executable} {LAB_PY} provision rs1 --mode dr --net-only"
+    ], unit
+    assert unit["ExecStart"] == [f"{sys.executable} {LAB_PY} _serve-host rs1"], unit
+
+    before = rs.files()
+    assert "nothing changed" in rs.provision("dr")
+    assert rs.files() == before
+    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.VIP}/32"]
+    assert "nothing to install" in client.provision("dr")
+
+    # What the unit runs at boot: the network settings again, then the services.
+    pre = rs.ns.run(*shlex.split(unit["ExecStartPre"][0]), timeout=60)
+    assert "network: VIP" in pre.stdout, pre.stdout
+    proc = processes(rs, shlex.split(unit["ExecStart"][0]), tmp_path / "rs1.log")
+    wait_for("rs1 ready", lambda: "ready" in (tmp_path / "rs1.log").read_text(), 30)
+    assert proc.poll() is None
+    address = HOSTS["rs1"]["public"]
+    ask = (
+        "import smtplib, socket, urllib.request\n"
+        f"print(urllib.request.urlopen('http://{address}/', timeout=10).read().decode())\n"
+        f"s = smtplib.SMTP({address!r}, 25, timeout=10)\n"
+        "print(s.ehlo()[1].split()[0].decode()); s.quit()\n"
+        f"c = socket.create_connection(({address!r}, 7), timeout=10)\n"
+        "c.sendall(b'hello\\n'); print(c.makefile().readline().strip())\n"
+    )
+    assert client.ns.run(sys.executable, "-c", ask).stdout.split("\n")[:3] == [
+        "rs1",
+        "rs1",
+        "rs1 hello",
+    ]
+
+
+def test_a_nat_real_server_routes_through_the_nat_gateway(
+    machines: Callable[..., Machine],
+) -> None:
+    rs = machines("rs2", "nat")
+    assert list(rs.interfaces) == ["private"]
+    for _ in range(2):
+        rs.provision("nat")
+        routes = json.loads(rs.ns.ip("-j", "route", "show", "default").stdout)
+        assert [(r["gateway"], r["dev"]) for r in routes] == [
+            (lab.NAT_GATEWAY, rs.interfaces["private"])
+        ]
+    assert addresses(rs.ns, "lo") == ["127.0.0.1/8"]
+    assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
+        "0",
+        "0",
+    ]
+
+
+def test_a_tun_real_server_takes_the_vip_on_tunl0_or_names_the_missing_ipip(
+    machines: Callable[..., Machine],
+) -> None:
+    rs = machines("rs3", "tun")
+    out = rs.provision("tun", check=False)
+    if rs.ns.ip("link", "show", "tunl0", check=False).returncode != 0:
+        assert "no tunl0 for the tun mode: this kernel has no ipip module" in out, out
+        return
+    assert "network: VIP" in out, out
+    assert addresses(rs.ns, "tunl0") == [f"{lab.VIP}/32"]
+    keys = ("all.arp_ignore", "all.arp_announce", "all.rp_filter", "tunl0.rp_filter")
+    assert sysctl(rs.ns, *(f"net.ipv4.conf.{k}" for k in keys)) == ["1", "2", "0", "0"]
+
+
+def test_the_ops_host_receives_alerts_from_its_units_command(
+    machines: Callable[..., Machine],
+    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    ops, client = machines("ops", "dr"), machines("client", "dr")
+    ops.provision("dr")
+    unit = ops.unit("hapair-lab-ops.service")
+    alerts = ops.root / "var/lib/hapair-lab/alerts.jsonl"
+    assert unit["ExecStart"] == [f"{sys.executable} {LAB_PY} _serve-host ops --alerts {alerts}"]
+    processes(ops, shlex.split(unit["ExecStart"][0]), tmp_path / "ops.log")
+    wait_for("ops ready", lambda: "ready" in (tmp_path / "ops.log").read_text(), 30)
+    url = f"http://{HOSTS['ops']['public']}:{lab.PAGER_PORT}/alert"
+    post = (
+        "import json, urllib.request\n"
+        "body = json.dumps({'id': 'x1', 'event': 'test', 'node': 'lvs1'}).encode()\n"
+        f"r = urllib.request.Request({url!r}, body, {{'Content-Type': 'application/json'}})\n"
+        "print(urllib.request.urlopen(r, timeout=10).status)\n"
+    )
+    assert client.ns.run(sys.executable, "-c", post).stdout.strip() == "200"
+    received = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert [(a["channel"], a["id"], a["event"]) for a in received] == [("pager", "x1", "test")]
