@@ -42,10 +42,13 @@ def processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
-def test_the_lab_demo_fails_over_and_back_keeping_the_connections(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["dr", "nat", "tun"])
+def test_the_lab_demo_fails_over_and_back_keeping_the_connections(
+    mode: str, tmp_path: Path
+) -> None:
     lab = load_lab()
     lab_dir = tmp_path / "lab"
-    result = lab.cmd_demo("dr", lab_dir, connections=CONNECTIONS)
+    result = lab.cmd_demo(mode, lab_dir, connections=CONNECTIONS)
 
     assert not result.error, result.error
     assert result.failover_ok and result.failback_ok

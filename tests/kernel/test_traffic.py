@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -144,6 +145,15 @@ def test_spread_sync_failover_and_warm_failback(
     try:
         # The BACKUP's kernel learns the connections from the MASTER's sync daemon.
         wait_for(lambda: synced(dir2.ns) >= CONNECTIONS, 10, step=0.5)
+
+        # A reload under traffic (SIGHUP to both, the config unchanged) breaks nothing.
+        hup = time.time()
+        for d in lab.dirs:
+            d.signal(signal.SIGHUP)
+        for d in lab.dirs:
+            wait_for(lambda d=d: "reloaded" in d.log.read_text(), 10 * SLOWDOWN)
+        talking_since(holder, hup)
+        assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
 
         # The MASTER dies: its links first (a dead machine sends nothing: a namespace
         # being torn down briefly answers for its VIPs without IPVS, with resets), then

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,36 @@ def test_a_handover_alerts_by_email_and_pager_and_runs_the_notify_scripts(
     [refused] = [a for a in alerts() if a.get("event") == "reload_failed"]
     assert refused["severity"] == "warning" and "node.priority" in refused["summary"]
     assert dir2.state() == "MASTER"
+
+
+def test_alerts_of_a_failover_while_the_sinks_are_down_arrive_once_they_are_back(
+    lab_factory: Callable[..., Lab], netns_factory: Callable[[str], Netns], tmp_path: Path
+) -> None:
+    notify_log, received = tmp_path / "notify.log", tmp_path / "received.jsonl"
+    lab = started(lab_factory(alerts_toml(notify_log)))  # no SMTP server, no pager yet
+    dir1, dir2 = lab.dirs
+    dir1.signal(signal.SIGKILL)  # an unplanned failover: dir1 says nothing
+    wait_for(lambda: dir2.state() == "MASTER", 15)
+    status: Any = dir2.status()
+    owed = status["alerts"]["queued"]
+    assert owed > 0  # spooled, not lost
+
+    time.sleep(2)
+    start_sinks(lab, netns_factory("sinks"), received)
+    alerts: list[dict[str, Any]] = []
+
+    def delivered() -> bool:
+        nonlocal alerts
+        text = received.read_text() if received.exists() else ""
+        alerts = [json.loads(line) for line in text.splitlines()]
+        now: Any = dir2.status()
+        return now is not None and now["alerts"]["queued"] == 0
+
+    took = wait_for(delivered, 90, step=0.5)
+    print(f"{owed} alerts owed at the takeover; all delivered {took:.1f} s after the sinks came up")
+    subjects = [a["subject"] for a in alerts if a["channel"] == "email"]
+    assert any(s.startswith("[hapair] dir2 state_change: dir2 is now MASTER") for s in subjects)
+    assert any(a["channel"] == "pager" and a.get("event") == "peer_lost" for a in alerts)
+    ids = [(a["channel"], a["id"]) for a in alerts]
+    assert len(ids) == len(set(ids))  # each once
+    assert {i for c, i in ids if c == "email"} == {i for c, i in ids if c == "pager"}
