@@ -5,27 +5,15 @@ failback; then everything is gone: namespaces, links, processes, the lab directo
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from labscript import load_lab
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS = 200
-
-
-def load_lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hapair_lab", ROOT / "scripts" / "lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def processes_mentioning(*needles: str) -> list[str]:

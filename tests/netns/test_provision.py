@@ -10,7 +10,6 @@ their units' command, elect lvs1 and fail over to lvs2."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shlex
@@ -22,27 +21,15 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from labscript import LAB_PY, load_lab
 from topology import Bridge, Netns, sh
 
 from hapair import control
 
 pytestmark = pytest.mark.netns
-
-ROOT = Path(__file__).resolve().parents[2]
-LAB_PY = ROOT / "scripts" / "lab.py"
-
-
-def load_lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hapair_lab", LAB_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 lab = load_lab()

@@ -5,33 +5,22 @@ by scripts/setup and `scripts/lab provision HOST --mode MODE`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from labscript import load_lab
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 VAGRANTFILE = ROOT / "Vagrantfile"
 STUB = ROOT / "tests" / "vagrant_stub.rb"
-
-
-def load_lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hapair_lab", ROOT / "scripts" / "lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 lab = load_lab()
