@@ -546,13 +546,15 @@ class Agent:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(5):  # a client that does not ask is dropped
                 line = await reader.readline()
-                request = control.decode_request(line)
-                if isinstance(request, str):
-                    reply: dict[str, Any] = {"ok": False, "error": request}
-                else:
-                    reply = await self.request(request)
+            request = control.decode_request(line)
+            if isinstance(request, str):
+                reply: dict[str, Any] = {"ok": False, "error": request}
+            else:
+                reply = await self.request(request)
+            # A status of thousands of servers on a busy machine takes a while to read.
+            async with asyncio.timeout(60):
                 writer.write(control.encode(reply))
                 await writer.drain()
         except (TimeoutError, OSError, ValueError) as exc:

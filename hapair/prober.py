@@ -7,7 +7,8 @@ that did not change keeps its state across a reload.
 Each target has a task (cancelling it stops the target). For most probe types the task
 is the loop itself: probe, observe, sleep. TCP probes, the ones that come by the
 thousand, run from callbacks instead: their task only waits to be cancelled, one timer
-starts every probe that is due (a heap of due times, a few at a time), and a
+starts every probe that is due (due times in 2 ms slots, a heap of slots; as long as the
+cap has room; each batch of completions starts the ones that waited), and a
 `tcp.Connector` carries their connects, so a probe costs no task step, future or timer
 of its own.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
 import random
 from collections import deque
@@ -30,7 +30,7 @@ from hapair.core.hysteresis import RiseFall
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT = 1000  # probes in flight at once, whatever the number of targets
-BATCH = 0.002  # s: TCP probes due this close together start in one go
+BATCH = 0.01  # s: TCP probes due this close together start in one go
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class Watch:
     active: bool = True  # False once the target is gone
     started: float = 0.0  # loop time of the latest probe's start (callback-driven probes)
     handle: Any = None  # what the TCP connector prepared for this target
+    done: Any = None  # the TCP connector's callback for this target, made once
 
 
 OnVerdict = Callable[[Hashable, bool, str], None]
@@ -60,26 +61,17 @@ class Cap:
 
     asyncio.Semaphore scans its waiters on every acquire and release, which is quadratic
     when thousands of probes queue behind the cap; here both are O(1). A release hands
-    its slot straight to the oldest live waiter.
+    its slot straight to the oldest live waiter. TCP probes take and give back slots
+    through `free` directly, and only when nobody is `waiting`.
     """
 
     def __init__(self, limit: int) -> None:
         self.free = limit
-        self._waiters: deque[asyncio.Future[None] | Callable[[], bool]] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def waiting(self) -> bool:
         return bool(self._waiters)
-
-    def take(self, then: Callable[[], bool]) -> bool:
-        """Take a slot now (True), or call `then()` when one is handed over (False);
-        `then()` returns True when it keeps the slot (and must release it later), False
-        when it no longer wants it (the slot goes to the next waiter)."""
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        self._waiters.append(then)
-        return False
 
     async def acquire(self) -> None:
         if self.free > 0 and not self._waiters:
@@ -98,10 +90,6 @@ class Cap:
         waiters = self._waiters
         while waiters:
             slot = waiters.popleft()
-            if not isinstance(slot, asyncio.Future):
-                if slot():
-                    return
-                continue
             if not slot.done():
                 slot.set_result(None)
                 return
@@ -114,8 +102,11 @@ class Prober:
         self.watches: dict[Hashable, Watch] = {}
         self._cap = Cap(MAX_CONCURRENT)
         self._connector: Any = None  # a tcp.Connector, made with the first TCP target
-        self._due: list[tuple[float, int, Hashable, Watch]] = []  # TCP probes' next starts
-        self._seq = itertools.count()
+        # TCP probes' next starts, by BATCH-wide slot: slot number -> watches; the slot
+        # numbers in a heap (one entry per slot, not per probe); due ones wait in _ready.
+        self._slots: dict[int, list[Watch]] = {}
+        self._slot_heap: list[int] = []
+        self._ready: deque[Watch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
 
@@ -150,7 +141,9 @@ class Prober:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
-        self._due.clear()
+        self._slots.clear()
+        self._slot_heap.clear()
+        self._ready.clear()
         if self._connector is not None:
             self._connector.close()
             self._connector = None
@@ -189,19 +182,26 @@ class Prober:
         from hapair.probes import tcp
 
         if self._connector is None:
-            self._connector = tcp.Connector()
+            self._connector = tcp.Connector(after_batch=self._start_due)
         watch.handle = tcp.prepare(watch.target.address, watch.target.port)
+        watch.done = partial(self._result, key, watch)
         # Spread the first probes over one interval so thousands do not fire in step.
-        self._plan(loop.time() + random.uniform(0, watch.target.probe.interval), key, watch)
+        self._plan(loop.time() + random.uniform(0, watch.target.probe.interval), watch)
         try:
             await loop.create_future()  # the probes run from callbacks until cancelled
         finally:
             watch.active = False
 
-    def _plan(self, when: float, key: Hashable, watch: Watch) -> None:
-        heapq.heappush(self._due, (when, next(self._seq), key, watch))
-        if when + BATCH < self._timer_at:
-            self._arm(when)
+    def _plan(self, when: float, watch: Watch) -> None:
+        slot = int(when / BATCH)
+        planned = self._slots.get(slot)
+        if planned is not None:
+            planned.append(watch)
+            return
+        self._slots[slot] = [watch]
+        heapq.heappush(self._slot_heap, slot)
+        if slot * BATCH + BATCH < self._timer_at:
+            self._arm(slot * BATCH)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -210,40 +210,43 @@ class Prober:
         self._timer = asyncio.get_running_loop().call_at(when, self._start_due)
 
     def _start_due(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due, cap = self._due, self._cap
-        while due and due[0][0] <= now + BATCH:
-            _, _, key, watch = heapq.heappop(due)
-            if not watch.active:
-                continue
-            watch.started = now
-            if cap.free > 0 and not cap.waiting:
+        """Start the TCP probes that are due, as long as the cap has free slots; the
+        others wait in `_ready` until a batch of completions (the connector calls this
+        after each) or the timer frees slots. Probes waiting in `Cap.acquire` go first."""
+        connector = self._connector
+        if connector is None:
+            return
+        now = asyncio.get_running_loop().time()
+        slots, heap, ready = self._slots, self._slot_heap, self._ready
+        horizon = int((now + BATCH) / BATCH)
+        while heap and heap[0] <= horizon:
+            ready.extend(slots.pop(heapq.heappop(heap)))
+        cap, start = self._cap, connector.start
+        while ready and cap.free > 0 and not cap.waiting:
+            watch = ready.popleft()
+            if watch.active:
                 cap.free -= 1
-                if not self._probe(key, watch):
-                    cap.release()
-            else:
-                cap.take(partial(self._probe, key, watch))
-        if due:
-            self._arm(max(due[0][0], now + BATCH))
-
-    def _probe(self, key: Hashable, watch: Watch) -> bool:
-        """Start one TCP probe with a slot of the cap; False (slot not used) when the
-        target is gone."""
-        if not watch.active or self._connector is None:
-            return False
-        self._connector.start(
-            watch.handle, watch.target.probe.timeout, partial(self._result, key, watch)
-        )
-        return True
+                watch.started = now
+                start(watch.handle, watch.target.probe.timeout, watch.done)
+        # When slots are short, look again soon even if no probe completes.
+        when = now + BATCH if ready else heap[0] * BATCH if heap else None
+        if when is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+        elif self._timer is None or self._timer_at != when or self._timer.cancelled():
+            self._arm(when)
 
     def _result(self, key: Hashable, watch: Watch, result: Any) -> None:
-        self._cap.release()
+        cap = self._cap
+        if cap.waiting:
+            cap.release()
+        else:
+            cap.free += 1
         if not watch.active:
             return
         watch.last = result
         if watch.verdict.observe(result.ok):
             self.on_verdict(key, result.ok, result.reason)
-        loop = asyncio.get_running_loop()
-        self._plan(max(watch.started + watch.target.probe.interval, loop.time()), key, watch)
+        # A start that is already past is simply due at once.
+        self._plan(watch.started + watch.target.probe.interval, watch)

@@ -10,8 +10,7 @@ import errno
 import importlib
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -21,8 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["Result", "check", "close", "describe_error", "endpoint", "one_line"]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):  # a tuple: made thousands of times a second, cheaply
     ok: bool
     reason: str  # readable, built step by step; what status, the monitor and alerts show
     latency: float  # seconds the attempt took

@@ -6,8 +6,8 @@ is one attempt (a non-blocking socket, connect_ex, one writer callback and one t
 the event loop). `Connector` is what the prober uses for many: every connect in flight
 sits in one epoll set that the event loop watches as a single reader, completions are
 handled in batches and timeouts swept every few ms from one timer, so a probe costs no
-task, future or timer of its own. The texts of the usual outcomes are built once per
-target.
+task, future, timer or object of its own beyond a tuple and its Result. The texts of
+the usual outcomes are built once per target.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import _socket as _socket_module
 import asyncio
 import errno
-import heapq
-import itertools
 import os
 import select
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
@@ -113,22 +112,10 @@ async def check(probe: TcpProbe, address: IPv4Address | IPv6Address, port: int) 
     return Result(ok, reason, time.perf_counter() - started)
 
 
-SWEEP = 0.005  # s: timeouts are enforced this late at most
+SWEEP = 0.01  # s: timeouts are enforced this late at most
 
-
-class _Flight:
-    __slots__ = ("done", "prefix", "sock", "started", "timeout")
-
-    def __init__(
-        self,
-        sock: _socket,
-        prefix: str,
-        started: float,
-        timeout: float,
-        done: Callable[[Result], None],
-    ) -> None:
-        self.sock, self.prefix, self.started = sock, prefix, started
-        self.timeout, self.done = timeout, done
+# A connect in flight: socket, reason prefix, start (perf_counter), timeout, callback.
+_Flight = tuple[_socket, str, float, float, Callable[[Result], None]]
 
 
 class Connector:
@@ -136,17 +123,22 @@ class Connector:
 
     `start()` begins a connect and returns at once; `done(Result)` is called from the
     event loop when it completes, fails or times out (never from within `start()`).
+    `after_batch()`, if given, is called once after each batch of completions (the
+    prober starts the probes that waited for those slots).
+
+    Deadlines sit in one FIFO per timeout value: the clock only moves forward, so each
+    FIFO is already in deadline order and a start costs an append, not a heap push.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, after_batch: Callable[[], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._epoll = select.epoll()
         self._flying: dict[int, _Flight] = {}
-        self._deadlines: list[tuple[float, int, _Flight]] = []
-        self._seq = itertools.count()
+        self._deadlines: dict[float, deque[tuple[float, int, _Flight]]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer_at = float("inf")  # perf_counter time of the next sweep
         self._register = self._epoll.register
+        self._after_batch = after_batch
         self._loop.add_reader(self._epoll.fileno(), self._ready)
 
     def __len__(self) -> int:
@@ -164,11 +156,14 @@ class Connector:
             if err == _IN_PROGRESS:
                 fd = sock.fileno()
                 self._register(fd, _EPOLLOUT)
-                flight = self._flying[fd] = _Flight(sock, prefix, started, timeout, done)
-                deadline = self._loop.time() + timeout
-                heapq.heappush(self._deadlines, (deadline, next(self._seq), flight))
+                flight = self._flying[fd] = (sock, prefix, started, timeout, done)
+                deadline = started + timeout
+                fifo = self._deadlines.get(timeout)
+                if fifo is None:
+                    fifo = self._deadlines[timeout] = deque()
+                fifo.append((deadline, fd, flight))
                 if deadline + SWEEP < self._timer_at:
-                    self._arm(deadline + SWEEP)
+                    self._arm(deadline + SWEEP, started)
                 return
             result = _outcome(sock, err, prefix, started)
         except Exception as exc:
@@ -183,7 +178,7 @@ class Connector:
             self._timer.cancel()
         self._loop.remove_reader(self._epoll.fileno())
         for flight in self._flying.values():
-            flight.sock.close()
+            flight[0].close()
         self._flying.clear()
         self._deadlines.clear()
         self._epoll.close()
@@ -194,37 +189,47 @@ class Connector:
             flight = flying.pop(fd, None)
             if flight is None:
                 continue
-            sock = flight.sock
+            sock, prefix, started, _, done = flight
             try:
                 # Writable with no error or hang-up: connected (no getsockopt needed).
                 err = 0 if events == _EPOLLOUT else sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
-                result = _outcome(sock, err, flight.prefix, flight.started)
+                result = _outcome(sock, err, prefix, started)
             except Exception as exc:  # closing the socket removes it from the epoll set
                 sock.close()
-                result = Result(False, flight.prefix + describe_error(exc), 0.0)
-            flight.done(result)
+                result = Result(False, prefix + describe_error(exc), 0.0)
+            done(result)
+        if self._after_batch is not None:
+            self._after_batch()
 
-    def _arm(self, when: float) -> None:
+    def _arm(self, when: float, now: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self._loop.call_at(when, self._sweep)
+        self._timer = self._loop.call_later(max(0.0, when - now), self._sweep)
 
     def _sweep(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        now = self._loop.time()
-        deadlines, flying = self._deadlines, self._flying
-        while deadlines and deadlines[0][0] <= now:
-            flight = heapq.heappop(deadlines)[2]
-            sock = flight.sock
-            if sock.fileno() < 0 or flying.get(sock.fileno()) is not flight:
-                continue  # answered in time
-            del flying[sock.fileno()]
-            sock.close()
-            reason = _reason(flight.prefix, f"no answer within {flight.timeout:g}s")
-            flight.done(Result(False, reason, time.perf_counter() - flight.started))
-        if deadlines:
-            self._arm(max(deadlines[0][0], now) + SWEEP)
+        now = _clock()
+        flying = self._flying
+        expired = False
+        first = float("inf")
+        for fifo in self._deadlines.values():
+            while fifo and fifo[0][0] <= now:
+                _, fd, flight = fifo.popleft()
+                if flying.get(fd) is not flight:
+                    continue  # answered in time (the fd may be another connect's now)
+                del flying[fd]
+                sock, prefix, started, timeout, done = flight
+                sock.close()
+                reason = _reason(prefix, f"no answer within {timeout:g}s")
+                done(Result(False, reason, now - started))
+                expired = True
+            if fifo and fifo[0][0] < first:
+                first = fifo[0][0]
+        if first < float("inf"):
+            self._arm(first + SWEEP, now)
+        if expired and self._after_batch is not None:
+            self._after_batch()
 
 
 def _outcome(sock: _socket, err: int, prefix: str, started: float) -> Result:

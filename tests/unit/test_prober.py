@@ -74,3 +74,40 @@ def test_sync_keeps_unchanged_targets_and_starts_new_ones_down_when_asked() -> N
         await prober.close()
 
     asyncio.run(main())
+
+
+def test_tcp_probes_keep_to_the_cap_and_every_target_gets_its_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener that never accepts (backlog full: further SYNs are dropped) makes every
+    connect hang until its timeout; 20 targets under a cap of 4 never have more than 4
+    in flight, yet each one is probed (a due probe waits for a slot, it is not lost)."""
+    import hapair.prober as prober_module
+
+    monkeypatch.setattr(prober_module, "MAX_CONCURRENT", 4)
+    probe = TcpProbe(type="tcp", interval=0.5, timeout=0.2, rise=1, fall=1)
+
+    async def main() -> tuple[int, int, list[object]]:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        prober = Prober(lambda *_: None)
+        prober.sync({n: Target(probe, ip_address("127.0.0.1"), port, True) for n in range(20)})
+        most = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3.0
+        while loop.time() < end and any(w.last is None for w in prober.watches.values()):
+            if prober._connector is not None:
+                most = max(most, len(prober._connector))
+            await asyncio.sleep(0.005)
+        last = [w.last for w in prober.watches.values()]
+        timed_out = sum(1 for r in last if r is not None and "no answer within" in r.reason)
+        await prober.close()
+        server.close()
+        return most, timed_out, last
+
+    most, timed_out, last = asyncio.run(main())
+    assert None not in last, "a target was never probed"
+    assert most == 4, most
+    assert timed_out >= 15, last  # the listener's queue takes at most a few
