@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import io
 import itertools
 import os
@@ -78,15 +77,10 @@ class Interrupted(Exception):
 
 
 def load_lab() -> ModuleType:
-    """scripts/lab.py as a module (as tests/labscript.py loads it)."""
-    name = "hapair_lab"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LAB_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    """scripts/lab.py as a module, loaded the one way the tests load it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    labscript = importlib.import_module("labscript")
+    module: ModuleType = labscript.load_lab()
     return module
 
 
