@@ -7,8 +7,9 @@ that did not change keeps its state across a reload.
 Each target has a task (cancelling it stops the target). For most probe types the task
 is the loop itself: probe, observe, sleep. TCP probes, the ones that come by the
 thousand, run from callbacks instead: their task only waits to be cancelled, one timer
-starts every probe that is due (due times in 2 ms slots, a heap of slots; as long as the
-cap has room; each batch of completions starts the ones that waited), and a
+starts every probe that is due (due times in 10 ms slots, a heap of slots; as long as
+the cap has room, and for at most `tcp.SLICE` per callback; each batch of completions
+starts the ones that waited), and a
 `tcp.Connector` carries their connects, so a probe costs no task step, future or timer
 of its own.
 """
@@ -19,6 +20,7 @@ import asyncio
 import heapq
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from functools import partial
 from typing import Any
 
 from hapair.core.hysteresis import RiseFall
+from hapair.probes import tcp
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +182,6 @@ class Prober:
 
     async def _tcp(self, key: Hashable, watch: Watch) -> None:
         loop = asyncio.get_running_loop()
-        from hapair.probes import tcp
-
         if self._connector is None:
             self._connector = tcp.Connector(after_batch=self._start_due)
         watch.handle = tcp.prepare(watch.target.address, watch.target.port)
@@ -212,7 +213,8 @@ class Prober:
     def _start_due(self) -> None:
         """Start the TCP probes that are due, as long as the cap has free slots; the
         others wait in `_ready` until a batch of completions (the connector calls this
-        after each) or the timer frees slots. Probes waiting in `Cap.acquire` go first."""
+        after each) or the timer frees slots. Probes waiting in `Cap.acquire` go first.
+        One call starts probes for at most `tcp.SLICE`, then lets the loop run."""
         connector = self._connector
         if connector is None:
             return
@@ -221,20 +223,29 @@ class Prober:
         horizon = int((now + BATCH) / BATCH)
         while heap and heap[0] <= horizon:
             ready.extend(slots.pop(heapq.heappop(heap)))
-        cap, start = self._cap, connector.start
+        cap, start, clock = self._cap, connector.start, time.perf_counter
+        end = clock() + tcp.SLICE
+        started = 0
         while ready and cap.free > 0 and not cap.waiting:
             watch = ready.popleft()
             if watch.active:
                 cap.free -= 1
                 watch.started = now
                 start(watch.handle, watch.target.probe.timeout, watch.done)
-        # When slots are short, look again soon even if no probe completes.
-        when = now + BATCH if ready else heap[0] * BATCH if heap else None
+                started += 1
+                if not started % 16 and clock() >= end:
+                    break
+        if ready and cap.free > 0 and not cap.waiting:
+            when = now  # out of time, not of slots: go on after the loop's next turn
+        elif ready:
+            when = now + BATCH  # slots are short: look again soon even if none completes
+        else:
+            when = heap[0] * BATCH if heap else None
         if when is None:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
-        elif self._timer is None or self._timer_at != when or self._timer.cancelled():
+        elif self._timer is None or self._timer.cancelled() or self._timer_at != when:
             self._arm(when)
 
     def _result(self, key: Hashable, watch: Watch, result: Any) -> None:

@@ -5,9 +5,10 @@ sent, and the socket is reset and closed the moment the handshake completes. `ch
 is one attempt (a non-blocking socket, connect_ex, one writer callback and one timer on
 the event loop). `Connector` is what the prober uses for many: every connect in flight
 sits in one epoll set that the event loop watches as a single reader, completions are
-handled in batches and timeouts swept every few ms from one timer, so a probe costs no
-task, future, timer or object of its own beyond a tuple and its Result. The texts of
-the usual outcomes are built once per target.
+handled in batches (of at most SLICE, so heartbeats never wait long behind probes) and
+timeouts swept every few ms from one timer, so a probe costs no task, future, timer or
+object of its own beyond a tuple and its Result. The texts of the usual outcomes are
+built once per target.
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ async def check(probe: TcpProbe, address: IPv4Address | IPv6Address, port: int) 
 
 
 SWEEP = 0.01  # s: timeouts are enforced this late at most
+# s: the most one callback spends on probes before it lets the event loop run the rest
+# (heartbeats, the control socket); what is left is taken up on the loop's next turn.
+SLICE = 0.005
+_POLL_MAX = 64  # completions taken per epoll_wait: the slice is checked between them
 
 # A connect in flight: socket, reason prefix, start (perf_counter), timeout, callback.
 _Flight = tuple[_socket, str, float, float, Callable[[Result], None]]
@@ -124,7 +129,8 @@ class Connector:
     `start()` begins a connect and returns at once; `done(Result)` is called from the
     event loop when it completes, fails or times out (never from within `start()`).
     `after_batch()`, if given, is called once after each batch of completions (the
-    prober starts the probes that waited for those slots).
+    prober starts the probes that waited for those slots). A batch ends after SLICE:
+    the epoll set is level-triggered, so completions not taken yet wake the loop again.
 
     Deadlines sit in one FIFO per timeout value: the clock only moves forward, so each
     FIFO is already in deadline order and a start costs an append, not a heap push.
@@ -184,20 +190,25 @@ class Connector:
         self._epoll.close()
 
     def _ready(self) -> None:
-        flying = self._flying
-        for fd, events in self._epoll.poll(0):
-            flight = flying.pop(fd, None)
-            if flight is None:
-                continue
-            sock, prefix, started, _, done = flight
-            try:
-                # Writable with no error or hang-up: connected (no getsockopt needed).
-                err = 0 if events == _EPOLLOUT else sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
-                result = _outcome(sock, err, prefix, started)
-            except Exception as exc:  # closing the socket removes it from the epoll set
-                sock.close()
-                result = Result(False, prefix + describe_error(exc), 0.0)
-            done(result)
+        flying, poll = self._flying, self._epoll.poll
+        end = _clock() + SLICE
+        while True:
+            events = poll(0, _POLL_MAX)
+            for fd, mask in events:
+                flight = flying.pop(fd, None)
+                if flight is None:
+                    continue
+                sock, prefix, started, _, done = flight
+                try:
+                    # Writable with no error or hang-up: connected (no getsockopt needed).
+                    err = 0 if mask == _EPOLLOUT else sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+                    result = _outcome(sock, err, prefix, started)
+                except Exception as exc:  # closing the socket removes it from the epoll set
+                    sock.close()
+                    result = Result(False, prefix + describe_error(exc), 0.0)
+                done(result)
+            if len(events) < _POLL_MAX or _clock() >= end:
+                break
         if self._after_batch is not None:
             self._after_batch()
 
@@ -210,26 +221,45 @@ class Connector:
     def _sweep(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         now = _clock()
+        end = now + SLICE
         flying = self._flying
-        expired = False
+        expired = 0
         first = float("inf")
+        out_of_time = False  # then the rest of this sweep runs on the loop's next turn
         for fifo in self._deadlines.values():
-            while fifo and fifo[0][0] <= now:
+            while fifo and fifo[0][0] <= now and not out_of_time:
                 _, fd, flight = fifo.popleft()
                 if flying.get(fd) is not flight:
                     continue  # answered in time (the fd may be another connect's now)
                 del flying[fd]
-                sock, prefix, started, timeout, done = flight
-                sock.close()
-                reason = _reason(prefix, f"no answer within {timeout:g}s")
-                done(Result(False, reason, now - started))
-                expired = True
+                done = flight[4]
+                done(_expired(flight, now))
+                expired += 1
+                if not expired % _POLL_MAX:
+                    out_of_time = _clock() >= end
             if fifo and fifo[0][0] < first:
                 first = fifo[0][0]
-        if first < float("inf"):
+        if first <= now:
+            self._arm(now, now)
+        elif first < float("inf"):
             self._arm(first + SWEEP, now)
         if expired and self._after_batch is not None:
             self._after_batch()
+
+
+def _expired(flight: _Flight, now: float) -> Result:
+    """The Result of a connect past its deadline; closes the socket. One that did finish
+    and only waited for a busy event loop to look (the epoll set holds it) is what it
+    was: down must mean the server did not answer, not that the director was busy."""
+    sock, prefix, started, timeout, _ = flight
+    try:
+        err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+        if err == 0:
+            sock.getpeername()  # ENOTCONN: the handshake is still waiting for an answer
+        return _outcome(sock, err, prefix, started)
+    except OSError:
+        sock.close()
+        return Result(False, _reason(prefix, f"no answer within {timeout:g}s"), now - started)
 
 
 def _outcome(sock: _socket, err: int, prefix: str, started: float) -> Result:

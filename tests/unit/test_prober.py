@@ -4,7 +4,9 @@ fall x interval + timeout, back within rise x interval; unchanged targets keep s
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import time
 from ipaddress import ip_address
 
 import pytest
@@ -111,3 +113,44 @@ def test_tcp_probes_keep_to_the_cap_and_every_target_gets_its_turn(
     assert None not in last, "a target was never probed"
     assert most == 4, most
     assert timed_out >= 15, last  # the listener's queue takes at most a few
+
+
+def test_a_flood_of_tcp_probes_leaves_the_event_loop_free_for_heartbeats() -> None:
+    """Far more probes due than one core can make (3,000 targets every 0.1 s, to a port
+    that refuses at once): no turn of the event loop may spend more than a few slices
+    of CPU on probes, or the agent's heartbeat timers would wait behind a thousand
+    connects (seconds in a slow VM). Measured in CPU time of this thread, so a busy
+    machine that preempts the test does not count against it."""
+    import hapair.probes.tcp as tcp
+
+    probe = TcpProbe(type="tcp", interval=0.1, timeout=0.5, rise=1, fall=1)
+
+    async def main() -> tuple[float, int]:
+        closed = listener()
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens there: each connect is refused at once
+        prober = Prober(lambda *_: None)
+        prober.sync({n: Target(probe, ip_address("127.0.0.1"), port, True) for n in range(3000)})
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.2)  # the targets' tasks have run and made their state
+        gc.collect()
+        gc.freeze()  # as the agent does once started: no full collection of that state
+        try:
+            worst, last = 0.0, time.thread_time()
+            end = loop.time() + 2.5
+            while loop.time() < end:
+                await asyncio.sleep(0)  # one turn of the loop per step
+                now = time.thread_time()
+                if loop.time() > end - 2.0:  # after the first interval's spread
+                    worst = max(worst, now - last)
+                last = now
+        finally:
+            gc.unfreeze()
+        probed = sum(1 for w in prober.watches.values() if w.last is not None)
+        await prober.close()
+        return worst, probed
+
+    worst, probed = asyncio.run(main())
+    assert probed == 3000, probed
+    # Four callbacks may share a turn (completions, starts, the sweep, its starts).
+    assert worst < 4 * tcp.SLICE + 0.01, f"one turn of the loop took {worst * 1000:.0f} ms"
