@@ -101,21 +101,6 @@ def hapair_check(config: Path) -> None:
         raise BenchError(f"hapair check -c {config}: {exc}") from None
 
 
-def ipvs_established(text: str, vip_port: str) -> set[str]:
-    """Client addr:port of the ESTABLISHED entries for `vip_port` in `ipvsadm -Lnc`."""
-    found = set()
-    for row in text.splitlines():
-        f = row.split()
-        if len(f) >= 6 and f[2] == "ESTABLISHED" and f[4] == vip_port:
-            found.add(f[3])
-    return found
-
-
-def ss_local(text: str) -> set[str]:
-    """Local addr:port of each connection in `ss -Htn state established ...`."""
-    return {f[2] for f in (row.split() for row in text.splitlines()) if len(f) >= 4}
-
-
 @dataclass
 class Run:
     kind: str  # "unplanned" or "planned"
@@ -187,7 +172,6 @@ class Bench:
         self.replaced = 0  # holder sets replaced because a connection had broken
         self.period, self.line_period = (0.05, 2.0) if lab_mod.IN_GUEST else (0.01, 0.5)
         self.resolution = float("nan")
-        self.vip_port = f"{lab_mod.VIP}:7"
 
     # setting up
 
@@ -274,19 +258,6 @@ class Bench:
             return None
         return master, backup
 
-    def client_connections(self) -> set[str]:
-        out = self.m.sh(
-            *("ip", "netns", "exec", self.m.ns_name("client")),
-            *("ss", "-Htn", "state", "established", "dst", self.m.VIP, "dport", "=", ":7"),
-        )
-        return ss_local(out.stdout)
-
-    def learned(self, backup: str) -> int:
-        """How many of the client's established connections to VIP:7 `backup`'s kernel
-        holds as ESTABLISHED (only the sync daemon can have put them there)."""
-        out = self.m.sh("ip", "netns", "exec", self.m.ns_name(backup), "ipvsadm", "-Lnc")
-        return len(self.client_connections() & ipvs_established(out.stdout, self.vip_port))
-
     def ready(self) -> tuple[str, str]:
         """Wait for a steady pair whose BACKUP learned every held connection; replace the
         held connections first if any broke (a broken one would be counted again)."""
@@ -298,13 +269,13 @@ class Bench:
             self.lab.step(f"{self.connections - len(alive)} held connection(s) broken: a fresh set")
             self.replaced += 1
             self.open_holder()
-        n = len(self.client_connections())
+        n = len(m.held_connections())
         if n < self.connections:
             raise BenchError(f"the client holds {n} connections to VIP:7, not {self.connections}")
         backup = pair[1]
         m.wait_for(
             f"{backup}'s kernel learning the {n} held connections (sync daemon)",
-            lambda: self.learned(backup) >= n,
+            lambda: m.learned(backup) >= n,
             30,
             1.0,
         )
@@ -318,37 +289,8 @@ class Bench:
     def unplanned(self, restore: bool = True) -> Run:
         m, lab = self.m, self.lab
         master, backup = self.ready()
-        links = ["eth0", "eth1", "mgmt0"] + (["eth2"] if self.mode == "nat" else [])
-        proc = lab.procs[master]
-        # The node dies at once: its agent, and its kernel, which forwards for the VIP as
-        # long as eth0 is up. So `ip -batch` runs already, in the node, reading its lines
-        # only now: an `ip` started after the SIGKILL took up to ~1.5 s in the busy guest,
-        # while the dead node's kernel still served the client.
-        down = subprocess.Popen(
-            ["ip", "-n", m.ns_name(master), "-o", "-batch", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert down.stdin is not None and down.stdout is not None and down.stderr is not None
-        down.stdin.write("link show lo\n")
-        down.stdin.flush()
-        if not down.stdout.readline():  # it runs, in the node's namespace
-            raise BenchError(f"ip -batch in {master}: {down.stderr.read().strip()}")
         self._sampling(True)
-        killed = time.time()
-        proc.kill()
-        down.stdin.write("".join(f"link set {ifname} down\n" for ifname in links))
-        down.stdin.close()
-        if down.wait(60 * m.SLOWDOWN) != 0:
-            raise BenchError(f"ip -batch in {master}: {down.stderr.read().strip()}")
-        dark = time.time() - killed
-        down.stdout.close()
-        down.stderr.close()
-        proc.wait()
-        m.sh("ip", "netns", "del", m.ns_name(master))
-        m.sh("ip", "link", "del", m.mgmt_link(master), check=False)
+        killed, dark = lab.kill(master)
         run = self.measure("unplanned", master, backup, killed, killed)
         run.took_effect = dark  # kill -> every link down
         if not restore:  # the last run: nothing follows
