@@ -154,3 +154,32 @@ def test_a_flood_of_tcp_probes_leaves_the_event_loop_free_for_heartbeats() -> No
     assert probed == 3000, probed
     # Four callbacks may share a turn (completions, starts, the sweep, its starts).
     assert worst < 4 * tcp.SLICE + 0.01, f"one turn of the loop took {worst * 1000:.0f} ms"
+
+
+def test_a_connect_that_completed_while_the_loop_was_busy_is_up_not_timed_out() -> None:
+    """The deadline sweep can come round before the loop has looked at a completion that
+    waits in the epoll set (a saturated director): that probe answered, so it is up.
+    One the server never answered is still a timeout."""
+    import hapair.probes.tcp as tcp
+
+    async def main() -> list[object]:
+        answering = listener()
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler = socket.create_connection(silent.getsockname())  # its queue is full now
+        connector = tcp.Connector()
+        results: list[object] = []
+        for server in (answering, silent):
+            address, port = server.getsockname()
+            connector.start(tcp.prepare(ip_address(address), port), 0.05, results.append)
+        time.sleep(0.2)  # busy: past both deadlines, and the loop has looked at nothing
+        connector._sweep()
+        connector.close()
+        for s in (filler, answering, silent):
+            s.close()
+        return results
+
+    up, silent = asyncio.run(main())
+    assert up.ok and up.reason.endswith("connected"), up  # type: ignore[attr-defined]
+    assert not silent.ok and "no answer within 0.05s" in silent.reason, silent  # type: ignore[attr-defined]
