@@ -668,6 +668,15 @@ class Lab:
             return "eth0"  # its only network
         return str(TOPOLOGY["interfaces"][network])
 
+    def macs(self) -> dict[str, str]:
+        """MAC -> director, of the directors' interfaces on the VIP's network."""
+        found = {}
+        for d in DIRECTORS:
+            if ns_name(d) in existing_namespaces():
+                out = sh("ip", "-n", ns_name(d), "-o", "link", "show", "eth0").stdout
+                found[out.split("link/ether ")[1].split()[0]] = d
+        return found
+
     def start_agent(self, d: str) -> None:
         self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
 
@@ -823,6 +832,135 @@ def leftovers(lab: Path) -> list[str]:
 
 
 # --- measuring -----------------------------------------------------------------------------
+
+
+def watch_arp(iface: str, vip: str, period: float) -> None:
+    """Ask who has `vip` on `iface` every `period` s, as a client does; prints `? <t>` per
+    request and `! <t> <mac>` per answer (wall clock). Ends on EOF on stdin."""
+    import fcntl
+    import select
+    import socket
+    import struct
+
+    eth_p_arp = 0x0806
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_arp))
+    sock.bind((iface, eth_p_arp))
+    own_mac = sock.getsockname()[4]
+    siocgifaddr = 0x8915
+    req = struct.pack("256s", iface.encode())
+    own_ip = fcntl.ioctl(sock.fileno(), siocgifaddr, req)[20:24]
+    target = socket.inet_aton(vip)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + own_mac + own_ip + bytes(6) + target
+    request = b"\xff" * 6 + own_mac + struct.pack("!H", eth_p_arp) + arp
+    out = sys.stdout
+    nxt = time.monotonic()
+    while True:
+        sock.send(request)
+        out.write(f"? {time.time():.4f}\n")
+        nxt += period
+        while (wait := nxt - time.monotonic()) > 0:
+            ready, _, _ = select.select([sock, sys.stdin], [], [], wait)
+            if sys.stdin in ready and not sys.stdin.readline():
+                return
+            if sock in ready:
+                frame = sock.recv(128)
+                # An answer to us about the VIP: op 2, sender IP = VIP, target IP = ours.
+                if (frame[20:22], frame[28:32], frame[38:42]) == (b"\x00\x02", target, own_ip):
+                    out.write(f"! {time.time():.4f} {frame[22:28].hex(':')}\n")
+        out.flush()
+        nxt = max(nxt, time.monotonic() - period)
+
+
+@dataclass
+class Holding:
+    """Who answered a client's ARP requests for the VIP over a span of time."""
+
+    dual: float  # s during which two or more MACs answered (two masters, as a client sees)
+    none: float  # s during which nobody answered (no master), beyond two periods of slack
+    holders: list[list[str]]  # the successive sets of answering MACs (names if known)
+    requests: int
+
+
+class ArpWatch:
+    """A client's view of who holds the VIP: `watch_arp` in the client's namespace, at
+    realtime priority (a CPU hog must not make it miss answers). `holding(start, end)`
+    sums up a span; every answering director counts, whatever its agent believes."""
+
+    def __init__(self, netns: str, iface: str, vip: str, names: dict[str, str]) -> None:
+        self.period = 0.05 * min(SLOWDOWN, 4.0)
+        self.names = names  # MAC -> name
+        self.proc = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", netns, "chrt", "-f", "20", PYTHON),
+                *(str(Path(__file__).resolve()), "_arpwatch", iface, vip, str(self.period)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.asked: list[float] = []
+        self.answers: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, t, *mac = line.split()
+            with self.lock:
+                if kind == "?":
+                    self.asked.append(float(t))
+                else:
+                    self.answers.append((float(t), self.names.get(mac[0], mac[0])))
+
+    def answered(self, timeout: float = 10) -> None:
+        """Back once somebody has answered (the watch sees); LabError after `timeout`."""
+
+        def answer() -> bool:
+            if self.proc.poll() is not None:
+                raise LabError(f"the ARP watch exited {self.proc.returncode}")
+            with self.lock:
+                return bool(self.answers)
+
+        wait_for("an answer to the client's ARP request for the VIP", answer, timeout, 0.02)
+
+    def holding(self, start: float, end: float) -> Holding:
+        """Sums from `start` to `end` (wall clock); waits until the watch has asked past
+        `end`, so that answers to the last requests are in."""
+        deadline = time.monotonic() + 10 * SLOWDOWN
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.asked and self.asked[-1] >= end + 2 * self.period:
+                    break
+            if self.proc.poll() is not None:
+                raise LabError(f"the ARP watch exited {self.proc.returncode}")
+            time.sleep(self.period)
+        with self.lock:
+            asked = [t for t in self.asked if start <= t < end]
+            answers = [(t, who) for t, who in self.answers if start <= t < end + self.period]
+        dual, holders = 0.0, []
+        for t0, t1 in itertools.pairwise([*asked, end]):
+            who = sorted({w for t, w in answers if t0 <= t < t1})
+            if len(who) > 1:
+                dual += t1 - t0
+            if who and (not holders or holders[-1] != who):
+                holders.append(who)
+        none = 0.0
+        times = [start, *(t for t, _ in answers if t < end), end]
+        for a, b in itertools.pairwise(times):
+            none += max(0.0, b - a - 2 * self.period)
+        return Holding(dual, none, holders, len(asked))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(5 * SLOWDOWN)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class Poller:
@@ -1227,12 +1365,16 @@ class DemoResult:
     outage: float | None = None  # s, the longest gap between answers around the failover
     rate: float = 0.0  # answers per second before the kill
     failed_requests: int = 0
+    dual: float | None = None  # s with both directors answering the client's ARP for the VIP
+    no_master: float | None = None  # s with neither (from the kill on)
     survived: int = 0
     broken: dict[str, int] = field(default_factory=dict)
     failback_ok: bool = False
     learned: int | None = None
     failback_outage: float | None = None
     failback_survived: int = 0
+    failback_dual: float | None = None
+    failback_no_master: float | None = None
     alerts: list[str] = field(default_factory=list)  # alert email subjects after the kill
     monitor: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
@@ -1303,6 +1445,7 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
     lab = Lab(mode, lab_dir)
     holder: Any = None
     poller: Poller | None = None
+    arp: ArpWatch | None = None
     try:
         lab.build()
         lab.step("built: namespaces lab-*, public and heartbeat bridges, socat serial cable")
@@ -1315,6 +1458,8 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         # In the emulated guest a Python server manages a fraction of the host's rate.
         period, line_period = (0.05, 2.0) if IN_GUEST else (0.01, 0.5)
         poller = Poller(period)
+        arp = ArpWatch(ns_name("client"), "eth0", VIP, lab.macs())
+        arp.answered(20)
         from traffic import Holder
 
         holder = Holder(ns_name("client"), VIP, 7, connections, 60 * SLOWDOWN, line_period)
@@ -1355,6 +1500,8 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         result.rate = poller.answered_since(killed - 5) - poller.answered_since(killed)
         result.rate /= 5
         result.failed_requests = poller.failures(killed - 1, end)
+        seen = arp.holding(killed, end)
+        result.dual, result.no_master = seen.dual, seen.none
         result.failover_ok = True
         took_over = "state_change: lvs2 is now MASTER"
         with contextlib.suppress(LabError):
@@ -1380,6 +1527,11 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
             f"  client-visible outage: {gap * 1000:.0f} ms, the longest gap between answers"
             f" (before the kill: {result.rate:.0f} answers/s; {result.failed_requests} failed)"
         )
+        say(
+            f"  the client's ARP requests for the VIP: both directors answered for"
+            f" {seen.dual * 1000:.0f} ms, neither for {seen.none * 1000:.0f} ms"
+            f" (asked every {arp.period * 1000:.0f} ms; answered by {seen.holders})"
+        )
         say(f"  long-lived connections: {conns.survived} of {conns.total} survived (answered")
         say(
             "    through lvs2 by the same real server; the last one"
@@ -1401,6 +1553,8 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         say()
         lab.step("lvs1 comes back: a fresh namespace, the same config; preempt = true")
         lab.wire(["lvs1"])
+        arp.names.update(lab.macs())  # lvs1's new interface
+        returned = time.time()
         lab.start_agent("lvs1")
         wait_for(
             "lvs1 BACKUP",
@@ -1428,10 +1582,13 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         time.sleep(1.0)
         result.failback_outage = poller.outage(back, time.time())[0]
         result.failback_survived = fb.survived
+        seen = arp.holding(returned, time.time())
+        result.failback_dual, result.failback_no_master = seen.dual, seen.none
         result.failback_ok = True
         say(
             f"  failback: outage {result.failback_outage * 1000:.0f} ms;"
-            f" connections: {fb.survived} of {fb.total} survived"
+            f" connections: {fb.survived} of {fb.total} survived; ARP: both directors"
+            f" answered for {seen.dual * 1000:.0f} ms, neither for {seen.none * 1000:.0f} ms"
         )
         for why, count in fb.broken.items():
             say(f"    {count} broken: {why}")
@@ -1446,6 +1603,8 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
             holder.close()
         if poller is not None:
             poller.close()
+        if arp is not None:
+            arp.close()
         keep = os.environ.get("HAPAIR_LAB_KEEP_LOGS")
         if keep and lab.dir.exists():
             Path(keep).mkdir(parents=True, exist_ok=True)
@@ -1515,6 +1674,10 @@ def main(argv: list[str]) -> int:
     h = sub.add_parser("_serve-host")
     h.add_argument("host", choices=[n for n in HOSTS if HOSTS[n]["role"] in SERVICE_UNITS])
     h.add_argument("--alerts", type=Path, default=Path("/var/lib/hapair-lab/alerts.jsonl"))
+    a = sub.add_parser("_arpwatch")
+    a.add_argument("iface")
+    a.add_argument("vip")
+    a.add_argument("period", type=float)
     q = sub.add_parser("_poll")
     q.add_argument("host")
     q.add_argument("port", type=int)
@@ -1527,6 +1690,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.cmd == "_serve-host":
         asyncio.run(serve_host(args.host, args.alerts))
+        return 0
+    if args.cmd == "_arpwatch":
+        watch_arp(args.iface, args.vip, args.period)
         return 0
     if args.cmd == "_poll":
         asyncio.run(poll_http(args.host, args.port, args.period, args.timeout))

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from labscript import load_lab
 from topology import Bridge, Netns
 
 from hapair import control
@@ -151,6 +153,17 @@ class Lab:
 
     def holders(self) -> list[str]:
         return [d.name for d in self.dirs if d.holds_vip()]
+
+    def watch(self) -> Any:
+        """The client's view of who holds the VIP (scripts/lab's ArpWatch): who answers its
+        ARP requests. `.holding(start, end)` (wall clock) gives the time with two answering
+        directors (dual master) and with none (no master)."""
+        watch = load_lab().ArpWatch(
+            self.client.name, "eth0", VIP, {d.mac(): d.name for d in self.dirs}
+        )
+        self.extra.append(watch.close)
+        watch.answered()
+        return watch
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:

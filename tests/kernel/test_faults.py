@@ -6,9 +6,10 @@
 - every CPU saturated by a busy loop at normal priority: no takeover (the agents run
   SCHED_FIFO, as deployed).
 
-A watch samples who holds the VIP (`ip addr` in both directors) from the start of the
-fault to its end and adds up the time with two holders (dual master) and with none (no
-master); both must be zero.
+A watch samples who holds the VIP from the start of the fault to its end, twice: by
+`ip addr` in both directors, and as the client sees it (who answers its ARP requests),
+and adds up the time with two holders (dual master) and with none (no master); all must
+be zero.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from pair import SLOWDOWN, Lab, started, wait_for
@@ -35,6 +37,9 @@ class Watch:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
+        self.arp = lab.watch()  # the client's view
+        self.client: Any = None  # its Holding over the watch, after stop()
+        self.started = time.time()
         self.dual = self.none = 0.0
         self.samples = 0
         self.transitions: list[tuple[float, list[str]]] = []
@@ -61,9 +66,11 @@ class Watch:
     def stop(self) -> Watch:
         self._stop.set()
         self._thread.join()
+        self.client = self.arp.holding(self.started, time.time())
         print(
             f"watch: {self.samples} samples, dual master {self.dual:.2f} s, "
-            f"no master {self.none:.2f} s, holders {[h for _, h in self.transitions]}"
+            f"no master {self.none:.2f} s, holders {[h for _, h in self.transitions]}; "
+            f"the client's view: {self.client}"
         )
         return self
 
@@ -119,6 +126,8 @@ def test_heartbeat_loss_of_30_percent_is_no_takeover(lab_factory: Callable[..., 
     print(f"netem: {lost} of {sent} heartbeat-link packets dropped")
     assert sent > 0 and lost / sent > 0.2  # the loss was real
     assert watch.dual == 0 and watch.none == 0, watch.transitions
+    assert watch.client.dual == 0 and watch.client.none == 0, watch.client
+    assert watch.client.holders == [["dir1"]], watch.client
     assert lab.masters() == ["dir1"] and lab.dirs[1].state() == "BACKUP"
     assert masters_logged(lab) == [1, 0]
 
@@ -127,6 +136,9 @@ def test_heartbeat_loss_of_30_percent_is_no_takeover(lab_factory: Callable[..., 
     took = wait_for(lambda: lab.dirs[1].holds_vip(), 4 * TIMING["deadtime"] * max(1, SLOWDOWN / 5))
     print(f"100 % loss: dir2 holds the VIP after {took:.1f} s (deadtime {TIMING['deadtime']} s)")
     assert lab.holders() == ["dir1", "dir2"]  # both alive and deaf: the split brain is real
+    split = time.time()
+    seen = watch.arp.holding(split, split + 1.0)  # and the client's view shows it
+    assert seen.holders == [["dir1", "dir2"]] and seen.dual > 0.5, seen
 
 
 def test_a_cpu_hog_on_every_core_is_no_takeover(
@@ -138,6 +150,8 @@ def test_a_cpu_hog_on_every_core_is_no_takeover(
     time.sleep(FAULT_SECONDS)
     watch.stop()
     assert watch.dual == 0 and watch.none == 0, watch.transitions
+    assert watch.client.dual == 0 and watch.client.none == 0, watch.client
+    assert watch.client.holders == [["dir1"]], watch.client
     assert lab.masters() == ["dir1"] and lab.dirs[1].state() == "BACKUP"
     assert masters_logged(lab) == [1, 0]
     late = [line for d in lab.dirs for line in d.log.read_text().splitlines() if "late" in line]

@@ -48,8 +48,16 @@ def test_the_lab_demo_fails_over_and_back_keeping_the_connections(
     assert result.failback_survived >= 0.995 * CONNECTIONS, result
     assert result.learned is not None and result.learned >= CONNECTIONS
     assert result.failback_outage is not None and result.failback_outage < margin
+    # As the client sees it (who answers its ARP requests for the VIP): never two
+    # directors; neither only until lvs2 takes over, and not at all in the failback.
+    assert result.dual == 0 and result.failback_dual == 0, result
+    assert result.no_master is not None and result.no_master < result.deadtime + margin
+    assert result.failback_no_master is not None and result.failback_no_master < margin
     assert any(" lvs2 state_change: lvs2 is now MASTER" in s for s in result.alerts)
     assert all("answers:" in line for line in result.monitor), result.monitor
 
     assert result.leftovers == [] and lab.leftovers(lab_dir) == []
-    assert processes_mentioning(str(lab_dir), "lab.py _poll", f"traffic.py hold {lab.VIP}") == []
+    leftover = processes_mentioning(
+        str(lab_dir), "lab.py _poll", "lab.py _arpwatch", f"traffic.py hold {lab.VIP}"
+    )
+    assert leftover == []

@@ -124,6 +124,8 @@ def test_spread_sync_failover_and_warm_failback(
             rs.ip("route", "add", "default", "via", GATEWAY)
         servers.start(name, rs.name, timeout=30 * SLOWDOWN)
     started(lab)
+    watch = lab.watch()  # the client's view of who holds the VIP
+    margin = 0.5 * SLOWDOWN
     for d in lab.dirs:
         forward = d.ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
         assert forward == ("1" if mode == "nat" else "0"), d.name  # [sysctl], only as asked
@@ -154,10 +156,13 @@ def test_spread_sync_failover_and_warm_failback(
             wait_for(lambda d=d: "reloaded" in d.log.read_text(), 10 * SLOWDOWN)
         talking_since(holder, hup)
         assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
+        seen = watch.holding(hup, time.time())
+        assert seen.dual == 0 and seen.none == 0 and seen.holders == [["dir1"]], seen
 
         # The MASTER dies: its links first (a dead machine sends nothing: a namespace
         # being torn down briefly answers for its VIPs without IPVS, with resets), then
         # its agent and the whole machine.
+        dying = time.time()
         for ifname in ("eth0", "eth1", "eth2") if mode == "nat" else ("eth0", "eth1"):
             dir1.ns.ip("link", "set", ifname, "down")
         assert dir1.proc is not None
@@ -167,10 +172,16 @@ def test_spread_sync_failover_and_warm_failback(
         died = time.time()
         wait_for(lambda: dir2.holds_vip(), 10)
         talking_since(holder, died)
+        seen = watch.holding(dying, time.time() + 3 * watch.period)
+        print(f"{mode}: the client's view of the failover: {seen}")
+        assert seen.dual == 0 and seen.holders[-1] == ["dir2"], seen
+        assert seen.none < 6.0 + margin, seen
 
         # It comes back as a fresh machine: it must learn before it preempts.
         wire(lab, dir1, mode, private, netns_factory)
         assert synced(dir1.ns) == 0
+        watch.names[dir1.mac()] = "dir1"  # a fresh machine, a fresh MAC
+        returned = time.time()
         dir1.start()
         wait_for(lambda: dir1.state() == "BACKUP", 30)
         wait_for(lambda: dir1.state() == "MASTER", 60)
@@ -181,6 +192,9 @@ def test_spread_sync_failover_and_warm_failback(
         assert learned >= CONNECTIONS
         wait_for(lambda: dir1.holds_vip() and not dir2.holds_vip(), 10)
         talking_since(holder, back)
+        seen = watch.holding(returned, time.time() + 3 * watch.period)
+        print(f"{mode}: the client's view of the failback: {seen}")
+        assert seen.dual == 0 and seen.none < margin and seen.holders[-1] == ["dir1"], seen
     finally:
         holder.close()
 

@@ -31,6 +31,8 @@ def test_master_dies_backup_takes_over_and_the_client_follows(
 ) -> None:
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
+    died = time.time()
     for ifname in ("eth0", "eth1"):
         dir1.ns.ip("link", "set", ifname, "down")
     dir1.signal(signal.SIGKILL)
@@ -39,6 +41,10 @@ def test_master_dies_backup_takes_over_and_the_client_follows(
     assert dir2.state() == "MASTER"
     wait_for(lambda: lab.client_mac_for_vip() == dir2.mac(), 5)
     assert reachable(lab.client, VIP)
+    seen = watch.holding(died, time.time() + 0.5)
+    print(f"client's view: {seen}")
+    assert seen.dual == 0 and seen.holders[-1] == ["dir2"], seen
+    assert seen.none <= DEADTIME + 0.5, seen
 
 
 def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..., Lab]) -> None:
@@ -46,7 +52,9 @@ def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..
     the VIP is never on both directors, and on neither only until the peer's deadtime."""
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
     samples: list[tuple[float, list[str]]] = []  # (time, VIP holders), every ~10 ms
+    killed_at = time.time()
     killed = time.monotonic()
     dir1.signal(signal.SIGKILL)
     taken: float | None = None
@@ -72,6 +80,9 @@ def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..
     assert none <= DEADTIME + 0.5
     assert all(holders == ["dir2"] for t, holders in samples if t >= taken)
     assert dir2.state() == "MASTER"
+    seen = watch.holding(killed_at, time.time())
+    print(f"client's view: {seen}")
+    assert seen.dual == 0 and seen.none <= DEADTIME + 0.5, seen
     log = dir1.log.read_text()
     assert "died without shutting down; removed VIP 10.77.0.100/24 from eth0" in log
     pids = ["ip", "netns", "pids", dir1.ns.name]
@@ -81,9 +92,13 @@ def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..
 def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
+    cut = time.time()
     dir1.ns.ip("link", "set", "eth1", "down")
     time.sleep(4 * DEADTIME)
     assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
+    seen = watch.holding(cut, time.time())
+    assert seen.dual == 0 and seen.none == 0 and seen.holders == [["dir1"]], seen
     links = {link["type"]: link["alive"] for link in dir2.status()["peer"]["links"]}  # type: ignore[index]
     assert links == {"udp": False, "serial": True}
 
@@ -95,12 +110,19 @@ def test_both_links_cut_then_healed_leaves_one_master(lab_factory: Callable[...,
     lab.cut_cable()
     wait_for(lambda: dir2.holds_vip(), 15)
     assert lab.holders() == ["dir1", "dir2"]  # split brain while they cannot hear each other
+    watch = lab.watch()
+    time.sleep(0.5)
+    split = time.time()
     dir1.ns.ip("link", "set", "eth1", "up")
     lab.cable()
     healed = wait_for(lambda: lab.holders() == ["dir1"], 15)
     print(f"one VIP holder {healed:.2f}s after the links came back")
     assert lab.masters() == ["dir1"]
     wait_for(lambda: lab.client_mac_for_vip() == dir1.mac(), 5)  # the winner re-announced
+    seen = watch.holding(split - 0.5, time.time())
+    print(f"client's view from 0.5 s before the links came back: {seen}")
+    assert seen.holders[0] == ["dir1", "dir2"] and seen.holders[-1] == ["dir1"], seen
+    assert seen.none == 0 and seen.dual <= 0.5 + healed + 0.2, seen
 
 
 @pytest.mark.parametrize("preempt", [True, False])
@@ -110,8 +132,10 @@ def test_recovered_primary_and_preempt(lab_factory: Callable[..., Lab], preempt:
     dir1.kill_with_reaper()
     wait_for(lambda: dir2.holds_vip() and dir2.state() == "MASTER", 15)
     assert dir1.holds_vip()  # nothing could remove it; the agent's successor does, first
+    watch = lab.watch()
+    restarted = time.time()
     dir1.start()
-    wait_for(lambda: dir1.state() is not None, 30)
+    up = wait_for(lambda: dir1.state() is not None, 30)
     assert "left over from an earlier run" in dir1.log.read_text()
     seen: set[tuple[str, ...]] = set()
     deadline = time.monotonic() + 6
@@ -125,23 +149,35 @@ def test_recovered_primary_and_preempt(lab_factory: Callable[..., Lab], preempt:
     else:
         assert lab.masters() == ["dir2"] and lab.holders() == ["dir2"]
         assert dir1.state() == "BACKUP"
+    # Until dir1's agent removes it, dir1's kernel answers for the VIP it kept (the dual
+    # time this test starts from); the failback itself adds none.
+    seen = watch.holding(restarted, time.time())
+    print(f"client's view from dir1's restart: {seen}")
+    assert seen.holders[-1] == (["dir1"] if preempt else ["dir2"]), seen
+    assert seen.none <= 0.2 and seen.dual <= up + 0.2, seen
 
 
 def test_sigterm_hands_over_well_before_deadtime(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory(deadtime=3.0, initdead=3.0))
     dir1, dir2 = lab.dirs
-    t0 = time.monotonic()
+    watch = lab.watch()
+    t0, sent = time.monotonic(), time.time()
     dir1.signal(signal.SIGTERM)
     took = wait_for(lambda: dir2.holds_vip(), 15, step=0.01)
     print(f"planned handover took {took * 1000:.0f} ms (deadtime 3 s)")
     assert took < 1.0
     assert dir1.proc is not None and dir1.proc.wait(10) == 0
     assert not dir1.holds_vip() and time.monotonic() - t0 < 3.0
+    seen = watch.holding(sent, time.time() + 0.3)  # the new holder's answers too
+    print(f"client's view: {seen}")
+    assert seen.dual == 0 and seen.none < 1.0 and seen.holders[-1] == ["dir2"], seen
 
 
 def test_release_from_the_cli(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory())
     dir1 = lab.dirs[0]
+    watch = lab.watch()
+    asked = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "hapair", "ctl", "release", "--socket", str(dir1.socket)],
         capture_output=True,
@@ -152,6 +188,9 @@ def test_release_from_the_cli(lab_factory: Callable[..., Lab]) -> None:
     wait_for(lambda: lab.holders() == ["dir2"], 5)
     time.sleep(1.0)  # and it does not preempt back
     assert lab.masters() == ["dir2"]
+    seen = watch.holding(asked, time.time() + 0.3)  # the new holder's answers too
+    print(f"client's view: {seen}")
+    assert seen.dual == 0 and seen.none < 1.0 and seen.holders[-1] == ["dir2"], seen
     refused = subprocess.run(
         [sys.executable, "-m", "hapair", "ctl", "release", "--socket", str(dir1.socket)],
         capture_output=True,
@@ -166,6 +205,8 @@ def test_forgeries_replays_and_noise_change_nothing(
 ) -> None:
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
+    attacked = time.time()
     # An attacker on the heartbeat network records what dir1 says, then replays it,
     # forges under a wrong key, and sends noise; the same over the serial line.
     attacker = dir2.ns  # it shares the heartbeat network; its sockets are not the agent's
@@ -217,6 +258,8 @@ def test_forgeries_replays_and_noise_change_nothing(
     time.sleep(2 * DEADTIME)
     assert lab.masters() == ["dir1"] and lab.holders() == ["dir1"]
     assert dir2.state() == "BACKUP"
+    seen = watch.holding(attacked, time.time())
+    assert seen.dual == 0 and seen.none == 0 and seen.holders == [["dir1"]], seen
     status = dir2.status()
     assert status is not None
     dropped = status["heartbeats"]["dropped"]  # type: ignore[index]
@@ -228,11 +271,19 @@ def test_forgeries_replays_and_noise_change_nothing(
 def test_vip_interface_down_is_fault(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
+    down = time.time()
     dir1.ns.ip("link", "set", "eth0", "down")
     wait_for(lambda: dir1.state() == "FAULT" and dir2.holds_vip(), 10)
     assert not dir1.holds_vip()
+    time.sleep(0.3)  # the client sees dir2 answer for a while
     dir1.ns.ip("link", "set", "eth0", "up")
     wait_for(lambda: lab.holders() == ["dir1"], 10)  # healthy again, and it preempts
+    wait_for(lambda: lab.client_mac_for_vip() == dir1.mac(), 5)
+    seen = watch.holding(down, time.time() + 0.3)
+    print(f"client's view from dir1's eth0 going down until it is back: {seen}")
+    assert seen.dual == 0 and seen.none <= DEADTIME + 0.5, seen
+    assert seen.holders[-2:] == [["dir2"], ["dir1"]], seen
 
 
 def test_all_links_cut_only_the_node_that_reaches_the_gateway_serves(
@@ -248,19 +299,26 @@ def test_all_links_cut_only_the_node_that_reaches_the_gateway_serves(
             )
     lab = started(lab)
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
     # The gateway stops answering dir1 (its replies to dir1 vanish); then the links go.
     lab.client.ip("route", "add", "blackhole", "10.77.0.1/32")
     wait_for(lambda: dir1.state() == "FAULT" and lab.holders() == ["dir2"], 10)
+    cut = time.time()
     dir1.ns.ip("link", "set", "eth1", "down")
     lab.cut_cable()
     time.sleep(4 * DEADTIME)
     assert lab.holders() == ["dir2"] and dir1.state() == "FAULT"
     wait_for(lambda: lab.client_mac_for_vip() == dir2.mac(), 5)
+    seen = watch.holding(cut, time.time())
+    print(f"client's view with every link cut: {seen}")
+    assert seen.dual == 0 and seen.none == 0 and seen.holders == [["dir2"]], seen
 
 
 def test_a_frozen_master_that_wakes_steps_down_at_once(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory(preempt=False))
     dir1, dir2 = lab.dirs
+    watch = lab.watch()
+    frozen = time.time()
     dir1.signal(signal.SIGSTOP)
     wait_for(lambda: dir2.holds_vip(), 10)
     time.sleep(0.5)
@@ -272,6 +330,12 @@ def test_a_frozen_master_that_wakes_steps_down_at_once(lab_factory: Callable[...
     time.sleep(1.0)
     assert lab.holders() == ["dir2"] and lab.masters() == ["dir2"]
     assert time.monotonic() - woke < 10
+    # A frozen agent cannot take the VIP off: its kernel answers beside dir2's from the
+    # takeover until the agent wakes (0.5 s here) and steps down.
+    seen = watch.holding(frozen, time.time())
+    print(f"client's view: {seen}")
+    assert seen.none == 0 and seen.dual <= 0.5 + single + 0.2, seen
+    assert seen.holders[-1] == ["dir2"], seen
     assert "stalled" in dir1.log.read_text()
 
 
@@ -280,6 +344,8 @@ def test_sighup_reload_keeps_state_and_refuses_a_bad_config(
 ) -> None:
     lab = started(lab_factory())
     dir2 = lab.dirs[1]
+    watch = lab.watch()
+    reloaded = time.time()
     good = dir2.config.read_text()
     dir2.config.write_text(good.replace("priority = 100", "priority = 999"))
     dir2.signal(signal.SIGHUP)
@@ -293,4 +359,6 @@ def test_sighup_reload_keeps_state_and_refuses_a_bad_config(
     assert lab.masters() == ["dir2"]
     status = dir2.status()
     assert status is not None and status["priority"] == 200
+    seen = watch.holding(reloaded, time.time() + 0.3)  # the new holder's answers too
+    assert seen.dual == 0 and seen.none < 1.0 and seen.holders[-1] == ["dir2"], seen
     assert dir2.proc is not None and dir2.proc.poll() is None
