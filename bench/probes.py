@@ -582,7 +582,8 @@ def hapair_account(sock_path: Path, targets: int) -> str:
         raise BenchError(f"hapair status: {len(ok)} of {len(servers)} servers probed ok ({bad})")
     return (
         f"hapair status: {len(ok)} of {targets} real servers last probed ok, latency "
-        f"median {lat[len(lat) // 2]} ms, 99th {lat[int(len(lat) * 0.99)]} ms"
+        f"median {lat[len(lat) // 2]} ms, 99th {lat[int(len(lat) * 0.99)]} ms; its heartbeat"
+        f" timer was at most {status.get('timer_late_max_ms', '?')} ms late"
     )
 
 
@@ -644,7 +645,7 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
             pside = start_hapair(run, ns, layout, args.interval, prof, side.listener)
             time.sleep(args.warmup + args.window)  # slower under cProfile: no rate check
             stop(pside.proc)
-            print_profile(prof)
+            print_profile(prof, "host part")
         return {"host": f.as_json(), "host_problem": problem, "host_floor": ff.as_json()}
     except BaseException:
         run.keep = True
@@ -686,6 +687,14 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         if len(problems) == len(result):  # neither keeps up: the guest is full, say so
             print("  neither prober keeps up here: " + "; ".join(problems), flush=True)
             problems = []  # per probe they still compare
+        if args.profile:  # the agent alone, under cProfile, after the measurement
+            for side in sides:
+                stop(side.proc)
+            prof = run.tmp / "hapair.prof"
+            pside = start_hapair(run, ns_h, layout, args.interval, prof, sides[0].listener)
+            time.sleep(args.guest_warmup + args.guest_window)
+            stop(pside.proc)
+            print_profile(prof, "guest part, alone")
         return {
             "guest": [f.as_json() for f in result],
             "guest_problem": "; ".join(problems) or None,
@@ -697,10 +706,10 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         run.close()
 
 
-def print_profile(path: Path) -> None:
+def print_profile(path: Path, part: str) -> None:
     import pstats
 
-    print("\n## profile of the agent (cProfile, host part)\n")
+    print(f"\n## profile of the agent (cProfile, {part})\n")
     stats = pstats.Stats(str(path)).strip_dirs()
     stats.sort_stats("tottime").print_stats(25)
     stats.sort_stats("cumulative").print_stats(25)
@@ -712,6 +721,7 @@ def guest_via_rig(args: argparse.Namespace) -> dict[str, Any]:
     cmd = [rig, str(REPO / "bench" / "probes"), "--guest-part"]
     cmd += ["--guest-targets", str(args.guest_targets), "--interval", str(args.interval)]
     cmd += ["--guest-window", str(args.guest_window), "--guest-warmup", str(args.guest_warmup)]
+    cmd += ["--profile"] if args.profile else []
     env = {**os.environ, "HAPAIR_RIG_TIMEOUT": os.environ.get("HAPAIR_RIG_TIMEOUT", "900")}
     print("bench/probes: booting the QEMU guest (scripts/run-in-kernel)", flush=True)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
@@ -794,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0, help="probe interval, s (1)")
     p.add_argument("--host-only", action="store_true", help="skip the guest part")
     p.add_argument("--guest-only", action="store_true", help="skip the host part")
-    p.add_argument("--profile", action="store_true", help="host: also profile the agent")
+    p.add_argument("--profile", action="store_true", help="also profile the agent, alone")
     p.add_argument("--guest-part", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--listener", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)

@@ -8,10 +8,9 @@ Each target has a task (cancelling it stops the target). For most probe types th
 is the loop itself: probe, observe, sleep. TCP probes, the ones that come by the
 thousand, run from callbacks instead: their task only waits to be cancelled, one timer
 starts every probe that is due (due times in 10 ms slots, a heap of slots; as long as
-the cap has room, and for at most `tcp.SLICE` per callback; each batch of completions
-starts the ones that waited), and a
-`tcp.Connector` carries their connects, so a probe costs no task step, future or timer
-of its own.
+the cap has room, and for about `tcp.SLICE` per callback; each batch of completions
+starts the ones that waited), and a `tcp.Connector` carries their connects, so a probe
+costs no task step, future or timer of its own.
 """
 
 from __future__ import annotations
@@ -214,7 +213,7 @@ class Prober:
         """Start the TCP probes that are due, as long as the cap has free slots; the
         others wait in `_ready` until a batch of completions (the connector calls this
         after each) or the timer frees slots. Probes waiting in `Cap.acquire` go first.
-        One call starts probes for at most `tcp.SLICE`, then lets the loop run."""
+        One call starts probes for about `tcp.SLICE`, then lets the loop run."""
         connector = self._connector
         if connector is None:
             return

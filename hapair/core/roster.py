@@ -98,6 +98,8 @@ class Roster:
 
     def effective(self, svc: Service) -> Service:
         """The service with the operator's additions and removals."""
+        if not self.removed.get(svc.name) and not self.added.get(svc.name):
+            return svc  # the common case; models are frozen, so the same one will do
         removed = set(self.removed.get(svc.name, []))
         kept = [
             rs

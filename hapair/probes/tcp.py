@@ -114,8 +114,9 @@ async def check(probe: TcpProbe, address: IPv4Address | IPv6Address, port: int) 
 
 
 SWEEP = 0.01  # s: timeouts are enforced this late at most
-# s: the most one callback spends on probes before it lets the event loop run the rest
+# s: how long one callback works on probes before it lets the event loop run the rest
 # (heartbeats, the control socket); what is left is taken up on the loop's next turn.
+# The clock is read every few dozen probes, so a slow machine overruns it by that many.
 SLICE = 0.005
 _POLL_MAX = 64  # completions taken per epoll_wait: the slice is checked between them
 
