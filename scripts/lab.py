@@ -881,7 +881,44 @@ class Holding:
     requests: int
 
 
-class ArpWatch:
+class Helper:
+    """One of this script's helper commands (`_poll`, `_arpwatch`) run in a namespace,
+    each line of its output handed to `_line()` under `lock` in a reader thread; EOF on
+    its stdin ends it (close())."""
+
+    def __init__(self, netns: str, *args: str, realtime: bool = False) -> None:
+        self.lock = threading.Lock()
+        priority = ["chrt", "-f", "20"] if realtime else []
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *priority, PYTHON, str(Path(__file__).resolve()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.lock:
+                self._line(line)
+
+    def _line(self, line: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(10 * SLOWDOWN)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ArpWatch(Helper):
     """A client's view of who holds the VIP: `watch_arp` in the client's namespace, at
     realtime priority (a CPU hog must not make it miss answers). `holding(start, end)`
     sums up a span; every answering director counts, whatever its agent believes."""
@@ -889,29 +926,16 @@ class ArpWatch:
     def __init__(self, netns: str, iface: str, vip: str, names: dict[str, str]) -> None:
         self.period = 0.05 * min(SLOWDOWN, 4.0)
         self.names = names  # MAC -> name
-        self.proc = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", netns, "chrt", "-f", "20", PYTHON),
-                *(str(Path(__file__).resolve()), "_arpwatch", iface, vip, str(self.period)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
         self.asked: list[float] = []
         self.answers: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(netns, "_arpwatch", iface, vip, str(self.period), realtime=True)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            kind, t, *mac = line.split()
-            with self.lock:
-                if kind == "?":
-                    self.asked.append(float(t))
-                else:
-                    self.answers.append((float(t), self.names.get(mac[0], mac[0])))
+    def _line(self, line: str) -> None:
+        kind, t, *mac = line.split()
+        if kind == "?":
+            self.asked.append(float(t))
+        else:
+            self.answers.append((float(t), self.names.get(mac[0], mac[0])))
 
     def answered(self, timeout: float = 10) -> None:
         """Back once somebody has answered (the watch sees); LabError after `timeout`."""
@@ -951,43 +975,19 @@ class ArpWatch:
             none += max(0.0, b - a - 2 * self.period)
         return Holding(dual, none, holders, len(asked))
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5 * SLOWDOWN)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
-
-class Poller:
+class Poller(Helper):
     """tests the VIP with a fresh HTTP request every `period` s, from the client."""
 
     def __init__(self, period: float) -> None:
-        timeout = 2.0 * SLOWDOWN
-        self.proc = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", ns_name("client"), PYTHON, str(Path(__file__).resolve())),
-                *("_poll", VIP, "80", str(period), str(timeout)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
         self.ok: list[tuple[float, str]] = []
         self.failed: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        timeout = 2.0 * SLOWDOWN
+        super().__init__(ns_name("client"), "_poll", VIP, "80", str(period), str(timeout))
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            ok, t, what = line.split(maxsplit=2)
-            with self.lock:
-                (self.ok if ok == "1" else self.failed).append((float(t), what.strip()))
+    def _line(self, line: str) -> None:
+        ok, t, what = line.split(maxsplit=2)
+        (self.ok if ok == "1" else self.failed).append((float(t), what.strip()))
 
     def answered_since(self, since: float, by: str | None = None) -> int:
         with self.lock:
@@ -1006,18 +1006,6 @@ class Poller:
     def failures(self, start: float, end: float) -> int:
         with self.lock:
             return sum(1 for t, _ in self.failed if start <= t <= end)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-            try:
-                self.proc.wait(10 * SLOWDOWN)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def held_connections() -> set[str]:
