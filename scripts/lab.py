@@ -511,7 +511,8 @@ async def poll_http(host: str, port: int, period: float, timeout: float) -> None
             head, _, body = reply.partition(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
                 raise ConnectionError(head.split(b"\r\n")[0].decode(errors="replace") or "empty")
-            out.append(f"1 {time.time():.4f} {body.decode().strip() or '?'}\n")
+            who = " ".join(body.decode(errors="replace").split()) or "?"  # one line
+            out.append(f"1 {time.time():.4f} {who}\n")
         except (OSError, ConnectionError, TimeoutError) as exc:
             reason = type(exc).__name__
             out.append(f"0 {time.time():.4f} {reason}\n")
