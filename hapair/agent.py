@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hapair import control
 from hapair.alerts import Alerter
 from hapair.config import Config, ConfigError, load
-from hapair.config.model import InterfaceTrack, SerialLink
+from hapair.config.model import InterfaceTrack, SerialLink, Vip
 from hapair.config.model import Service as ServiceConfig
 from hapair.core.election import Announce, Transition
 from hapair.core.node import Action, HaNode, Notice, Refused, Send, Settings
@@ -379,15 +379,22 @@ class Agent:
                 self.alerter.emit(action.event, action.subject, action.detail)
 
     async def _take_vips(self) -> None:
+        """Each VIP is added and announced before the next is added, the ones no service
+        listens on (a NAT gateway) first: a client sent to a service before the real
+        servers learnt their gateway's new MAC would lose the first reply (a SYN-ACK is
+        sent again only after 1 s)."""
         from hapair.vip import VipError
 
-        for vip in self.cfg.vips:
+        served = {s.address for s in self.cfg.services if s.address is not None}
+        for vip in sorted(self.cfg.vips, key=lambda v: v.address.ip in served):
             try:
                 await self.vip.add(vip)
             except VipError as exc:
                 log.error("cannot take %s: %s", vip.address, exc)
+                continue
+            self._announce(vip)
+            await asyncio.sleep(0)  # its first announcement goes out before the next VIP exists
         self.vips_held = True
-        self._announce_all()
         self._refresh = asyncio.create_task(self._refresh_announcements())
 
     async def _release_vips(self) -> None:
@@ -404,12 +411,15 @@ class Agent:
         self.vips_held = False
 
     def _announce_all(self, repeat: int | None = None) -> None:
+        for vip in self.cfg.vips:
+            self._announce(vip, repeat)
+
+    def _announce(self, vip: Vip, repeat: int | None = None) -> None:
         from hapair.vip import announce
 
-        for vip in self.cfg.vips:
-            task = asyncio.create_task(announce(vip, repeat))
-            self.tasks.append(task)
-            task.add_done_callback(self.tasks.remove)
+        task = asyncio.create_task(announce(vip, repeat))
+        self.tasks.append(task)
+        task.add_done_callback(self.tasks.remove)
 
     async def _refresh_announcements(self) -> None:
         periods = [v.garp_refresh for v in self.cfg.vips if v.garp_refresh > 0]

@@ -89,6 +89,66 @@ def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..
     wait_for(lambda: not subprocess.run(pids, capture_output=True).stdout.strip(), 5)  # no reaper
 
 
+GATEWAY = "10.77.0.254"  # a NAT gateway's VIP (on the public bridge here: one capture)
+NAT_SERVICE = f"""
+[[vips]]
+address = "{GATEWAY}/24"
+interface = "eth0"
+garp_repeat = 3
+garp_interval = "50ms"
+
+[[services]]
+name = "web"
+protocol = "tcp"
+address = "{VIP}"
+port = 80
+forward = "nat"
+
+[[services.real_servers]]
+address = "10.79.0.50"
+"""
+# Every ARP frame on an interface: sender MAC and sender IP, one line each, in order.
+ARP_CAPTURE = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((sys.argv[1], 0x0806))
+print("ready", flush=True)
+while True:
+    f = s.recv(128)
+    print(f[22:28].hex(":"), socket.inet_ntoa(f[28:32]), flush=True)
+"""
+
+
+def test_a_takeover_announces_the_gateway_before_the_service_address_exists(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    """Under NAT the real servers answer through a VIP of the directors' (their gateway),
+    which no service listens on. The new MASTER announces it before it takes the service's
+    VIP: a client it draws in before that would send SYNs whose SYN-ACKs went to the dead
+    director's MAC (sent again only after 1 s). The config lists the service's VIP first."""
+    lab = started(lab_factory(NAT_SERVICE))
+    dir1, dir2 = lab.dirs
+    capture = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client.name, sys.executable, "-c", ARP_CAPTURE, "eth0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert capture.stdout is not None and capture.stdout.readline() == "ready\n"
+        dir1.signal(signal.SIGKILL)  # its reaper takes both VIPs off
+        wait_for(lambda: dir2.holds_vip(), 15)
+        time.sleep(0.5)  # the repeated announcements
+    finally:
+        capture.kill()
+        out = capture.communicate()[0]
+    mac = dir2.mac()
+    announced = [ip for sender, ip in (row.split() for row in out.splitlines()) if sender == mac]
+    print(f"{dir2.name}'s ARP frames, in order: {announced}")
+    assert GATEWAY in announced and VIP in announced, announced
+    assert announced.index(GATEWAY) < announced.index(VIP), announced
+    assert dir2.ns.ip("-o", "addr", "show", "dev", "eth0").stdout.count(GATEWAY) == 1
+
+
 def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) -> None:
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
