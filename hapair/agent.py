@@ -212,6 +212,11 @@ class Agent:
         from hapair import linkmon, probes  # imported before the clock runs, not in it
 
         del linkmon
+        if self.cfg.monitor is not None:
+            # aiohttp: 0.3 s here, 3-6 s in a slow VM, where the clock saw it as a stall
+            from hapair.monitor import server as monitor_server
+
+            del monitor_server
         probes.preload(
             {
                 p.type
