@@ -119,7 +119,7 @@ while True:
 """
 
 
-def test_a_takeover_announces_the_gateway_before_the_service_address_exists(
+def test_a_takeover_announces_the_gateway_before_the_service_address(
     lab_factory: Callable[..., Lab],
 ) -> None:
     """Under NAT the real servers answer through a VIP of the directors' (their gateway),
