@@ -238,6 +238,10 @@ class Connector:
                 expired += 1
                 if not expired % _POLL_MAX:
                     out_of_time = _clock() >= end
+            # Connects already answered need no sweep: without this, every batch of
+            # starts would wake the loop once more at its deadline, for nothing.
+            while fifo and flying.get(fifo[0][1]) is not fifo[0][2]:
+                fifo.popleft()
             if fifo and fifo[0][0] < first:
                 first = fifo[0][0]
         if first <= now:

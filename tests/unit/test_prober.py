@@ -188,3 +188,39 @@ def test_a_connect_that_completed_while_the_loop_was_busy_is_up_not_timed_out() 
     up, silent = asyncio.run(main())
     assert up.ok and up.reason.endswith("connected"), up  # type: ignore[attr-defined]
     assert not silent.ok and "no answer within 0.05s" in silent.reason, silent  # type: ignore[attr-defined]
+
+
+def test_connects_answered_in_time_do_not_wake_the_loop_at_their_deadlines() -> None:
+    """Every start leaves a deadline behind; once its connect is answered, that deadline
+    needs no sweep. A start every 10 ms for 1 s, timeout 0.3 s, all answered: a sweep at
+    each deadline would be ~100 wake-ups; one per timeout span is enough (the code before
+    swept at every one)."""
+    import hapair.probes.tcp as tcp
+
+    async def main() -> tuple[int, list[object]]:
+        server = listener()
+        server.listen(512)  # nobody accepts: the queue holds every connect
+        address, port = server.getsockname()
+        target = tcp.prepare(ip_address(address), port)
+        connector = tcp.Connector()
+        sweeps = 0
+        sweep = connector._sweep
+
+        def counted() -> None:
+            nonlocal sweeps
+            sweeps += 1
+            sweep()
+
+        connector._sweep = counted  # type: ignore[method-assign]
+        results: list[object] = []
+        for _ in range(100):
+            connector.start(target, 0.3, results.append)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        connector.close()
+        server.close()
+        return sweeps, results
+
+    sweeps, results = asyncio.run(main())
+    assert len(results) == 100 and all(r.ok for r in results), results  # type: ignore[attr-defined]
+    assert sweeps <= 10, f"{sweeps} sweeps for 100 connects answered in time"
