@@ -20,7 +20,11 @@ and nothing else:
          prober in its own namespace with its own identical listeners. Prints the ratio
          of CPU per probe hapair / keepalived (keepalived's parent and checker processes
          summed; per probe, because when the guest cannot carry both at the rate due they
-         make different numbers of probes). Target: <= 1.5.
+         make different numbers of probes). Target: <= 1.5. Then `strace -c` counts each
+         side's system calls per connect for --syscall-window s (10; 0: not at all), and
+         the baseline, same boot: the floor prober in hapair's place beside keepalived,
+         over a window as long: floor / keepalived per probe is what a Python prober with
+         no work of its own gets in the same conditions.
 
 The targets: one listener process per namespace binds the ports on 0.0.0.0 (so every
 127.0.1.x address answers), accepts and closes at once. Its CPU is measured and printed,
@@ -136,8 +140,8 @@ def listener_main(first_port: int, ports: int) -> int:
 def floor_main(targets: int, interval: float) -> int:
     """The baseline prober: the least a Python TCP prober can do per probe (non-blocking
     connect, one epoll set, reset-and-close once connected; no verdicts, no status),
-    paced like the agent: every target once per interval, spread evenly, at most 1,000
-    connects in flight (the agent's cap). Runs until
+    paced like the agent: every target once per interval, spread evenly and started in
+    10 ms steps, at most 1,000 connects in flight (the agent's cap). Runs until
     SIGTERM. What it costs on this kernel is the floor under any prober's figure."""
     layout = Layout.of(targets)
     addrs = [(a, port) for port in layout.ports for a in layout.addresses]
@@ -163,7 +167,7 @@ def floor_main(targets: int, interval: float) -> int:
             else:
                 sock.close()
             started += 1
-        for fd, events in ep.poll(0.001):
+        for fd, events in ep.poll(0.01):  # starts in 10 ms steps, as the agent's
             sock = flying.pop(fd)
             if events == select.EPOLLOUT:
                 sock.setsockopt(sol, linger, reset)
@@ -538,6 +542,7 @@ def wait_steady(sides: list[Side], due: float, limit: float) -> None:
 
 def measure(sides: list[Side], window: float, targets: int) -> list[Figures]:
     for side in sides:
+        side.samples.clear()  # a side measured before (keepalived in the baseline) anew
         side.sample()
     end = time.monotonic() + window
     while (left := end - time.monotonic()) > 0:
@@ -687,8 +692,20 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         if len(problems) == len(result):  # neither keeps up: the guest is full, say so
             print("  neither prober keeps up here: " + "; ".join(problems), flush=True)
             problems = []  # per probe they still compare
+        syscalls = count_syscalls(sides, args.syscall_window)
+        for line in syscalls:
+            print(line, flush=True)
+        # The baseline, same boot: the floor prober in hapair's place beside keepalived.
+        stop(sides[0].proc)
+        floor = start_floor(run, run.netns("f"), layout, args.interval)
+        t0 = time.monotonic()
+        wait_steady([floor, sides[1]], layout.count / args.interval, 300)
+        time.sleep(max(0.0, min(args.guest_warmup, 10) - (time.monotonic() - t0)))
+        baseline = measure([floor, sides[1]], args.guest_window, layout.count)
+        for f in baseline:
+            print(f.line(args.interval), flush=True)
         if args.profile:  # the agent alone, under cProfile, after the measurement
-            for side in sides:
+            for side in [*sides, floor]:
                 stop(side.proc)
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns_h, layout, args.interval, prof, sides[0].listener)
@@ -698,12 +715,41 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "guest": [f.as_json() for f in result],
             "guest_problem": "; ".join(problems) or None,
+            "guest_floor": [f.as_json() for f in baseline],
         }
     except BaseException:
         run.keep = True
         raise
     finally:
         run.close()
+
+
+def count_syscalls(sides: list[Side], seconds: float) -> list[str]:
+    """System calls per connect of each side, counted by `strace -c` over `seconds`
+    (after the window: strace slows what it traces). Explains system time, does not
+    measure it."""
+    if seconds <= 0 or shutil.which("strace") is None:
+        return []
+    out = []
+    for side in sides:
+        cmd = ["timeout", "-s", "INT", str(seconds), "strace", "-c", "-f"]
+        for pid in side.pids():
+            cmd += ["-p", str(pid)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        calls = {}
+        for line in p.stderr.splitlines():
+            f = line.split()
+            if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+                calls[f[-1]] = int(f[3])  # % time, seconds, usecs/call, calls, [errors,] name
+        connects = calls.get("connect", 0)
+        if not connects:
+            out.append(f"  {side.name} syscalls: no connect in {seconds:g} s under strace")
+            continue
+        top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+        each = ", ".join(f"{name} {n / connects:.2f}" for name, n in top)
+        total = sum(calls.values()) / connects
+        out.append(f"  {side.name} syscalls per connect (strace -c): {total:.2f}: {each}")
+    return out
 
 
 def print_profile(path: Path, part: str) -> None:
@@ -722,6 +768,7 @@ def guest_via_rig(args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--guest-targets", str(args.guest_targets), "--interval", str(args.interval)]
     cmd += ["--guest-window", str(args.guest_window), "--guest-warmup", str(args.guest_warmup)]
     cmd += ["--profile"] if args.profile else []
+    cmd += ["--syscall-window", str(args.syscall_window)]
     env = {**os.environ, "HAPAIR_RIG_TIMEOUT": os.environ.get("HAPAIR_RIG_TIMEOUT", "900")}
     print("bench/probes: booting the QEMU guest (scripts/run-in-kernel)", flush=True)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
@@ -784,6 +831,14 @@ def report(result: dict[str, Any]) -> None:
         row("guest: keepalived CPU (% of one guest core)", f"{k.cpu_percent:.1f}")
         row("guest: hapair probes per CPU-second", f"{h.per_cpu_s:.0f}")
         row("guest: keepalived probes per CPU-second", f"{k.per_cpu_s:.0f}")
+        if result.get("guest_floor"):
+            ff, kk = (Figures(**g) for g in result["guest_floor"])
+            row(
+                "guest, baseline: CPU per probe floor / keepalived",
+                f"{kk.per_cpu_s / ff.per_cpu_s:.2f}" if ff.per_cpu_s else "inf",
+            )
+            row("guest, baseline: floor probes per CPU-second", f"{ff.per_cpu_s:.0f}")
+            row("guest, baseline: keepalived probes per CPU-second", f"{kk.per_cpu_s:.0f}")
         if result.get("guest_problem"):
             print(f"  guest: {result['guest_problem']}")
 
@@ -805,6 +860,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-only", action="store_true", help="skip the guest part")
     p.add_argument("--guest-only", action="store_true", help="skip the host part")
     p.add_argument("--profile", action="store_true", help="also profile the agent, alone")
+    p.add_argument(
+        "--syscall-window", type=float, default=10, help="guest: s of strace -c per side (10)"
+    )
     p.add_argument("--guest-part", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--listener", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
