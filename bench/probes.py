@@ -63,6 +63,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from hapair import control
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 HAPAIR = str(REPO / ".venv" / "bin" / "hapair")
@@ -556,19 +558,12 @@ def measure(sides: list[Side], window: float, targets: int) -> list[Figures]:
 
 
 def agent_status(sock_path: Path, timeout: float = 120) -> dict[str, Any]:
-    """The agent's status over its control socket, read in full (with 10,000 real servers
-    it is larger than `hapair status` accepts)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(sock_path))
-        sock.sendall(json.dumps({"cmd": "status"}).encode() + b"\n")
-        chunks: list[bytes] = []
-        while not (chunks and chunks[-1].endswith(b"\n")):
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    reply = json.loads(b"".join(chunks))
+    """The agent's status over its control socket (the guest's busy agent may take a
+    while to write 1,000 servers' status: a longer timeout than the CLI's)."""
+    try:
+        reply = control.request(sock_path, {"cmd": "status"}, timeout)
+    except control.NoAgent as e:
+        raise BenchError(str(e)) from None
     if not reply.get("ok"):
         raise BenchError(f"the agent refused the status request: {reply}")
     result: dict[str, Any] = reply["result"]
