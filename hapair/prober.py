@@ -236,7 +236,7 @@ class Prober:
                 watch.started = now
                 start(watch.handle, watch.target.probe.timeout, watch.done)
                 started += 1
-                if not started % 16 and clock() >= end:
+                if not started % tcp.SLICE_EVERY and clock() >= end:
                     break
         if ready and cap.free > 0 and not cap.waiting:
             when = now  # out of time, not of slots: go on after the loop's next turn

@@ -118,6 +118,7 @@ SWEEP = 0.01  # s: timeouts are enforced this late at most
 # (heartbeats, the control socket); what is left is taken up on the loop's next turn.
 # The clock is read every few dozen probes, so a slow machine overruns it by that many.
 SLICE = 0.005
+SLICE_EVERY = 16  # probes started or timed out between two looks at the clock
 _POLL_MAX = 64  # completions taken per epoll_wait: the slice is checked between them
 
 # A connect in flight: socket, reason prefix, start (perf_counter), timeout, callback.
@@ -236,7 +237,7 @@ class Connector:
                 done = flight[4]
                 done(_expired(flight, now))
                 expired += 1
-                if not expired % _POLL_MAX:
+                if not expired % SLICE_EVERY:
                     out_of_time = _clock() >= end
             # Connects already answered need no sweep: without this, every batch of
             # starts would wake the loop once more at its deadline, for nothing.
