@@ -112,7 +112,7 @@ class Prober:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         # The loop of the TCP probes (asyncio.get_running_loop() costs a getpid() call).
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tcp_loop: asyncio.AbstractEventLoop | None = None
 
     def sync(self, targets: dict[Hashable, Target]) -> None:
         """Probe exactly these targets: new ones start at once, gone ones stop,
@@ -150,7 +150,7 @@ class Prober:
         self._ready.clear()
         if self._connector is not None:
             self._connector.close()
-            self._connector = self._loop = None
+            self._connector = self._tcp_loop = None
         self._cap = Cap(MAX_CONCURRENT)  # drops the callbacks still queued
         from hapair import probes
 
@@ -185,7 +185,7 @@ class Prober:
         loop = asyncio.get_running_loop()
         if self._connector is None:
             self._connector = tcp.Connector(after_batch=self._start_due)
-            self._loop = loop
+            self._tcp_loop = loop
         watch.handle = tcp.prepare(watch.target.address, watch.target.port)
         watch.done = partial(self._result, key, watch)
         # Spread the first probes over one interval so thousands do not fire in step.
@@ -210,15 +210,15 @@ class Prober:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        assert self._loop is not None  # set with the connector, before the first plan
-        self._timer = self._loop.call_at(when, self._start_due)
+        assert self._tcp_loop is not None  # set with the connector, before the first plan
+        self._timer = self._tcp_loop.call_at(when, self._start_due)
 
     def _start_due(self) -> None:
         """Start the TCP probes that are due, as long as the cap has free slots; the
         others wait in `_ready` until a batch of completions (the connector calls this
         after each) or the timer frees slots. Probes waiting in `Cap.acquire` go first.
         One call starts probes for about `tcp.SLICE`, then lets the loop run."""
-        connector, loop = self._connector, self._loop
+        connector, loop = self._connector, self._tcp_loop
         if connector is None or loop is None:
             return
         now = loop.time()

@@ -60,6 +60,38 @@ def test_down_and_up_within_their_bounds() -> None:
     assert up <= PROBE.rise * PROBE.interval + SLACK, up
 
 
+def test_probes_of_other_types_run_beside_tcp_ones() -> None:
+    """TCP probes run from callbacks, every other type from its own task: in one prober
+    each kind reaches its verdict (a real process for the script probe, a real listener
+    for the TCP one)."""
+    from hapair.config.model import ScriptProbe
+
+    def script(command: str) -> ScriptProbe:
+        return ScriptProbe(type="script", command=command, interval=0.1, rise=1, fall=1)
+
+    async def main() -> dict[object, bool]:
+        server = listener()
+        verdicts: dict[object, bool] = {}
+        prober = Prober(lambda key, up, _reason: verdicts.__setitem__(key, up))
+        address, port = server.getsockname()
+        prober.sync(
+            {
+                "tcp": Target(PROBE, ip_address(address), port, False),
+                "ok": Target(script("true"), ip_address(address), port, False),
+                "fails": Target(script("false"), ip_address(address), port, True),
+            }
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while len(verdicts) < 3 and loop.time() - start < 10:
+            await asyncio.sleep(0.05)
+        await prober.close()
+        server.close()
+        return verdicts
+
+    assert asyncio.run(main()) == {"tcp": True, "ok": True, "fails": False}
+
+
 def test_sync_keeps_unchanged_targets_and_starts_new_ones_down_when_asked() -> None:
     async def main() -> None:
         prober = Prober(lambda *_: None)
