@@ -29,7 +29,8 @@ BACKUP): learned through the sync daemon. A run measures:
             to 1 s after the first answer after the new MASTER's `since`
   survived  held connections answered after that first answer, by the real server they
             always had, with no error (of those alive before the run)
-  samples   both agents' status every 0.5 s during the run: two MASTERs, or none
+  2-MASTER  the client's view (scripts/lab's ArpWatch asks "who has the VIP" every
+  no-MASTER 0.2 s here): time during which two directors answered, and none did
 
 Exit status: 0 when the benchmark ran (also on a MISS), 1 when it broke, 130 interrupted.
 Everything it makes (namespaces lab-*, processes, the lab directory) is removed on exit,
@@ -48,7 +49,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,6 @@ IN_GUEST = os.environ.get("HAPAIR_IN_GUEST") == "1"
 MARGIN = 1.0  # s: unplanned outage target = deadtime + MARGIN (see bench/README.md)
 SURVIVAL_TARGET = 99.5  # %
 HOST_PLANNED_TARGET = 0.05  # s, bench/failover's planned target on the host; x slowdown here
-SAMPLE_PERIOD = 0.5  # s between status samples of both agents during a run
 SETTLE = 1.0  # s watched after the first answer through the new MASTER
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -112,50 +111,10 @@ class Run:
     survived: int
     total: int
     broken: dict[str, int] = field(default_factory=dict)
-    samples: int = 0
-    dual_master: int = 0
-    no_master: int = 0
-
-
-class Sampler:
-    """Both agents' state every SAMPLE_PERIOD s while `on` (the same request as `hapair
-    status`, in-process): (time, number of MASTERs) per sample."""
-
-    def __init__(self, lab_mod: ModuleType, lab: Any) -> None:
-        self.lab_mod, self.lab = lab_mod, lab
-        self.samples: list[tuple[float, int]] = []
-        self.lock = threading.Lock()
-        self.on = threading.Event()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            if not self.on.wait(0.2):
-                continue
-            tick = time.monotonic()
-            first, *others = self.lab_mod.DIRECTORS
-            states = [self.lab_mod.state_of(d, self.lab.dir) for d in (first, *others)]
-            masters = states.count("MASTER")
-            if masters == 2 and self.lab_mod.state_of(first, self.lab.dir) != "MASTER":
-                # Read one after the other (each read takes time in the guest), the two
-                # straddled a handover: the first was MASTER before the second was.
-                masters = 1
-            with self.lock:
-                self.samples.append((time.time(), masters))
-            self.stop.wait(max(0.0, tick + SAMPLE_PERIOD - time.monotonic()))
-
-    def count(self, start: float, end: float) -> tuple[int, int, int]:
-        """(samples, with two MASTERs, with none) from `start` to `end` (wall clock)."""
-        with self.lock:
-            inside = [m for t, m in self.samples if start <= t <= end]
-        return len(inside), inside.count(2), inside.count(0)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.on.set()
-        self.thread.join(5)
+    # The client's view (scripts/lab's ArpWatch): s during which two directors answered
+    # its ARP requests for the VIP, and s during which none did (beyond the watch's slack).
+    dual: float = 0.0
+    none: float = 0.0
 
 
 class Bench:
@@ -168,7 +127,7 @@ class Bench:
         self.lab: Any = lab_mod.Lab(mode, lab_mod.LAB_DIR)
         self.poller: Any = None
         self.holder: Any = None
-        self.sampler: Sampler | None = None
+        self.arp: Any = None  # the client's ARP view of who holds the VIP
         self.replaced = 0  # holder sets replaced because a connection had broken
         self.period, self.line_period = (0.05, 2.0) if lab_mod.IN_GUEST else (0.01, 0.5)
         self.resolution = float("nan")
@@ -201,7 +160,8 @@ class Bench:
         lab.step(f"{first} MASTER, {second} BACKUP")
         self.poller = m.Poller(self.period)
         self.open_holder()
-        self.sampler = Sampler(m, lab)
+        self.arp = m.ArpWatch(m.ns_name("client"), "eth0", m.VIP, lab.macs())
+        self.arp.answered(20 * m.SLOWDOWN)
         self.ready()
         time.sleep(5.0)
         end = time.time()
@@ -289,7 +249,6 @@ class Bench:
     def unplanned(self, restore: bool = True) -> Run:
         m, lab = self.m, self.lab
         master, backup = self.ready()
-        self._sampling(True)
         killed, dark = lab.kill(master)
         run = self.measure("unplanned", master, backup, killed, killed)
         run.took_effect = dark  # kill -> every link down
@@ -307,12 +266,12 @@ class Bench:
             0.5,
         )
         lab.step(f"{master} back: BACKUP {time.monotonic() - t:.0f} s after its restart")
+        self.arp.names.update(lab.macs())  # the fresh machine's interface has a new MAC
         return run
 
     def planned(self) -> Run:
         m, lab = self.m, self.lab
         master, backup = self.ready()
-        self._sampling(True)
         # The request `hapair ctl release` sends, made in-process: the CLI process alone
         # took 36-41 s to start in the guest (not counted in the outage, but in the time).
         control = importlib.import_module("hapair.control")
@@ -330,10 +289,6 @@ class Bench:
 
         effect: float = m.wait_for(f"{master} BACKUP after 'hapair ctl release'", left, 10, 0.05)
         return self.measure("planned", master, backup, started, effect)
-
-    def _sampling(self, on: bool) -> None:
-        assert self.sampler is not None
-        (self.sampler.on.set if on else self.sampler.on.clear)()
 
     def measure(self, kind: str, old: str, new: str, trigger: float, effect: float) -> Run:
         """The run from the failure taking effect at `effect` (wall clock) on: the new
@@ -356,9 +311,7 @@ class Bench:
         time.sleep(max(0.0, first + SETTLE - time.time()))
         outage = self.poller.outage(effect, first + SETTLE)[0]
         conns = m.connections_after(self.holder, first, 30)
-        self._sampling(False)
-        assert self.sampler is not None
-        samples, dual, none = self.sampler.count(trigger, time.time())
+        seen = self.arp.holding(trigger, time.time())
         return Run(
             kind,
             old,
@@ -369,14 +322,13 @@ class Bench:
             conns.survived,
             conns.total,
             dict(conns.broken),
-            samples,
-            dual,
-            none,
+            seen.dual,
+            seen.none,
         )
 
     def close(self) -> None:
-        if self.sampler is not None:
-            self.sampler.close()
+        if self.arp is not None:
+            self.arp.close()
         if self.holder is not None:
             with contextlib.suppress(Exception):
                 self.holder.close()
@@ -415,7 +367,7 @@ def describe(mode: str, i: int, total: int, run: Run) -> str:
         line += f"; links down +{run.took_effect * 1000:.0f} ms after the SIGKILL"
     line += (
         f")  connections {run.survived}/{run.total}"
-        f"  samples {run.samples}: {run.dual_master} two-MASTER, {run.no_master} no-MASTER"
+        f"  client ARP view: two answering {run.dual:.2f} s, none {run.none:.2f} s"
     )
     for why, n in run.broken.items():
         line += f"\n      {n} broken: {why}"
@@ -475,7 +427,7 @@ def report(r: ModeResult, slowdown: float) -> None:
         print(
             f"{label:<23}{len(runs):>5}{statistics.median(outages):>13.2f} s{max(outages):>8.2f} s"
             f"{f'{survived}/{total}':>13}{pct:>8.2f} %{worst_conns:>11}"
-            f"{sum(x.dual_master for x in runs):>10}{sum(x.no_master for x in runs):>11}"
+            f"{max(x.dual for x in runs):>8.2f} s{max(x.none for x in runs):>9.2f} s"
         )
     if "unplanned" in stats:
         median, worst, pct = stats["unplanned"]
@@ -639,9 +591,10 @@ def main(argv: list[str] | None = None) -> int:
             f" to {SETTLE:g} s after the first answer through the new MASTER.\n"
             "survived: held connections answered after that first answer by the real server"
             " they always had.\n"
-            f"2-MASTER / no-MASTER: status samples of both agents every {SAMPLE_PERIOD:g} s"
-            " during the runs (no-MASTER\n  is expected while an unplanned failure is"
-            " undetected: about deadtime / 0.5 s samples a run)."
+            "2-MASTER / no-MASTER: the worst run's time during which two directors answered"
+            " the client's ARP\n  requests for the VIP, and none did (scripts/lab's ArpWatch,"
+            " from the failure on; no-MASTER is\n  expected while an unplanned failure is"
+            " undetected: about the deadtime)."
         )
     return code
 
