@@ -961,20 +961,33 @@ class ArpWatch(Helper):
                 raise LabError(f"the ARP watch exited {self.proc.returncode}")
             time.sleep(self.period)
         with self.lock:
-            asked = [t for t in self.asked if start <= t < end]
-            answers = [(t, who) for t, who in self.answers if start <= t < end + self.period]
-        dual, holders = 0.0, []
-        for t0, t1 in itertools.pairwise([*asked, end]):
-            who = sorted({w for t, w in answers if t0 <= t < t1})
-            if len(who) > 1:
-                dual += t1 - t0
-            if who and (not holders or holders[-1] != who):
-                holders.append(who)
-        none = 0.0
-        times = [start, *(t for t, _ in answers if t < end), end]
-        for a, b in itertools.pairwise(times):
-            none += max(0.0, b - a - 2 * self.period)
-        return Holding(dual, none, holders, len(asked))
+            return holding(self.asked, self.answers, start, end, self.period)
+
+
+def holding(
+    asked: list[float], answers: list[tuple[float, str]], start: float, end: float, period: float
+) -> Holding:
+    """Who answered the requests `asked` (times) from `start` to `end`: two or more in a
+    request's period is two masters; a gap between answers longer than two periods, in
+    which the client asked at least twice in vain, is no master. A gap in which the watch
+    itself did not ask (a busy machine stalled it) says nothing about the directors."""
+    asked = [t for t in asked if start <= t < end]
+    answers = [(t, who) for t, who in answers if start <= t < end + period]
+    dual, holders = 0.0, []
+    for t0, t1 in itertools.pairwise([*asked, end]):
+        who = sorted({w for t, w in answers if t0 <= t < t1})
+        if len(who) > 1:
+            dual += t1 - t0
+        if who and (not holders or holders[-1] != who):
+            holders.append(who)
+    none = 0.0
+    times = [start, *(t for t, _ in answers if t < end), end]
+    for a, b in itertools.pairwise(times):
+        # The last request before an answer is the one it answers.
+        in_vain = sum(1 for t in asked if a < t < b) - (b < end)
+        if in_vain >= 2:
+            none += max(0.0, b - a - 2 * period)
+    return Holding(dual, none, holders, len(asked))
 
 
 class Poller(Helper):
