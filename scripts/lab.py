@@ -877,7 +877,7 @@ class Holding:
     """Who answered a client's ARP requests for the VIP over a span of time."""
 
     dual: float  # s during which two or more MACs answered (two masters, as a client sees)
-    none: float  # s during which nobody answered (no master), beyond two periods of slack
+    none: float  # s nobody answered while the client asked (no master), less two periods
     holders: list[list[str]]  # the successive sets of answering MACs (names if known)
     requests: int
 
