@@ -16,7 +16,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
-from hapair.config.types import IP, Duration, EndpointStr, HostPortStr, IfName, IPWithPrefix
+from hapair.config.types import (
+    IP,
+    Bool,
+    Duration,
+    EndpointStr,
+    FilePath,
+    Host,
+    HostHeader,
+    HostPortStr,
+    IfName,
+    Int,
+    IPWithPrefix,
+    Line,
+    LongDuration,
+)
 
 # Every scheduler the Linux kernel ships (net/netfilter/ipvs/ip_vs_*.c).
 SCHEDULERS = frozenset(
@@ -33,8 +47,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A Unix socket's path holds at most 107 bytes (sun_path, less its terminating NUL).
+MAX_SOCKET_PATH = 107
+U32 = 0xFFFFFFFF  # the kernel's connection thresholds are 32-bit
+
+
 def _check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a name: 1-32 letters, digits, '_', '.', '-', starting alphanumeric"
         )
@@ -43,12 +62,22 @@ def _check_name(value: str) -> str:
 
 class Node(Section):
     name: str
-    priority: int = Field(ge=1, le=254)
-    control_socket: Path | None = None
-    state_dir: Path = Path("/var/lib/hapair")  # what must outlive the agent: its epoch
-    realtime_priority: int = Field(default=10, ge=0, le=99)  # SCHED_FIFO; 0: normal
+    priority: Int = Field(ge=1, le=254)
+    control_socket: FilePath | None = None
+    state_dir: FilePath = Path("/var/lib/hapair")  # what must outlive the agent: its epoch
+    realtime_priority: Int = Field(default=10, ge=0, le=99)  # SCHED_FIFO; 0: normal
 
     _name = field_validator("name")(_check_name)
+
+    @field_validator("control_socket")
+    @classmethod
+    def _socket_fits(cls, value: Path | None) -> Path | None:
+        if value is not None and len(bytes(value)) > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"{len(bytes(value))} bytes is longer than a Unix socket's path may be "
+                f"({MAX_SOCKET_PATH}); choose a shorter path"
+            )
+        return value
 
     @property
     def socket_path(self) -> Path:
@@ -60,7 +89,7 @@ class UdpLink(Section):
     interface: IfName
     group: IP | None = None
     peer: IP | None = None
-    port: int = Field(default=694, ge=1, le=65535)
+    port: Int = Field(default=694, ge=1, le=65535)
 
     @field_validator("group")
     @classmethod
@@ -83,8 +112,8 @@ class UdpLink(Section):
 
 class SerialLink(Section):
     type: Literal["serial"]
-    device: Path
-    baud: int = 19200
+    device: FilePath
+    baud: Int = 19200
 
     @field_validator("baud")
     @classmethod
@@ -102,13 +131,13 @@ Link = Annotated[UdpLink | SerialLink, Field(discriminator="type")]
 
 
 class Cluster(Section):
-    id: int = Field(ge=1, le=255)
-    auth_key_file: Path
+    id: Int = Field(ge=1, le=255)
+    auth_key_file: FilePath
     interval: Duration = 0.2
     deadtime: Duration = 1.0
     warntime: Duration | None = None
     initdead: Duration | None = None
-    preempt: bool = True
+    preempt: Bool = True
     preempt_delay: Duration = 0.0
     links: list[Link] = Field(default_factory=list)
 
@@ -128,8 +157,8 @@ class Cluster(Section):
 class _Check(Section):
     interval: Duration = 1.0
     timeout: Duration = 1.0
-    rise: int = Field(default=2, ge=1, le=100)
-    fall: int = Field(default=3, ge=1, le=100)
+    rise: Int = Field(default=2, ge=1, le=100)
+    fall: Int = Field(default=3, ge=1, le=100)
 
 
 class IcmpTrack(_Check):
@@ -156,7 +185,7 @@ class InterfaceTrack(_Check):
 
 class ScriptTrack(_Check):
     type: Literal["script"]
-    command: str = Field(min_length=1)
+    command: Line = Field(min_length=1)
 
 
 Track = Annotated[IcmpTrack | TcpTrack | InterfaceTrack | ScriptTrack, Field(discriminator="type")]
@@ -165,7 +194,7 @@ Track = Annotated[IcmpTrack | TcpTrack | InterfaceTrack | ScriptTrack, Field(dis
 class Vip(Section):
     address: IPWithPrefix
     interface: IfName
-    garp_repeat: int = Field(default=5, ge=0, le=100)
+    garp_repeat: Int = Field(default=5, ge=0, le=100)
     garp_interval: Duration = 0.1
     garp_refresh: Duration = 60.0
 
@@ -175,17 +204,24 @@ class Vip(Section):
         ip = value.ip
         if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
             raise ValueError(f"{ip} cannot be a virtual IP (multicast, loopback or link-local)")
+        shortest = 8 if ip.version == 4 else 16
+        if value.network.prefixlen < shortest:
+            raise ValueError(
+                f"/{value.network.prefixlen}: the kernel adds an on-link route for the VIP's "
+                f"prefix, and /{value.network.prefixlen} would cover more than a LAN; give the "
+                f"prefix of the VIP's network (/{shortest} or longer, e.g. /24)"
+            )
         return value
 
 
 class Sync(Section):
-    enabled: bool = True
+    enabled: Bool = True
     interface: IfName | None = None
-    sync_id: int | None = Field(default=None, ge=0, le=255)
-    maxlen: int | None = Field(default=None, ge=1, le=65535)
+    sync_id: Int | None = Field(default=None, ge=0, le=255)
+    maxlen: Int | None = Field(default=None, ge=1, le=65535)
     group: IP | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    ttl: int | None = Field(default=None, ge=1, le=255)
+    port: Int | None = Field(default=None, ge=1, le=65535)
+    ttl: Int | None = Field(default=None, ge=1, le=255)
     # A recovering node with preempt = true learns the MASTER's connections this long
     # (less once they stop coming) before it takes the VIPs back; 0 = at once.
     warmup: Duration = 10.0
@@ -201,9 +237,9 @@ class Sync(Section):
 class _Probe(Section):
     interval: Duration = 2.0
     timeout: Duration = 1.0
-    rise: int = Field(default=2, ge=1, le=100)
-    fall: int = Field(default=3, ge=1, le=100)
-    port: int | None = Field(default=None, ge=1, le=65535)
+    rise: Int = Field(default=2, ge=1, le=100)
+    fall: Int = Field(default=3, ge=1, le=100)
+    port: Int | None = Field(default=None, ge=1, le=65535)
 
 
 class IcmpProbe(_Probe):
@@ -234,11 +270,11 @@ class HttpProbe(_Probe):
     type: Literal["http", "https"]
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
     path: str = "/"
-    host: str | None = None
+    host: HostHeader | None = None  # the Host header; may carry a port ("www.example.org:8080")
     expect_status: tuple[int, int] = (200, 299)
-    body_regex: str | None = None
-    verify_tls: bool = False
-    sni: str | None = None
+    body_regex: Line | None = None
+    verify_tls: Bool = False
+    sni: Host | None = None
 
     @field_validator("expect_status", mode="before")
     @classmethod
@@ -248,8 +284,14 @@ class HttpProbe(_Probe):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not value.startswith("/") or any(c in value for c in " \r\n"):
-            raise ValueError(f"{value!r}: a path starts with '/' and has no spaces")
+        if (
+            not value.startswith("/")
+            or not (value.isascii() and value.isprintable())
+            or (" " in value or len(value) > 2048)
+        ):
+            raise ValueError(
+                f"{value!r}: a path starts with '/' and is printable ASCII without spaces"
+            )
         return value
 
     @field_validator("body_regex")
@@ -265,19 +307,19 @@ class HttpProbe(_Probe):
 
 class SmtpProbe(_Probe):
     type: Literal["smtp"]
-    starttls: bool = False
-    helo_name: str = "hapair"
+    starttls: Bool = False
+    helo_name: Host = "hapair"
 
 
 class DnsProbe(_Probe):
     type: Literal["dns"]
-    query: str = Field(min_length=1)
+    query: Host
     qtype: Literal["A", "AAAA", "CNAME", "MX", "NS", "SOA", "TXT", "SRV", "PTR"] = "A"
 
 
 class ScriptProbe(_Probe):
     type: Literal["script"]
-    command: str = Field(min_length=1)
+    command: Line = Field(min_length=1)
 
 
 Probe = Annotated[
@@ -288,10 +330,10 @@ Probe = Annotated[
 
 class RealServer(Section):
     address: IP
-    port: int | None = Field(default=None, ge=1, le=65535)
-    weight: int = Field(default=1, ge=0, le=65535)
-    upper_threshold: int = Field(default=0, ge=0)  # connections; 0 = no limit
-    lower_threshold: int = Field(default=0, ge=0)  # back in service below this
+    port: Int | None = Field(default=None, ge=1, le=65535)
+    weight: Int = Field(default=1, ge=0, le=65535)
+    upper_threshold: Int = Field(default=0, ge=0, le=U32)  # connections; 0 = no limit
+    lower_threshold: Int = Field(default=0, ge=0, le=U32)  # back in service below this
     probe: Probe | None = None
 
 
@@ -299,16 +341,16 @@ class Service(Section):
     name: str
     protocol: Literal["tcp", "udp", "sctp", "fwmark"]
     address: IP | None = None
-    port: int | None = Field(default=None, ge=0, le=65535)
-    fwmark: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
+    port: Int | None = Field(default=None, ge=0, le=65535)
+    fwmark: Int | None = Field(default=None, ge=1, le=U32)
     scheduler: str = "wlc"
     scheduler_flags: list[str] = Field(default_factory=list)
     forward: Literal["dr", "nat", "tun"] = "dr"
     tunnel: Literal["ipip", "gue", "gre"] = "ipip"  # with forward = "tun"
-    tunnel_port: int | None = Field(default=None, ge=1, le=65535)  # gue only
-    persistence: Duration = 0.0
-    persistence_netmask: int | None = Field(default=None, ge=0, le=128)  # prefix length
-    quorum: int = Field(default=1, ge=0)
+    tunnel_port: Int | None = Field(default=None, ge=1, le=65535)  # gue only
+    persistence: LongDuration = 0.0
+    persistence_netmask: Int | None = Field(default=None, ge=0, le=128)  # prefix length
+    quorum: Int = Field(default=1, ge=0, le=65535)
     sorry_server: EndpointStr | None = None
     on_failure: Literal["remove", "inhibit"] = "remove"
     probe: Probe | None = None
@@ -364,7 +406,12 @@ class Service(Section):
 
 
 def _parse_mailbox(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+    if (
+        not isinstance(value, str)
+        or not value.isprintable()
+        or len(value) > 254
+        or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value)
+    ):
         raise ValueError(f"{value!r} is not an email address")
     return value
 
@@ -375,10 +422,10 @@ Mailbox = Annotated[str, PlainValidator(_parse_mailbox)]
 class Email(Section):
     smtp: HostPortStr
     from_: Mailbox = Field(alias="from")
-    to: list[Mailbox] = Field(min_length=1)
-    starttls: bool = False
-    username: str | None = None
-    password_file: Path | None = None
+    to: list[Mailbox] = Field(min_length=1, max_length=100)
+    starttls: Bool = False
+    username: Line | None = None
+    password_file: FilePath | None = None
 
 
 class Pager(Section):
@@ -388,15 +435,19 @@ class Pager(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        if (
+            not value.isprintable()
+            or len(value) > 2048
+            or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value)
+        ):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value
 
 
 class Scripts(Section):
-    on_master: str | None = None
-    on_backup: str | None = None
-    on_fault: str | None = None
+    on_master: Line | None = None
+    on_backup: Line | None = None
+    on_fault: Line | None = None
     timeout: Duration = 10.0
 
     @field_validator("on_master", "on_backup", "on_fault")
@@ -414,7 +465,7 @@ class Scripts(Section):
 
 class Alerts(Section):
     min_interval: Duration = 60.0
-    spool_dir: Path | None = None  # default: <node.state_dir>/alerts
+    spool_dir: FilePath | None = None  # default: <node.state_dir>/alerts
     email: Email | None = None
     pager: Pager | None = None
     scripts: Scripts | None = None
@@ -425,22 +476,26 @@ class Alerts(Section):
 
 class Monitor(Section):
     listen: HostPortStr
-    tls_cert: Path
-    tls_key: Path
-    users_file: Path
+    tls_cert: FilePath
+    tls_key: FilePath
+    users_file: FilePath
     metrics_listen: HostPortStr | None = None
+
+
+SyncCount = Annotated[Int, Field(ge=0, le=65535)]
 
 
 class Sysctl(Section):
     """Kernel settings hapair writes at start and on reload; only the keys given."""
 
-    ip_forward: bool | None = None  # NAT directors route the real servers' replies
-    conntrack: bool | None = None  # net.ipv4.vs.conntrack: netfilter state for IPVS traffic
-    expire_nodest_conn: bool | None = None  # drop a removed server's connections at once
-    expire_quiescent_template: bool | None = None  # persistence ends on a weight-0 server
-    sync_threshold: tuple[int, int] | None = None  # sync after N packets, then every M
+    ip_forward: Bool | None = None  # NAT directors route the real servers' replies
+    conntrack: Bool | None = None  # net.ipv4.vs.conntrack: netfilter state for IPVS traffic
+    expire_nodest_conn: Bool | None = None  # drop a removed server's connections at once
+    expire_quiescent_template: Bool | None = None  # persistence ends on a weight-0 server
+    # sync after N packets, then every M (the kernel takes 0..65535)
+    sync_threshold: tuple[SyncCount, SyncCount] | None = None
     sync_refresh_period: Duration | None = None
-    sync_retries: int | None = Field(default=None, ge=0, le=3)
+    sync_retries: Int | None = Field(default=None, ge=0, le=3)
 
 
 class Config(Section):

@@ -16,6 +16,7 @@ from hapair.config.model import SCHEDULER_FLAGS, Config, Probe, SerialLink, Serv
 from hapair.config.types import IPAddress
 
 MIN_KEY_BYTES = 16
+MIN_INTERVAL = 0.01  # s: heartbeats, probes and checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +37,31 @@ def check(cfg: Config) -> list[Problem]:
         *_sync(cfg),
         *_services(cfg),
         *_checks(cfg),
+        *_monitor(cfg),
     ]
+
+
+def _monitor(cfg: Config) -> Iterator[Problem]:
+    m = cfg.monitor
+    if m is None or m.metrics_listen is None:
+        return
+    a, b = m.listen, m.metrics_listen
+    wildcard = {"0.0.0.0", "::", "*"}
+    if a.port == b.port and (a.host == b.host or a.host in wildcard or b.host in wildcard):
+        yield Problem(
+            "monitor.metrics_listen",
+            f"{b} is where monitor.listen ({a}) already listens; give another port",
+        )
 
 
 def _timing(cfg: Config) -> Iterator[Problem]:
     c = cfg.cluster
-    if c.interval <= 0:
-        yield Problem("cluster.interval", "must be greater than 0")
+    if c.interval < MIN_INTERVAL:
+        yield Problem(
+            "cluster.interval",
+            f"{c.interval:g}s is shorter than {MIN_INTERVAL * 1000:g}ms; heartbeats that often "
+            "would keep a core busy",
+        )
     if c.deadtime <= c.interval:
         yield Problem(
             "cluster.deadtime",
@@ -281,8 +300,8 @@ def _checks(cfg: Config) -> Iterator[Problem]:
 
 
 def _timeout(interval: float, timeout: float, path: str) -> Iterator[Problem]:
-    if interval <= 0:
-        yield Problem(f"{path}.interval", "must be greater than 0")
+    if interval < MIN_INTERVAL:
+        yield Problem(f"{path}.interval", f"must be at least {MIN_INTERVAL * 1000:g}ms")
     if timeout <= 0:
         yield Problem(f"{path}.timeout", "must be greater than 0")
     elif timeout > interval:

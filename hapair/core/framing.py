@@ -10,9 +10,10 @@ starts inside a bogus one (a half-written frame, a false marker in noise) is sti
 
 from __future__ import annotations
 
+import heapq
 import struct
 import zlib
-from collections import Counter
+from collections import Counter, deque
 
 MARKER = b"\xa5\x7e"
 MAX_PAYLOAD = 512
@@ -37,11 +38,23 @@ class FrameDecoder:
     `dropped` counts what was thrown away: `noise_bytes` (bytes outside any frame),
     `bad_length` and `bad_crc` (false or damaged frame starts), `truncated` (a frame cut
     short and abandoned because an intact frame follows it).
+
+    Its work is linear in the bytes fed, whatever they are: each marker is found once and
+    its frame judged once, when its last byte is in (a frame's verdict depends only on the
+    bytes from its marker on). Positions are counted from the start of the stream; the
+    buffer holds what lies after `_base`, at most about one frame.
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self.max_payload = min(max_payload, MAX_PAYLOAD)
         self._buf = bytearray()
+        self._base = 0  # stream position of _buf[0]
+        self._scanned = 0  # markers are known up to here (a marker starts before it)
+        self._markers: deque[int] = deque()  # positions of markers not yet judged as head
+        self._unread: deque[int] = deque()  # markers whose length field is not in yet
+        self._waiting: list[tuple[int, int]] = []  # (end, position) of frames not complete
+        self._verdicts: dict[int, tuple[str, int]] = {}  # position -> (verdict, end)
+        self._intact: list[int] = []  # positions of intact frames (a heap)
         self.dropped: Counter[str] = Counter()
         self.decoded = 0
 
@@ -51,66 +64,92 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        payloads: list[bytes] = []
         self._buf += data
+        self._learn()
+        payloads: list[bytes] = []
         while True:
             payload = self._next()
             if payload is None:
                 return payloads
             payloads.append(payload)
 
+    def _learn(self) -> None:
+        """Find the new markers and judge every frame whose bytes are now all in."""
+        buf, base = self._buf, self._base
+        end = base + len(buf)
+        pos = max(self._scanned - base - (len(MARKER) - 1), 0)
+        while True:
+            pos = buf.find(MARKER, pos)
+            if pos < 0:
+                break
+            self._markers.append(base + pos)
+            self._unread.append(base + pos)
+            pos += 1
+        self._scanned = end
+        unread = self._unread
+        while unread and unread[0] + HEADER_SIZE <= end:
+            at = unread.popleft()
+            if at < base:
+                continue  # inside a frame already taken
+            (length,) = _LENGTH.unpack_from(buf, at - base + len(MARKER))
+            if length > self.max_payload:
+                self._verdicts[at] = ("bad_length", 0)
+            else:
+                heapq.heappush(self._waiting, (at + OVERHEAD + length, at))
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= end:
+            frame_end, at = heapq.heappop(waiting)
+            if at < base:
+                continue
+            i = at - base + len(MARKER)
+            (crc,) = _CRC.unpack_from(buf, frame_end - _CRC.size - base)
+            if zlib.crc32(buf[i : frame_end - _CRC.size - base]) == crc:
+                self._verdicts[at] = ("ok", frame_end)
+                heapq.heappush(self._intact, at)
+            else:
+                self._verdicts[at] = ("bad_crc", 0)
+
     def _next(self) -> bytes | None:
         """The next intact payload in the buffer, or None when more bytes are needed."""
-        buf = self._buf
+        markers, verdicts = self._markers, self._verdicts
         while True:
-            start = buf.find(MARKER)
-            if start < 0:
+            while markers and markers[0] < self._base:
+                verdicts.pop(markers.popleft(), None)
+            if not markers:
                 # Keep a trailing byte that may be the first half of a marker.
-                keep = 1 if buf[-1:] == MARKER[:1] else 0
-                self._drop_noise(len(buf) - keep)
+                keep = 1 if self._buf[-1:] == MARKER[:1] else 0
+                self._drop_noise(len(self._buf) - keep)
                 return None
-            self._drop_noise(start)
-            verdict, payload = self._frame_at(0)
+            head = markers[0]
+            self._drop_noise(head - self._base)
+            verdict, frame_end = verdicts.get(head, ("short", 0))
             if verdict == "ok":
-                assert payload is not None
-                del buf[: OVERHEAD + len(payload)]
+                payload = bytes(self._buf[HEADER_SIZE : frame_end - self._base - _CRC.size])
+                self._drop(frame_end - self._base)
                 self.decoded += 1
                 return payload
             if verdict == "short":
-                later = self._intact_frame_after(0)
+                later = self._intact_after(head)
                 if later is None:
                     return None  # wait for more bytes
                 self.dropped["truncated"] += 1
-                self._drop_noise(later)
+                self._drop_noise(later - self._base)
                 continue
             self.dropped[verdict] += 1
-            del buf[:1]  # skip this marker only: a real frame may start inside the bogus one
+            self._drop(1)  # skip this marker only: a real frame may start inside the bogus one
 
-    def _frame_at(self, pos: int) -> tuple[str, bytes | None]:
-        buf = self._buf
-        if len(buf) - pos < HEADER_SIZE:
-            return "short", None
-        (length,) = _LENGTH.unpack_from(buf, pos + len(MARKER))
-        if length > self.max_payload:
-            return "bad_length", None
-        end = pos + HEADER_SIZE + length
-        if len(buf) < end + _CRC.size:
-            return "short", None
-        (crc,) = _CRC.unpack_from(buf, end)
-        if zlib.crc32(buf[pos + len(MARKER) : end]) != crc:
-            return "bad_crc", None
-        return "ok", bytes(buf[pos + HEADER_SIZE : end])
-
-    def _intact_frame_after(self, pos: int) -> int | None:
+    def _intact_after(self, head: int) -> int | None:
         """Where a later complete, intact frame starts, if one is already buffered."""
-        while True:
-            pos = self._buf.find(MARKER, pos + 1)
-            if pos < 0:
-                return None
-            if self._frame_at(pos)[0] == "ok":
-                return pos
+        intact = self._intact
+        while intact and intact[0] <= head:
+            heapq.heappop(intact)
+        return intact[0] if intact else None
+
+    def _drop(self, count: int) -> None:
+        del self._buf[:count]
+        self._base += count
 
     def _drop_noise(self, count: int) -> None:
         if count > 0:
-            del self._buf[:count]
+            self._drop(count)
             self.dropped["noise_bytes"] += count

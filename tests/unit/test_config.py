@@ -160,7 +160,7 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "cluster.interval",
         "not a duration",
     ),
-    ("negative duration", _set("cluster", "deadtime", value=-1), "cluster.deadtime", ">= 0"),
+    ("negative duration", _set("cluster", "deadtime", value=-1), "cluster.deadtime", "from 0 to"),
     (
         "deadtime <= interval",
         _set("cluster", "deadtime", value="200ms"),
@@ -326,7 +326,7 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "below period",
     ),
     ("unknown sysctl", _set("sysctl", value={"ip_forwarding": True}), "sysctl.ip_forwarding", ""),
-    ("negative warmup", _set("sync", "warmup", value=-1), "sync.warmup", ">= 0"),
+    ("negative warmup", _set("sync", "warmup", value=-1), "sync.warmup", "from 0 to"),
     ("tcp without port", _drop("services", 0, "port"), "services.0.port", "required"),
     ("tcp without address", _drop("services", 0, "address"), "services.0.address", "required"),
     (
