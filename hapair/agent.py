@@ -13,8 +13,9 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
-import stat
+import socket
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -22,17 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hapair import control
+from hapair import control, logs
 from hapair.alerts import Alerter
-from hapair.config import Config, ConfigError, load
+from hapair.config import Config, ConfigError, Problem, load
 from hapair.config.model import InterfaceTrack, SerialLink, Vip
 from hapair.config.model import Service as ServiceConfig
+from hapair.config.reload import restart_needed
 from hapair.core.election import Announce, Transition
 from hapair.core.node import Action, HaNode, Notice, Refused, Send, Settings
 from hapair.core.roster import Refused as RosterRefused
 from hapair.core.roster import Roster
 from hapair.core.states import State
-from hapair.ipvs.keeper import TableKeeper
+from hapair.ipvs.keeper import Outcome, TableKeeper
 from hapair.ipvs.reconcile import (
     Change,
     ServiceView,
@@ -54,6 +56,10 @@ log = logging.getLogger("hapair")
 
 LATE_TIMER_WARNING = 0.05  # a timer this late is worth a log line
 RECONCILE_PERIOD = 5.0  # how soon a rule changed behind hapair's back is restored
+
+
+class ReloadError(Exception):
+    """The system refused part of a reload; the message says what."""
 
 
 def settings_of(cfg: Config, key: bytes) -> Settings:
@@ -175,6 +181,7 @@ class Agent:
         self._desired: tuple[Table, dict[str, ServiceView]] | None = None
         self.history: dict[Hashable, deque[dict[str, Any]]] = {}  # up/down, for the monitor
         self.alerter = Alerter(cfg.node.name, cfg.alerts, cfg.node.state_dir)
+        self.last_reload: dict[str, Any] | None = None  # the latest SIGHUP's outcome
 
     # Start-up and shutdown.
 
@@ -253,8 +260,6 @@ class Agent:
             await asyncio.gather(*self.tasks, return_exceptions=True)
             for link in self.links.values():
                 await link.close()
-            with contextlib.suppress(OSError):
-                self.cfg.node.socket_path.unlink()
             self.vip.close()
             await self.prober.close()
             if self.keeper is not None:
@@ -324,7 +329,13 @@ class Agent:
                     )
             elif kind == "ctl":
                 _, request, reply = item
-                reply.set_result(await self._control(request, now))
+                try:
+                    answer = await self._control(request, now)
+                except Exception as exc:  # a bug of ours must not take the MASTER down
+                    log.exception("control request %s failed", request.cmd)
+                    answer = control.refusal(f"internal error: {type(exc).__name__}: {exc}")
+                if not reply.done():
+                    reply.set_result(answer)
             elif kind == "reconcile":
                 self._reconcile_queued = False
                 self._reconcile_beside()
@@ -453,10 +464,10 @@ class Agent:
             except Exception:  # a bug, not the kernel (IpvsError is handled per change)
                 log.exception("IPVS pass failed")
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> Outcome | None:
         assert self.keeper is not None
         if not self.keeper.available:
-            return
+            return None
         if self._desired is None:
             self._desired = desired_table(self.services(), self.healthy, self.roster.admin_states())
         before = self.views
@@ -477,6 +488,7 @@ class Agent:
                 "IPVS table still differs after applying: %s",
                 "; ".join(map(describe_change, outcome.remaining[:5])),
             )
+        return outcome
 
     def _alert_quorum(self, before: dict[str, ServiceView]) -> None:
         """quorum_lost / quorum_back for each service whose quorum changed (was met at start)."""
@@ -562,40 +574,21 @@ class Agent:
 
     # The control socket.
 
-    async def _serve_control(self) -> asyncio.AbstractServer:
-        path = self.cfg.node.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()
-        old = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(self._client, path=str(path))
-        finally:
-            os.umask(old)
-        path.chmod(0o600)
+    async def _serve_control(self) -> control.ControlServer:
+        server = control.ControlServer(self.cfg.node.socket_path, self._handle_request)
+        await server.start()
         return server
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):  # a client that does not ask is dropped
-                line = await reader.readline()
-            request = control.decode_request(line)
-            if isinstance(request, str):
-                reply: dict[str, Any] = {"ok": False, "error": request}
-            else:
-                reply = await self.request(request)
-            # A status of thousands of servers on a busy machine takes a while to read.
-            async with asyncio.timeout(60):
-                writer.write(control.encode(reply))
-                await writer.drain()
-        except (TimeoutError, OSError, ValueError) as exc:
-            log.debug("control client: %s", exc)
-        finally:
-            writer.close()
-
     async def request(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A control request, handled in turn with every other input."""
+        """A control request from the monitor, checked as the socket's are."""
+        try:
+            checked = control.check_request(request)
+        except ValueError as exc:
+            return control.refusal(f"bad request: {exc}")
+        return await self._handle_request(checked)
+
+    async def _handle_request(self, request: control.Request) -> dict[str, Any]:
+        """A checked request, handled in turn with every other input."""
         answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.inbox.put_nowait(("ctl", request, answer))
         return await answer
@@ -615,8 +608,8 @@ class Agent:
             return None
         return monitor
 
-    async def _control(self, request: dict[str, Any], now: float) -> dict[str, Any]:
-        cmd = request["cmd"]
+    async def _control(self, request: control.Request, now: float) -> dict[str, Any]:
+        cmd = request.cmd
         if cmd == "status":
             return {"ok": True, "result": self.status(now)}
         if cmd == "release":
@@ -629,11 +622,11 @@ class Agent:
             done = self.roster.apply(
                 self.services(configured=True),
                 cmd,
-                str(request.get("service")),
-                str(request.get("server")),
-                int(request.get("weight", 1)),
+                request.service,
+                request.server,
+                request.weight,
             )
-        except (RosterRefused, ValueError, TypeError) as exc:
+        except RosterRefused as exc:
             return {"ok": False, "error": str(exc)}
         self._save_roster()
         log.info("operator: %s", done)
@@ -674,6 +667,7 @@ class Agent:
             "preempt_hold": core["preempt_hold"],
             "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
             "alerts": self.alerter.status(),
+            "reload": self.last_reload,
         }
 
     # Real servers: the operator's roster and the probes.
@@ -769,18 +763,83 @@ class Agent:
     # Reload.
 
     async def _reload(self) -> None:
+        """A transaction: the new config is loaded, checked as `hapair check` does and
+        against this host (interfaces, addresses) before anything changes; if applying it
+        fails midway, the running config is applied again. Any failure leaves the agent
+        on the config it had, and says why (log, `reload_failed`, status)."""
+        old, old_key = self.cfg, self.key
         try:
             cfg = load(self.config_path)
-            key = read_key(cfg.cluster.auth_key_file)
-        except (ConfigError, OSError) as exc:
-            log.error("reload of %s refused, running on as before:\n%s", self.config_path, exc)
-            self._alert_reload_failed(str(exc))
+            try:
+                key = read_key(cfg.cluster.auth_key_file)
+            except OSError as exc:
+                raise ConfigError(
+                    [Problem("cluster.auth_key_file", f"{exc.filename}: {exc.strerror}")]
+                ) from None
+            problems = restart_needed(old, cfg) + await self._host_problems(cfg)
+        except ConfigError as exc:
+            problems = exc.problems
+        except Exception as exc:  # a bug of ours: the running config stays
+            log.exception("reload of %s", self.config_path)
+            problems = [Problem("(top)", f"cannot be loaded: {type(exc).__name__}: {exc}")]
+        if problems:
+            self._reload_failed("\n".join(map(str, problems)))
             return
-        if cfg.node.name != self.cfg.node.name or link_names(cfg) != link_names(self.cfg):
-            log.error("reload refused: node.name and [[cluster.links]] change only with a restart")
-            self._alert_reload_failed("node.name and [[cluster.links]] change only with a restart")
+        try:
+            await self._apply_config(cfg, key)
+        except Exception as exc:
+            why = str(exc) if isinstance(exc, ReloadError) else f"{type(exc).__name__}: {exc}"
+            log.error(
+                "reload of %s failed while applying (%s); back to the running config",
+                self.config_path,
+                why,
+            )
+            try:
+                await self._apply_config(old, old_key)
+            except Exception:
+                log.exception("going back to the running config failed")
+            self._reload_failed(why)
             return
-        old_vips = {(v.address, v.interface) for v in self.cfg.vips}
+        self.last_reload = {"time": round(time.time(), 3), "ok": True, "error": None}
+        log.info("reloaded %s", self.config_path)
+
+    async def _host_problems(self, cfg: Config) -> list[Problem]:
+        """What the new config asks of this host that it lacks: a VIP, track or sync
+        interface that does not exist, a new VIP that is already an address of the host
+        (releasing it would take the host's own address away)."""
+        problems = []
+        named = [(f"vips.{i}.interface", v.interface) for i, v in enumerate(cfg.vips)]
+        named += [
+            (f"track.{i}.interface", t.interface)
+            for i, t in enumerate(cfg.track)
+            if isinstance(t, InterfaceTrack)
+        ]
+        if cfg.sync is not None and cfg.sync.enabled and cfg.sync.interface is not None:
+            named.append(("sync.interface", cfg.sync.interface))
+        for path, ifname in named:
+            try:
+                socket.if_nametoindex(ifname)
+            except OSError:
+                problems.append(Problem(path, f"no interface {ifname!r} on this host"))
+        running = {v.address.ip for v in self.cfg.vips}
+        local = await self.vip.local_addresses()
+        for i, vip in enumerate(cfg.vips):
+            if vip.address.ip not in running and vip.address.ip in local:
+                problems.append(
+                    Problem(
+                        f"vips.{i}.address",
+                        f"{vip.address.ip} is already an address of this host (on "
+                        f"{local[vip.address.ip]}), not a VIP hapair may take and release",
+                    )
+                )
+        return problems
+
+    async def _apply_config(self, cfg: Config, key: bytes) -> None:
+        """Make `cfg` the running config: VIPs that go are removed first, new ones added
+        last. Raises ReloadError (or any error) when the system refused a change; applying
+        the config that ran before puts back what was changed."""
+        from hapair.vip import VipError
+
         new_vips = {(v.address, v.interface) for v in cfg.vips}
         if self.vips_held:
             for vip in self.cfg.vips:
@@ -794,14 +853,23 @@ class Agent:
         self.alerter.reconfigure(cfg.alerts)
         self._sync_probes()
         if self.keeper is not None:
-            await self._reconcile()
+            outcome = await self._reconcile()
+            if outcome is not None and outcome.failed:
+                change, error = outcome.failed[0]
+                raise ReloadError(f"IPVS refused {describe_change(change)}: {error}")
         if self.vips_held:
-            added = [v for v in cfg.vips if (v.address, v.interface) not in old_vips]
-            for vip in added:
-                await self.vip.add(vip)
+            for vip in cfg.vips:  # adding is idempotent: a rollback puts back what went
+                try:
+                    await self.vip.add(vip)
+                except VipError as exc:
+                    raise ReloadError(str(exc)) from exc
             self._announce_all()
         settle_heap()
-        log.info("reloaded %s", self.config_path)
+
+    def _reload_failed(self, why: str) -> None:
+        log.error("reload of %s refused, running on as before:\n%s", self.config_path, why)
+        self.last_reload = {"time": round(time.time(), 3), "ok": False, "error": why}
+        self._alert_reload_failed(why)
 
     def _alert_reload_failed(self, why: str) -> None:
         problems = why.strip().splitlines()
@@ -823,6 +891,21 @@ def describe_change(change: Change) -> str:
     dest = getattr(change, "dest", None)
     dest_text = "" if dest is None else f" {getattr(dest, 'key', dest)}"
     return f"{kind} {svc}{dest_text}"
+
+
+def raise_file_limit() -> int:
+    """The soft limit on open files up to the hard one: probes, the monitor's clients,
+    the links and the control socket share it (systemd's soft default is 1,024, and a
+    flood of web clients once starved the rest). Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("open files stay limited to %d: %s", soft, exc)
+    return soft
 
 
 def run_realtime(priority: int) -> None:
@@ -847,11 +930,9 @@ def run_realtime(priority: int) -> None:
 
 def run(config_path: Path) -> int:
     """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop."""
-    logging.basicConfig(
-        level=os.environ.get("HAPAIR_LOG", "INFO"),
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    logs.setup(os.environ.get("HAPAIR_LOG", "INFO"))
     cfg = load(config_path)
+    raise_file_limit()
     run_realtime(cfg.node.realtime_priority)
     from hapair.reaper import Reaper
 

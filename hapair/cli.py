@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hapair status | head`: the reader had what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        return OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,6 +299,14 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     health = s.get("health") or {}
     for check, reason in (health.get("failing") or {}).items():
         lines.append(f"FAILING  {check}: {reason}")
+    reload = s.get("reload") or {}
+    if reload.get("ok") is False:
+        problems = str(reload.get("error") or "").splitlines() or ["?"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        lines.append(
+            f"RELOAD REFUSED  {_since(reload.get('time'), now)}: {problems[0]}{more}; "
+            "running on the config before"
+        )
     alerts = s.get("alerts")
     if alerts is not None:
         lines.append(f"alerts  {alerts.get('queued', 0)} queued")

@@ -1,42 +1,263 @@
-"""The control socket's wire format and the CLI's client for it.
+"""The control socket: its wire format, the typed requests, the agent's serving loop and
+the CLI's client.
 
 One request per connection: a JSON object and a newline in, a JSON object and a
-newline out (`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`).
-The agent's server side decodes with `decode_request`, which never raises.
+newline out (`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`). Every
+line gets an answer: what is not a well-formed request of a known command, with fields
+of the right types and ranges, is refused with the reason before the agent sees it.
+The server bounds what a client may cost (the line's size, the time to send it, the
+clients at once) and never lets an exception out of a connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import json
+import logging
+import os
 import socket
+import stat
+import struct
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 MAX_MESSAGE = 64 * 1024  # a request
 MAX_REPLY = 256 * 1024 * 1024  # a status of 10,000 real servers is ~2 MB
-COMMANDS = frozenset({"status", "drain", "enable", "disable", "add", "remove", "release"})
+MAX_DEPTH = 8  # JSON nesting of a request (a request needs 1)
+MAX_TEXT = 256  # characters of a service name or a server
+MAX_CLIENTS = 256  # connections served at once; more are told to come back
+MAX_PER_PROCESS = 8  # of them from one process (SO_PEERCRED): a flood leaves room for others
+READ_TIMEOUT = 2.0  # s for a client to send its line
+WRITE_TIMEOUT = 60.0  # s to take the reply: a status of thousands of servers, a busy machine
+BACKLOG = 256
+SERVER_COMMANDS = frozenset({"drain", "enable", "disable", "add", "remove"})
+COMMANDS = SERVER_COMMANDS | {"status", "release"}
+BUSY = "busy: too many control clients at once; try again"
 SOCKET_DIR = Path("/run/hapair")
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 
 
 class NoAgent(Exception):
     """Nothing answers on the control socket."""
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A checked request: `cmd` is one of COMMANDS; `service` and `server` are set for the
+    server commands, `weight` (0..65535) for `add` only."""
+
+    cmd: str
+    service: str = ""
+    server: str = ""
+    weight: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cmd": self.cmd}
+        if self.cmd in SERVER_COMMANDS:
+            out |= {"service": self.service, "server": self.server}
+        if self.cmd == "add":
+            out["weight"] = self.weight
+        return out
+
+
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_request(line: bytes) -> dict[str, Any] | str:
-    """A request as a dict, or the reason it is refused."""
-    if len(line) > MAX_MESSAGE:
-        return "request too large"
+def refusal(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """JSON from outside: ValueError (with a readable reason) for anything that is not
+    UTF-8 JSON nested at most `max_depth` deep with finite numbers."""
     try:
-        request = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return "request is not JSON"
-    if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
-        return f"unknown command; expected one of {', '.join(sorted(COMMANDS))}"
-    return request
+        value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"nested more than {max_depth} levels deep") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at character {exc.pos}") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise ValueError(f"nested more than {max_depth} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{request['cmd']} needs {key!r}, a string")
+    if len(value) > MAX_TEXT or not value.isprintable():
+        raise ValueError(f"{key!r} must be printable text of at most {MAX_TEXT} characters")
+    return value
+
+
+def check_request(request: Any) -> Request:
+    """A request object (from the socket or the monitor) as a Request, or ValueError."""
+    if not isinstance(request, dict):
+        raise ValueError('a request is a JSON object, e.g. {"cmd": "status"}')
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise ValueError(f"unknown command; expected one of {', '.join(sorted(COMMANDS))}")
+    fields = {"cmd"} | ({"service", "server"} if cmd in SERVER_COMMANDS else set())
+    if cmd == "add":
+        fields.add("weight")
+    extra = sorted(str(k)[:40] for k in request if k not in fields)
+    if extra:
+        raise ValueError(f"{cmd} takes no {', '.join(map(repr, extra))}")
+    if cmd not in SERVER_COMMANDS:
+        return Request(cmd)
+    weight = request.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 65535:
+        raise ValueError("weight must be a whole number from 0 to 65535")
+    return Request(cmd, _text(request, "service"), _text(request, "server"), weight)
+
+
+def decode_request(line: bytes) -> Request | str:
+    """A request line as a Request, or the reason it is refused. Never raises."""
+    if len(line) > MAX_MESSAGE:
+        return f"request larger than {MAX_MESSAGE} bytes"
+    try:
+        return check_request(parse_json(line))
+    except ValueError as exc:
+        return f"bad request: {exc}"
+
+
+# The agent's side.
+
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    """Serves the control socket: one line in, one reply out, for at most MAX_CLIENTS
+    clients at once and MAX_PER_PROCESS from one process (the others are answered BUSY
+    at once, so the listen backlog drains and a waiting CLI retries); a client has
+    READ_TIMEOUT to send its line."""
+
+    def __init__(self, path: Path, handle: Handler) -> None:
+        self.path = path
+        self.handle = handle
+        self.clients = 0
+        self.per_process: Counter[int] = Counter()
+        self.refused = 0  # connections answered BUSY
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(path), limit=MAX_MESSAGE + 1, backlog=BACKLOG
+            )
+        finally:
+            os.umask(old)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            pid = _peer_pid(writer)
+            if self.clients >= MAX_CLIENTS or self.per_process[pid] >= MAX_PER_PROCESS:
+                self.refused += 1
+                writer.write(encode(refusal(BUSY) | {"retry": True}))
+                return
+            self.clients += 1
+            self.per_process[pid] += 1
+            try:
+                await self._serve(reader, writer)
+            finally:
+                self.clients -= 1
+                self.per_process[pid] -= 1
+                if self.per_process[pid] <= 0:
+                    del self.per_process[pid]
+        except Exception as exc:  # a client's trouble is the client's: say it, serve on
+            log.debug("control client: %s: %s", type(exc).__name__, exc)
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        overlong = False
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                line = await reader.readline()
+        except TimeoutError:
+            reply = refusal(f"no request line within {READ_TIMEOUT:g}s")
+        except ValueError:  # longer than the reader's limit; its buffer is cleared
+            reply, overlong = refusal(f"request larger than {MAX_MESSAGE} bytes"), True
+        else:
+            request = decode_request(line)
+            if isinstance(request, str):
+                reply = refusal(request)
+            else:
+                try:
+                    reply = await self.handle(request)
+                except Exception as exc:  # a bug behind the socket: still an answer
+                    log.exception("control request %s", request.cmd)
+                    reply = refusal(f"internal error: {type(exc).__name__}")
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            writer.write(encode(reply))
+            await writer.drain()
+        if overlong:
+            await _discard(reader)
+
+
+def _peer_pid(writer: asyncio.StreamWriter) -> int:
+    """The connecting process (0 if the kernel does not say)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, _, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):
+        return 0
+    return int(pid)
+
+
+async def _discard(reader: asyncio.StreamReader, seconds: float = 1.0) -> None:
+    """Read and drop what a client still sends after its refusal, for a moment, so that
+    it can read the reply instead of failing to write."""
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(seconds):
+            for _ in range(256):
+                if not await reader.read(MAX_MESSAGE):
+                    return
+
+
+# The CLI's side.
 
 
 def find_socket(explicit: Path | None) -> Path:
@@ -55,24 +276,45 @@ def find_socket(explicit: Path | None) -> Path:
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
+    """Send one request and return the reply. A busy agent (a full listen backlog, or
+    every client slot taken) is asked again until `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            reply = _ask(path, message, max(0.1, deadline - time.monotonic()))
+        except BlockingIOError:  # EAGAIN from connect: the listen backlog is full
+            reply = refusal(BUSY) | {"retry": True}
+        except OSError as exc:
+            raise NoAgent(f"no agent answers on {path}: {exc.strerror or exc}") from None
+        if not reply.get("retry") or time.monotonic() + pause > deadline:
+            return reply
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def _ask(path: Path, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
             sock.connect(str(path))
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                raise BlockingIOError(exc.errno, exc.strerror) from None
+            raise
+        with contextlib.suppress(BrokenPipeError):  # refused at once: the reply says why
             sock.sendall(encode(message))
-            chunks: list[bytes] = []
-            size = 0
-            while size <= MAX_REPLY:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if chunk.endswith(b"\n"):
-                    break
-            data = b"".join(chunks)
-    except OSError as exc:
-        raise NoAgent(f"no agent answers on {path}: {exc.strerror or exc}") from None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_REPLY:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        data = b"".join(chunks)
     try:
         reply = json.loads(data)
     except ValueError:

@@ -184,7 +184,12 @@ class Prober:
     async def _tcp(self, key: Hashable, watch: Watch) -> None:
         loop = asyncio.get_running_loop()
         if self._connector is None:
-            self._connector = tcp.Connector(after_batch=self._start_due)
+            try:
+                self._connector = tcp.Connector(after_batch=self._start_due)
+            except OSError as exc:  # no descriptor for the epoll set: one by one, then
+                log.error("TCP probe of %s in a task of its own: %s", key, exc)
+                await self._loop(key, watch)
+                return
             self._tcp_loop = loop
         watch.handle = tcp.prepare(watch.target.address, watch.target.port)
         watch.done = partial(self._result, key, watch)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from hapair.config.model import IcmpTrack, InterfaceTrack, ScriptTrack, TcpTrack, Track
 from hapair.core.hysteresis import RiseFall
+from hapair.probes import OWN_FAULT, own_fault
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ def describe(track: Track) -> str:
     return f"script {track.command!r}"
 
 
-async def check_once(track: Track) -> tuple[bool, str]:
-    """One attempt, bounded by the check's timeout: (ok, reason)."""
+async def check_once(track: Track) -> tuple[bool | None, str]:
+    """One attempt, bounded by the check's timeout: (ok, reason); ok is None when the
+    attempt failed for a reason of this host's (probes.own_fault), not of the target."""
     try:
         async with asyncio.timeout(track.timeout):
             if isinstance(track, IcmpTrack):
@@ -65,7 +67,10 @@ async def check_once(track: Track) -> tuple[bool, str]:
     except TimeoutError:
         return False, f"no answer within {track.timeout:g}s"
     except Exception as exc:  # a check must never take the agent down
-        return False, str(exc) or type(exc).__name__
+        reason = str(exc) or type(exc).__name__
+        if own_fault(exc):
+            return None, f"{reason} ({OWN_FAULT})"
+        return False, reason
 
 
 async def run_check(track: Track, on_verdict: OnVerdict) -> None:
@@ -76,6 +81,8 @@ async def run_check(track: Track, on_verdict: OnVerdict) -> None:
     while True:
         started = loop.time()
         ok, reason = await check_once(track)
-        if verdict.observe(ok):
+        if ok is None:
+            log.warning("check %s: %s", name, reason)
+        elif verdict.observe(ok):
             on_verdict(name, ok, reason)
         await asyncio.sleep(max(0.0, track.interval - (loop.time() - started)))

@@ -16,7 +16,7 @@ import logging
 import socket
 import struct
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
 from pyroute2.iproute.linux import AsyncIPRoute
@@ -142,6 +142,19 @@ class VipAddresses:
         if removed:
             log.info("%s removed", _where(vip))
         return removed
+
+    async def local_addresses(self) -> dict[IPv4Address | IPv6Address, str]:
+        """Every address on this host's interfaces (in this namespace): address -> ifname."""
+        names = {
+            int(link["index"]): str(link.get("ifname"))
+            async for link in await self.ipr.link("dump")
+        }
+        found: dict[IPv4Address | IPv6Address, str] = {}
+        async for msg in await self.ipr.addr("dump"):
+            text = msg.get("local") or msg.get("address")
+            with contextlib.suppress(ValueError):
+                found.setdefault(ip_address(text), names.get(int(msg["index"]), "?"))
+        return found
 
     async def remove_stale(self, vips: Iterable[Vip]) -> list[Vip]:
         """At agent start: remove every configured VIP found on its interface (left by a

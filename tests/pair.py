@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ class Director:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    nofile: int | None = None  # the agent's soft and hard limit on open files, if set
 
     @property
     def socket(self) -> Path:
@@ -67,7 +69,12 @@ class Director:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if self.nofile is None else self._limit_files,
             )
+
+    def _limit_files(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -480,6 +480,9 @@ class Monitor(Section):
     tls_key: FilePath
     users_file: FilePath
     metrics_listen: HostPortStr | None = None
+    # Connections at once, and from one address; more are closed at accept.
+    max_connections: Int = Field(default=256, ge=1, le=65535)
+    max_connections_per_client: Int = Field(default=32, ge=1, le=65535)
 
 
 SyncCount = Annotated[Int, Field(ge=0, le=65535)]

@@ -13,8 +13,11 @@ class RiseFall:
         self.up = up
         self._streak = 0  # consecutive results against the current verdict
 
-    def observe(self, ok: bool) -> bool:
-        """Record one result; True when the verdict changed."""
+    def observe(self, ok: bool | None) -> bool:
+        """Record one result (None: no verdict, counted neither way); True when the
+        verdict changed."""
+        if ok is None:
+            return False
         if ok == self.up:
             self._streak = 0
             return False

@@ -19,6 +19,7 @@ import contextlib
 import html
 import logging
 import os
+import resource
 import secrets
 import ssl
 import stat
@@ -35,7 +36,9 @@ from aiohttp import web
 
 from hapair.config.model import Monitor as MonitorConfig
 from hapair.config.types import HostPort
+from hapair.control import parse_json
 from hapair.monitor import auth
+from hapair.monitor.listener import Listener
 from hapair.monitor.metrics import CONTENT_TYPE as METRICS_TYPE
 from hapair.monitor.metrics import Metrics
 from hapair.monitor.users import User, UsersError, read_users, verify_password
@@ -51,6 +54,7 @@ CSRF_HEADER = "X-CSRF-Token"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ACT_TIMEOUT = 10.0
 MAX_BODY = 64 * 1024
+KEEPALIVE_TIMEOUT = 15.0  # s an idle kept-alive connection stays open (the page polls faster)
 SERVER_ACTIONS = ("drain", "enable", "disable")
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 # A hash to verify against for unknown users, so that a login takes as long either way.
@@ -68,6 +72,23 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+def connection_caps(settings: MonitorConfig) -> tuple[int, int]:
+    """(connections at once, from one address): as configured, but never more than a
+    quarter of this process's descriptors, whatever the limit it runs under."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = max(16, soft // 4) if soft != resource.RLIM_INFINITY else settings.max_connections
+    total = min(settings.max_connections, room)
+    if total < settings.max_connections:
+        log.warning(
+            "monitor: at most %d connections at once, not %d: the agent may open only %d "
+            "files (raise LimitNOFILE / ulimit -n)",
+            total,
+            settings.max_connections,
+            soft,
+        )
+    return total, min(settings.max_connections_per_client, total)
 
 
 class MonitorError(Exception):
@@ -214,6 +235,8 @@ class Monitor:
         self.basic_cache = auth.BasicCache()
         self.metrics = Metrics(status)
         self.runners: list[web.AppRunner] = []
+        self.listeners: list[Listener] = []
+        self.bound: list[tuple[str, int]] = []
         self._hashing: ThreadPoolExecutor | None = None
         self._hash_slots = asyncio.Semaphore(2)  # scrypt takes 32 MiB each
         static = resources.files("hapair.monitor") / "static"
@@ -250,20 +273,41 @@ class Monitor:
         )
 
     async def _serve(self, app: web.Application, where: HostPort, context: ssl.SSLContext) -> None:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        """aiohttp behind our own front door (listener.py): the caps and timeouts that
+        keep slow clients from holding the agent's descriptors."""
+        total, per_client = connection_caps(self.settings)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=KEEPALIVE_TIMEOUT
+        )
+
+        def handler() -> asyncio.Protocol:
+            assert runner.server is not None  # made by setup(), before the first connection
+            return runner.server()
+
+        listener = Listener(handler, context, total, per_client)
+
+        async def prepared(request: web.Request, response: web.StreamResponse) -> None:
+            listener.response_started(request.protocol)
+
+        app.on_response_prepare.append(prepared)  # before setup() freezes the app
         await runner.setup()
         self.runners.append(runner)
-        await web.TCPSite(runner, where.host, where.port, ssl_context=context).start()
+        self.listeners.append(listener)
+        self.bound.append(await listener.listen(where.host, where.port))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """(host, port) of each listener, in the order started (for tests on port 0)."""
-        return [(r.addresses[0][0], r.addresses[0][1]) for r in self.runners]
+        return list(self.bound)
 
     async def stop(self) -> None:
+        for listener in self.listeners:
+            await listener.close()
+        self.listeners.clear()
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
+        self.bound.clear()
         if self._hashing is not None:
             self._hashing.shutdown(wait=False, cancel_futures=True)
             self._hashing = None
@@ -297,7 +341,7 @@ class Monitor:
     async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:  # an unknown path, a wrong method
+        except web.HTTPException as exc:  # an unknown path, a wrong method, a body too large
             kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Location")}
             if _is_api(request.path):
                 message = {
@@ -307,6 +351,9 @@ class Monitor:
                 response = json_error(exc.status, message, **kept)
             else:
                 response = web.Response(status=exc.status, text=exc.text, headers=kept)
+        except Exception as exc:  # a bug of ours: the client learns no more than that
+            log.exception("monitor: %s %s failed", request.method, request.path)
+            response = json_error(500, f"internal error ({type(exc).__name__})")
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         response.headers.setdefault("Content-Security-Policy", CSP)
@@ -501,9 +548,11 @@ class Monitor:
 
     async def api_add(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return json_error(400, 'expected a JSON body: {"server": "ADDR:PORT", "weight": N}')
+            body = parse_json(await request.read())
+        except ValueError as exc:
+            return json_error(
+                400, f'expected a JSON body: {{"server": "ADDR:PORT", "weight": N}} ({exc})'
+            )
         if not isinstance(body, dict) or not isinstance(body.get("server"), str):
             return json_error(400, 'expected a JSON body: {"server": "ADDR:PORT", "weight": N}')
         weight = body.get("weight", 1)

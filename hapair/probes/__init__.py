@@ -17,13 +17,47 @@ if TYPE_CHECKING:
 
     from hapair.config.model import Probe
 
-__all__ = ["Result", "check", "close", "describe_error", "endpoint", "one_line"]
+__all__ = [
+    "Result",
+    "check",
+    "close",
+    "describe_error",
+    "endpoint",
+    "failed",
+    "one_line",
+    "own_fault",
+]
 
 
 class Result(NamedTuple):  # a tuple: made thousands of times a second, cheaply
-    ok: bool
+    ok: bool | None  # None: no verdict; the attempt failed here, not at the server
     reason: str  # readable, built step by step; what status, the monitor and alerts show
     latency: float  # seconds the attempt took
+
+
+# Errors of this host, not of the server probed: the agent is out of descriptors or
+# memory. Such an attempt says nothing about the server and counts neither way.
+OWN_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+OWN_FAULT = "not counted: the failure was this host's (out of descriptors or memory)"
+
+
+def own_fault(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) is an error of this host, not of the peer."""
+    for _ in range(8):  # causes and contexts, and aiohttp's os_error
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in OWN_ERRNOS:
+            return True
+        inner = getattr(exc, "os_error", None)
+        exc = inner if isinstance(inner, BaseException) else (exc.__cause__ or exc.__context__)
+    return False
+
+
+def failed(exc: BaseException, reason: str, latency: float) -> Result:
+    """The Result of an attempt that raised `exc`: down, or no verdict if it was ours."""
+    if own_fault(exc):
+        return Result(None, f"{reason} ({OWN_FAULT})", latency)
+    return Result(False, reason, latency)
 
 
 CheckFn = Callable[[Any, "IPv4Address | IPv6Address", int], Awaitable[Result]]
@@ -49,9 +83,8 @@ async def check(probe: Probe, address: IPv4Address | IPv6Address, port: int) -> 
             fn = _checks[probe.type] = _load(probe.type)
         return await fn(probe, address, port)
     except Exception as exc:  # the modules catch their own; this guards against their bugs
-        return Result(
-            False, f"{probe.type} probe of {endpoint(address, port)}: {describe_error(exc)}", 0.0
-        )
+        reason = f"{probe.type} probe of {endpoint(address, port)}: {describe_error(exc)}"
+        return failed(exc, reason, 0.0)
 
 
 def preload(kinds: set[str]) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 from hapair.config.model import TcpProbe
-from hapair.probes import Result, describe_error, endpoint
+from hapair.probes import Result, describe_error, endpoint, failed
 
 # SO_LINGER on with 0 s: close() sends RST, so a probe leaves no TIME_WAIT socket behind
 # (at 10,000 probes/s those would exhaust the ephemeral ports towards one real server).
@@ -106,7 +106,7 @@ async def check(probe: TcpProbe, address: IPv4Address | IPv6Address, port: int) 
         else:
             ok, reason = False, _reason(prefix, describe_error(OSError(err, os.strerror(err))))
     except Exception as exc:
-        ok, reason = False, prefix + describe_error(exc)
+        return failed(exc, prefix + describe_error(exc), time.perf_counter() - started)
     finally:
         if sock is not None:
             sock.close()
@@ -174,8 +174,8 @@ class Connector:
                     self._arm(deadline + SWEEP, started)
                 return
             result = _outcome(sock, err, prefix, started)
-        except Exception as exc:
-            result = Result(False, prefix + describe_error(exc), _clock() - started)
+        except Exception as exc:  # EMFILE from socket(): no verdict (probes.own_fault)
+            result = failed(exc, prefix + describe_error(exc), _clock() - started)
             if sock is not None:
                 sock.close()
         self._loop.call_soon(done, result)

@@ -244,3 +244,28 @@ def test_gen_cert(tmp_path: Path) -> None:
     loaded = x509.load_pem_x509_certificate(cert.read_bytes())
     names = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["lvs1.example.org"]
+
+
+def test_status_piped_into_head_ends_quietly(agent: tuple[Path, FakeAgent]) -> None:
+    """`hapair status | head -1` on a status longer than a pipe holds: the CLI meets a
+    closed pipe and ends without a traceback, exit 0."""
+    path, fake = agent
+    status = fake.reply["result"]
+    servers = status["services"][0]["real_servers"]
+    status["services"][0]["real_servers"] = [
+        {**servers[0], "address": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"}
+        for i in range(5000)
+    ]
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'"{sys.executable}" -m hapair status --socket "{path}" | head -1; '
+            'echo "exit ${PIPESTATUS[0]}" >&2',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("lvs1  MASTER")
+    assert result.stderr == "exit 0\n", result.stderr
