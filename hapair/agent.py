@@ -203,6 +203,8 @@ class Agent:
             self.tasks.append(asyncio.create_task(self._reconcile_periodically()))
         else:
             self._apply_sysctls()
+            if self.keeper is not None:
+                await self._reconcile()  # no kernel table, but the services' views
         self._open_links()
         for link in self.links.values():
             try:
@@ -465,14 +467,16 @@ class Agent:
                 log.exception("IPVS pass failed")
 
     async def _reconcile(self) -> Outcome | None:
+        """The services' views (healthy servers, quorum, the sorry server) and their
+        alerts from the verdicts, then one IPVS pass where the kernel has IPVS."""
         assert self.keeper is not None
-        if not self.keeper.available:
-            return None
         if self._desired is None:
             self._desired = desired_table(self.services(), self.healthy, self.roster.admin_states())
         before = self.views
         desired, self.views = self._desired
         self._alert_quorum(before)
+        if not self.keeper.available:
+            return None
         first = not self.keeper.owned
         outcome = await self.keeper.reconcile(desired)
         if outcome.applied and not first:
@@ -893,19 +897,17 @@ def describe_change(change: Change) -> str:
     return f"{kind} {svc}{dest_text}"
 
 
-def raise_file_limit() -> int:
+def raise_file_limit() -> None:
     """The soft limit on open files up to the hard one: probes, the monitor's clients,
     the links and the control socket share it (systemd's soft default is 1,024, and a
-    flood of web clients once starved the rest). Returns the soft limit now."""
+    flood of web clients once starved the rest)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
         except (OSError, ValueError) as exc:
             log.warning("open files stay limited to %d: %s", soft, exc)
-    return soft
 
 
 def run_realtime(priority: int) -> None:

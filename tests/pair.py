@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from labscript import load_lab
 from topology import Bridge, Netns
 
@@ -31,6 +32,15 @@ __all__ = ["lab_factory"]
 VIP = "10.77.0.100"
 GROUP = "239.0.0.77"
 INTERVAL, DEADTIME = 0.1, 0.6
+# Generated input against a running pair: the same inputs every run (a failure replays),
+# no example database, and no complaint that each example takes a round trip.
+AGAINST_A_PAIR = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
 # Inside the QEMU guest everything is ~10x slower: waits stretch, assertions do not.
 SLOWDOWN = float(
     os.environ.get("HAPAIR_SLOWDOWN", "10" if os.environ.get("HAPAIR_IN_GUEST") == "1" else "1")

@@ -83,9 +83,6 @@ class Listener:
         if guard is not None:
             guard.responding()
 
-    def status(self) -> dict[str, int]:
-        return {"open": self.open, **self.counts}
-
     # A connection's life.
 
     def _accepted(self, transport: asyncio.Transport) -> None:
@@ -131,6 +128,8 @@ class Listener:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        if guard.lost:  # gone between the handshake and now: connection_lost released it
+            return
         if tls is None:  # the connection went during the handshake
             self._release(client)
             return
@@ -171,7 +170,7 @@ class _Guard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase = "head"  # head -> request -> response -> idle -> head ...
         self._tail = b""  # the last bytes of the head so far, to find its end across reads
-        self._lost = False
+        self.lost = False
 
     # Phases.
 
@@ -180,7 +179,7 @@ class _Guard(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if seconds is not None and not self._lost:
+        if seconds is not None and not self.lost:
             self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
 
     def responding(self) -> None:
@@ -189,7 +188,7 @@ class _Guard(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         transport = self.transport
-        if transport is None or self._lost:
+        if transport is None or self.lost:
             return
         if self._phase == "response" and not transport.get_write_buffer_size():
             self._arm("idle", None)  # answered and taken: aiohttp's keep-alive rules now
@@ -226,13 +225,14 @@ class _Guard(asyncio.Protocol):
         return result
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._lost:
-            self._lost = True
+        if not self.lost:
+            self.lost = True
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self.listener._closed(self)
-        self.inner.connection_lost(exc)
+        if self.transport is not None:  # aiohttp's handler saw the connection made
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()

@@ -54,6 +54,7 @@ CSRF_HEADER = "X-CSRF-Token"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ACT_TIMEOUT = 10.0
 MAX_BODY = 64 * 1024
+METRICS_CONNECTIONS, METRICS_PER_CLIENT = 16, 4  # metrics_listen serves a few scrapers
 KEEPALIVE_TIMEOUT = 15.0  # s an idle kept-alive connection stays open (the page polls faster)
 SERVER_ACTIONS = ("drain", "enable", "disable")
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -258,9 +259,13 @@ class Monitor:
             2, thread_name_prefix="hapair-monitor", initializer=_normal_scheduling
         )
         try:
-            await self._serve(self._app(), self.settings.listen, context)
+            caps = connection_caps(self.settings)
+            await self._serve(self._app(), self.settings.listen, context, caps)
             if self.settings.metrics_listen is not None:
-                await self._serve(self._metrics_app(), self.settings.metrics_listen, context)
+                scrapers = (min(METRICS_CONNECTIONS, caps[0]), min(METRICS_PER_CLIENT, caps[1]))
+                await self._serve(
+                    self._metrics_app(), self.settings.metrics_listen, context, scrapers
+                )
         except OSError as exc:
             await self.stop()
             raise MonitorError(f"cannot listen: {exc.strerror or exc}") from None
@@ -272,10 +277,16 @@ class Monitor:
             else "",
         )
 
-    async def _serve(self, app: web.Application, where: HostPort, context: ssl.SSLContext) -> None:
+    async def _serve(
+        self,
+        app: web.Application,
+        where: HostPort,
+        context: ssl.SSLContext,
+        caps: tuple[int, int],
+    ) -> None:
         """aiohttp behind our own front door (listener.py): the caps and timeouts that
         keep slow clients from holding the agent's descriptors."""
-        total, per_client = connection_caps(self.settings)
+        total, per_client = caps
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=KEEPALIVE_TIMEOUT
         )

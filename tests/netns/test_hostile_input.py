@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from pair import VIP, Director, Lab, started, wait_for
+from pair import AGAINST_A_PAIR, VIP, Director, Lab, started, wait_for
 
 from hapair import control
 
@@ -113,13 +113,7 @@ def test_control_socket_answers_every_line_and_the_master_lives(pair: Lab) -> No
         assert reply["ok"] is False and reply["error"], (line[:80], reply)
     asked = [0]
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @AGAINST_A_PAIR
     @given(
         st.one_of(
             st.binary(max_size=300),

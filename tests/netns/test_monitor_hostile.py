@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from monitor_lab import ADMIN, EXTRA, attach_monitor, monitor_address
-from pair import Lab, started
+from pair import AGAINST_A_PAIR, Lab, started
 
 from hapair import control
 from hapair.monitor import listener
@@ -181,13 +181,7 @@ def test_api_answers_every_request_with_json_and_never_500(
         assert code == 400 and reply["ok"] is False, (body[:40], code, reply)
     tried = [0]
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @AGAINST_A_PAIR
     @given(
         st.one_of(
             st.tuples(

@@ -616,3 +616,51 @@ def test_durations(text: Any, seconds: float) -> None:
 def test_bad_durations(text: Any) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_every_missing_required_key_is_named(base: dict[str, Any]) -> None:
+    """`vips.0: required` once hid which key was missing (a field named like a tagged
+    union's tag lost its name); each required key is named in its path."""
+    base["track"] = [
+        {"type": "icmp", "target": "10.0.0.254"},
+        {"type": "interface", "interface": "eth0"},
+    ]
+    base["alerts"] = {
+        "email": {"smtp": "127.0.0.1:25", "from": "a@example.org", "to": ["b@example.org"]},
+        "pager": {"url": "http://127.0.0.1:9000/"},
+    }
+    base["monitor"] = {
+        "listen": "127.0.0.1:8443",
+        "tls_cert": "c",
+        "tls_key": "k",
+        "users_file": "u",
+    }
+    validate(base)
+    required = [
+        ("node", "name"),
+        ("node", "priority"),
+        ("cluster", "id"),
+        ("cluster", "auth_key_file"),
+        ("cluster", "links", 0, "interface"),
+        ("cluster", "links", 1, "device"),
+        ("track", 0, "target"),
+        ("track", 1, "interface"),
+        ("vips", 0, "address"),
+        ("vips", 0, "interface"),
+        ("services", 0, "name"),
+        ("services", 0, "protocol"),
+        ("services", 0, "real_servers", 0, "address"),
+        ("alerts", "email", "smtp"),
+        ("alerts", "email", "from"),
+        ("alerts", "email", "to"),
+        ("alerts", "pager", "url"),
+        ("monitor", "listen"),
+        ("monitor", "tls_cert"),
+        ("monitor", "tls_key"),
+        ("monitor", "users_file"),
+    ]
+    for path in required:
+        raw = copy.deepcopy(base)
+        _drop(*path)(raw)
+        dotted = ".".join(map(str, path))
+        assert f"{dotted}: required" in errors_of(raw), (dotted, errors_of(raw))
