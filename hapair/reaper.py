@@ -46,12 +46,13 @@ class Reaper:
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        agent = os.getpid()  # not getppid() in the child: the agent may be dead by then
         pid = os.fork()
         if pid == 0:  # the reaper; it never returns into the agent's code
             code = 1
             try:
                 os.close(write_end)
-                code = _serve(read_end, os.getppid(), realtime_priority)
+                code = _serve(read_end, agent, realtime_priority)
             except BaseException:
                 with contextlib.suppress(BaseException):
                     log.exception("hapair reaper: failed")
