@@ -481,8 +481,8 @@ class Monitor(Section):
     users_file: FilePath
     metrics_listen: HostPortStr | None = None
     # Connections at once, and from one address; more are closed at accept.
-    max_connections: Int = Field(default=256, ge=1, le=65535)
-    max_connections_per_client: Int = Field(default=32, ge=1, le=65535)
+    max_connections: Int = Field(default=64, ge=1, le=65535)
+    max_connections_per_client: Int = Field(default=16, ge=1, le=65535)
 
 
 SyncCount = Annotated[Int, Field(ge=0, le=65535)]

@@ -45,6 +45,10 @@ class Listener:
         self.context = context
         self.max_connections = max_connections
         self.max_per_client = max_per_client
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.head_timeout = HEAD_TIMEOUT
+        self.request_timeout = REQUEST_TIMEOUT
+        self.response_timeout = RESPONSE_TIMEOUT
         self.open = 0
         self.per_client: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()  # refused, handshake_failed, timed_out
@@ -118,20 +122,18 @@ class Listener:
                 guard,
                 self.context,
                 server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=self.handshake_timeout,
             )
         except (Exception, asyncio.CancelledError) as exc:
             self.counts["handshake_failed"] += 1
             log.debug("monitor: TLS handshake with %s: %s", client, exc)
             transport.abort()
-            self._release(client)
+            guard.release()  # the TLS layer may also report it lost: released once
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        if guard.lost:  # gone between the handshake and now: connection_lost released it
-            return
-        if tls is None:  # the connection went during the handshake
-            self._release(client)
+        if tls is None or guard.released:  # gone during the handshake, or since
+            guard.release()
             return
         self._guards[guard.inner] = guard
         guard.connection_made(tls)
@@ -170,7 +172,7 @@ class _Guard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase = "head"  # head -> request -> response -> idle -> head ...
         self._tail = b""  # the last bytes of the head so far, to find its end across reads
-        self.lost = False
+        self.released = False  # counted out of the listener's connections
 
     # Phases.
 
@@ -179,16 +181,16 @@ class _Guard(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if seconds is not None and not self.lost:
+        if seconds is not None and not self.released:
             self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
 
     def responding(self) -> None:
-        self._arm("response", RESPONSE_TIMEOUT)
+        self._arm("response", self.listener.response_timeout)
 
     def _expired(self) -> None:
         self._timer = None
         transport = self.transport
-        if transport is None or self.lost:
+        if transport is None or self.released:
             return
         if self._phase == "response" and not transport.get_write_buffer_size():
             self._arm("idle", None)  # answered and taken: aiohttp's keep-alive rules now
@@ -204,18 +206,18 @@ class _Guard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self._arm("head", HEAD_TIMEOUT)
+        self._arm("head", self.listener.head_timeout)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._phase in ("idle", "response"):
             # A new request: its head must come in time (pipelining is not worth more).
-            self._arm("head", HEAD_TIMEOUT)
+            self._arm("head", self.listener.head_timeout)
             self._tail = b""
         if self._phase == "head":
             seen = self._tail + data
             if END_OF_HEAD in seen:
-                self._arm("request", REQUEST_TIMEOUT)
+                self._arm("request", self.listener.request_timeout)
             else:
                 self._tail = seen[-(len(END_OF_HEAD) - 1) :]
         self.inner.data_received(data)
@@ -224,13 +226,17 @@ class _Guard(asyncio.Protocol):
         result: bool | None = self.inner.eof_received()
         return result
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost:
-            self.lost = True
+    def release(self) -> None:
+        """Out of the listener's counts, once, however the connection ended."""
+        if not self.released:
+            self.released = True
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self.listener._closed(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
         if self.transport is not None:  # aiohttp's handler saw the connection made
             self.inner.connection_lost(exc)
 
