@@ -55,6 +55,13 @@ def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def test_a_minute_of_slow_tls_clients_moves_nothing(
     lab_factory: Callable[..., Lab], tmp_path: Path
 ) -> None:
@@ -88,6 +95,7 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
     )
     asked = answered = 0
     files = []
+    memory = [resident_mb(pid)]
     states: set[tuple[str, str, bool]] = set()
     try:
         assert flood.stdout is not None and flood.stdout.readline() == "started\n"
@@ -104,6 +112,7 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
                 states.add((s["state"], s["peer"]["state"], s["health"]["ok"]))
                 assert s["since"] == since, "dir1 changed state"
             files.append(open_files(pid))
+            memory.append(resident_mb(pid))
             time.sleep(0.5)
         out, _ = flood.communicate(timeout=60)
     finally:
@@ -115,7 +124,8 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
     overflows = dir1.ns.run("nstat", "-az", "TcpExtListenOverflows", check=False).stdout.split()
     print(
         f"slow clients: {json.dumps(result)}; status answered {answered}/{asked}; dir1's open "
-        f"files at most {max(files)}; its log grew {grown} bytes; its listen queue overflowed "
+        f"files at most {max(files)}; resident {memory[0]:.0f} MB before, at most "
+        f"{max(memory):.0f} MB; its log grew {grown} bytes; its listen queue overflowed "
         f"{overflows[-2] if len(overflows) > 2 else '?'} times"
     )
     assert answered == asked
@@ -138,6 +148,7 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
             # and a client that sends nothing never learns (it holds nothing of dir1's).
             assert result["still_open"].get(way, 0) <= bound + 2, (way, result)
     assert max(files) < FILES - 200
+    assert max(memory) - memory[0] < 150, memory  # MB: bounded by the connection caps
     assert grown < 2 << 20
 
 
