@@ -14,9 +14,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hapair import __version__, control
+
+if TYPE_CHECKING:
+    from hapair.status import ServiceStatus, Status
 
 OK, REFUSED, BAD_INPUT, NO_AGENT = 0, 1, 2, 3
 
@@ -180,7 +183,7 @@ def _status(args: argparse.Namespace) -> int:
     if not reply.get("ok"):
         print(f"hapair: {reply.get('error', 'refused')}", file=sys.stderr)
         return REFUSED
-    status = reply.get("result", {})
+    status = cast("Status", reply.get("result", {}))  # the agent's, as it sent it
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return OK
 
@@ -265,7 +268,7 @@ def _endpoint(address: Any, port: Any) -> str:
     return host if port is None else f"{host}:{port}"
 
 
-def format_status(s: dict[str, Any], now: float | None = None) -> str:
+def format_status(s: Status, now: float | None = None) -> str:
     """The status JSON as a table an operator reads in one look: the HA state on top,
     then the services and real servers laid out like `ipvsadm -Ln`."""
     now = time.time() if now is None else now
@@ -299,8 +302,8 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     health = s.get("health") or {}
     for check, reason in (health.get("failing") or {}).items():
         lines.append(f"FAILING  {check}: {reason}")
-    reload = s.get("reload") or {}
-    if reload.get("ok") is False:
+    reload = s.get("reload")
+    if reload is not None and reload.get("ok") is False:
         problems = str(reload.get("error") or "").splitlines() or ["?"]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         lines.append(
@@ -340,7 +343,7 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def _service_line(svc: dict[str, Any]) -> str:
+def _service_line(svc: ServiceStatus) -> str:
     if svc.get("fwmark") is not None:
         where = f"FWM  {svc['fwmark']}"
     else:

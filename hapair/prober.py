@@ -175,8 +175,8 @@ class Prober:
             finally:
                 cap.release()
             watch.last = result
-            if observe(result.ok):
-                self.on_verdict(key, result.ok, result.reason)
+            if observe(result.ok):  # a change: so a verdict, not None
+                self.on_verdict(key, bool(result.ok), result.reason)
             await sleep(max(0.0, interval - (loop.time() - started)))
 
     # TCP probes: callbacks, no task steps.
@@ -243,6 +243,7 @@ class Prober:
                 started += 1
                 if not started % tcp.SLICE_EVERY and clock() >= end:
                     break
+        when: float | None
         if ready and cap.free > 0 and not cap.waiting:
             when = now  # out of time, not of slots: go on after the loop's next turn
         elif ready:
@@ -265,7 +266,7 @@ class Prober:
         if not watch.active:
             return
         watch.last = result
-        if watch.verdict.observe(result.ok):
-            self.on_verdict(key, result.ok, result.reason)
+        if watch.verdict.observe(result.ok):  # a change: so a verdict, not None
+            self.on_verdict(key, bool(result.ok), result.reason)
         # A start that is already past is simply due at once.
         self._plan(watch.started + watch.target.probe.interval, watch)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from hapair.config import Config
 from hapair.config.model import IcmpTrack, InterfaceTrack, ScriptTrack, TcpTrack, Track
 from hapair.core.hysteresis import RiseFall
 from hapair.probes import OWN_FAULT, own_fault
@@ -86,3 +87,26 @@ async def run_check(track: Track, on_verdict: OnVerdict) -> None:
         elif verdict.observe(ok):
             on_verdict(name, ok, reason)
         await asyncio.sleep(max(0.0, track.interval - (loop.time() - started)))
+
+
+def start_checks(cfg: Config, on_verdict: OnVerdict) -> list[asyncio.Task[None]]:
+    """A task for each [[track]] check, and one that watches the VIP and `interface`
+    checks' interfaces (an interface check's verdict is its link state)."""
+    tasks = [
+        asyncio.create_task(run_check(track, on_verdict))
+        for track in cfg.track
+        if not isinstance(track, InterfaceTrack)
+    ]
+    ifnames = {v.interface for v in cfg.vips} | {
+        t.interface for t in cfg.track if isinstance(t, InterfaceTrack)
+    }
+    if ifnames:
+        tasks.append(asyncio.create_task(_watch_interfaces(ifnames, on_verdict)))
+    return tasks
+
+
+async def _watch_interfaces(ifnames: set[str], on_verdict: OnVerdict) -> None:
+    from hapair.linkmon import watch_links
+
+    async for change in watch_links(ifnames):
+        on_verdict(f"interface {change.ifname}", change.up, "up" if change.up else "down")

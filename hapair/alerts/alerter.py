@@ -22,6 +22,7 @@ from hapair.alerts.policy import Alert, AlertPolicy, Backoff, is_alert, make_ale
 from hapair.alerts.scripts import ScriptRunner
 from hapair.alerts.spool import Spool
 from hapair.config.model import Alerts
+from hapair.status import AlertsStatus
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class Alerter:
             self.scripts.submit(command, env, lambda ok: self._script_done(alert.id, ok))
         return sent
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AlertsStatus:
         return {"queued": len(self.owed), "recent": [d.status() for d in self.recent]}
 
     def _raise(self, alert: Alert) -> Alert | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hapair.config import Config
 from hapair.core import detector as fd
 from hapair.core.election import Announce, Decision, Election, Transition
 from hapair.core.heartbeat import Dropped, Flag, Heartbeat, ReplayGuard, decode, encode
@@ -60,6 +61,30 @@ class Settings:
     preempt: bool
     preempt_delay: float
     digest: bytes = b"\0" * 8
+
+
+def link_names(cfg: Config) -> list[str]:
+    """`type:name` of each heartbeat link, as the core names them."""
+    return [f"{link.type}:{link.name}" for link in cfg.cluster.links]
+
+
+def settings_of(cfg: Config, key: bytes) -> Settings:
+    """The HA settings of a checked config."""
+    c = cfg.cluster
+    return Settings(
+        name=cfg.node.name,
+        priority=cfg.node.priority,
+        cluster=c.id,
+        key=key,
+        links=link_names(cfg),
+        interval=c.interval,
+        deadtime=c.deadtime,
+        warntime=c.warn_after,
+        initdead=c.initdead_after,
+        preempt=c.preempt,
+        preempt_delay=c.preempt_delay,
+        digest=cfg.shared_digest(),
+    )
 
 
 @dataclass

@@ -13,11 +13,11 @@ from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from pyroute2.ipvs import IPVSService  # type: ignore[import-untyped]
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.generic import AsyncGenericNetlinkSocket  # type: ignore[import-untyped]
-from pyroute2.netlink.generic.ipvs import ipvsmsg  # type: ignore[import-untyped]
+from pyroute2.ipvs import IPVSService
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import AsyncGenericNetlinkSocket
+from pyroute2.netlink.generic.ipvs import ipvsmsg
 
 GENL_FAMILY = "IPVS"
 GENL_VERSION = 1

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from hapair.status import RealServerStatus, ServiceStatus, Status
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("INIT", "BACKUP", "MASTER", "FAULT", "STOPPED")
 SYNC_ROLES = ("master", "backup")
 
-Status = Callable[[], dict[str, Any]]
+StatusOf = Callable[[], Status]
 
 
-def _server(rs: dict[str, Any]) -> str:
+def _server(rs: RealServerStatus) -> str:
     address = str(rs.get("address"))
     address = f"[{address}]" if ":" in address else address
     return address if rs.get("port") is None else f"{address}:{rs['port']}"
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: StatusOf) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -67,8 +68,9 @@ class StatusCollector(Collector):
         for link in peer.get("links", []):
             labels = [str(link.get("type")), str(link.get("name"))]
             link_alive.add_metric(labels, bool(link.get("alive")))
-            if link.get("last_heard") is not None:
-                link_heard.add_metric(labels, link["last_heard"])
+            heard = link.get("last_heard")
+            if heard is not None:
+                link_heard.add_metric(labels, heard)
         yield link_alive
         yield link_heard
 
@@ -114,7 +116,7 @@ class StatusCollector(Collector):
                 "hapair_alerts_queued", "alerts waiting to be delivered", alerts["queued"]
             )
 
-    def _services(self, services: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _services(self, services: list[ServiceStatus]) -> Iterator[Metric]:
         svc_labels, rs_labels = ["service"], ["service", "server"]
         healthy_count = GaugeMetricFamily(
             "hapair_service_healthy_servers", "real servers healthy", labels=svc_labels
@@ -175,7 +177,7 @@ class StatusCollector(Collector):
 class Metrics:
     """A registry of its own (not the process-global one): the status and the process."""
 
-    def __init__(self, status: Status) -> None:
+    def __init__(self, status: StatusOf) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StatusCollector(status))
         ProcessCollector(registry=self.registry)

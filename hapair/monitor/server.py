@@ -42,10 +42,11 @@ from hapair.monitor.listener import Listener
 from hapair.monitor.metrics import CONTENT_TYPE as METRICS_TYPE
 from hapair.monitor.metrics import Metrics
 from hapair.monitor.users import User, UsersError, read_users, verify_password
+from hapair.status import Status
 
 log = logging.getLogger("hapair.monitor")
 
-Status = Callable[[], dict[str, Any]]
+StatusOf = Callable[[], Status]
 Act = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 SESSION_COOKIE = "hapair_session"
@@ -222,7 +223,7 @@ class Monitor:
     def __init__(
         self,
         settings: MonitorConfig,
-        status: Status,
+        status: StatusOf,
         act: Act,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

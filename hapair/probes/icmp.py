@@ -18,7 +18,7 @@ async def check(probe: IcmpProbe, address: IPv4Address | IPv6Address, port: int)
     started = time.perf_counter()
     label = f"ICMP echo to {address}"
     try:
-        from icmplib import async_ping  # type: ignore[import-untyped]  # lazy: few use ICMP
+        from icmplib import async_ping  # lazy: few use ICMP
 
         async with asyncio.timeout(probe.timeout):
             host = await async_ping(str(address), count=1, timeout=probe.timeout, privileged=True)

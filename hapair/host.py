@@ -1,0 +1,110 @@
+"""The agent's chores on its own host: files that outlive it, its scheduling, its limits.
+
+Each function does one thing to this process or its state directory and says so in the
+log when the host refuses; none of them decides anything about the pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import resource
+import socket
+import time
+from pathlib import Path
+
+from hapair.config import Config, Problem
+from hapair.config.model import InterfaceTrack
+
+log = logging.getLogger("hapair")
+
+
+def read_key(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` whole: a crash leaves the old file or the new, never a
+    part (written beside it, then renamed over it). OSError when the host refuses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def next_epoch(node: str, state_dir: Path) -> int:
+    """An epoch larger than any this node used before: the clock, but never backwards."""
+    epoch = time.time_ns()
+    path = state_dir / f"{node}.epoch"
+    with contextlib.suppress(OSError, ValueError):
+        epoch = max(epoch, int(path.read_text()) + 1)
+    try:
+        atomic_write(path, str(epoch))
+    except OSError as exc:
+        log.warning("cannot keep the heartbeat epoch in %s (%s); using the clock alone", path, exc)
+    return epoch
+
+
+def settle_heap() -> None:
+    """Take what start-up or a reload made out of the cyclic collector's sight, after
+    collecting the old config's garbage: a full collection of the state of thousands of
+    probe targets stopped the event loop for 40-110 ms on the host, and would for about
+    ten times as long in a slow VM, whenever it came. Called when a pause is expected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def raise_file_limit() -> None:
+    """The soft limit on open files up to the hard one: probes, the monitor's clients,
+    the links and the control socket share it (systemd's soft default is 1,024, and a
+    flood of web clients once starved the rest)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("open files stay limited to %d: %s", soft, exc)
+
+
+def run_realtime(priority: int) -> None:
+    """Heartbeats must go out on time on a saturated machine (like Linux-HA heartbeat):
+    SCHED_FIFO and memory locked. Children (probe scripts, notify scripts) get the
+    normal policy back (SCHED_RESET_ON_FORK)."""
+    if priority <= 0:
+        return
+    try:
+        policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        log.warning("running without realtime priority %d: %s", priority, exc)
+        return
+    import ctypes
+
+    mcl_current, mcl_future = 1, 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(mcl_current | mcl_future) != 0:
+        log.warning("memory not locked: %s", os.strerror(ctypes.get_errno()))
+
+
+def missing_interfaces(cfg: Config) -> list[Problem]:
+    """The VIP, [[track]] and sync interfaces of `cfg` that this host (its network
+    namespace) lacks."""
+    named = [(f"vips.{i}.interface", v.interface) for i, v in enumerate(cfg.vips)]
+    named += [
+        (f"track.{i}.interface", t.interface)
+        for i, t in enumerate(cfg.track)
+        if isinstance(t, InterfaceTrack)
+    ]
+    if cfg.sync is not None and cfg.sync.enabled and cfg.sync.interface is not None:
+        named.append(("sync.interface", cfg.sync.interface))
+    problems = []
+    for path, ifname in named:
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            problems.append(Problem(path, f"no interface {ifname!r} on this host"))
+    return problems
