@@ -26,6 +26,7 @@ from monitor_lab import (
 )
 from pair import VIP, Lab, started, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from samples import conforms
 
 pytestmark = pytest.mark.netns
 
@@ -47,6 +48,10 @@ def test_monitor_of_a_real_agent(monitor_lab: Lab, tmp_path: Path) -> None:
 
     wait_for(probed, 15)
     s = monitor.status()
+    # The status a real agent sends has exactly the shape of hapair/status.py, the one
+    # the CLI, the metrics and the tests' sample are checked against.
+    assert conforms(s) == [], conforms(s)
+    assert conforms(dir1.status()) == []
     assert (s["node"], s["state"], s["peer"]["node"], s["peer"]["state"]) == (
         "dir1",
         "MASTER",

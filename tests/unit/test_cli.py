@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import samples
 
 from hapair.monitor.users import read_users, verify_password
 
@@ -138,40 +139,7 @@ class FakeAgent:
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[Path, FakeAgent]]:
     path = tmp_path / "lvs1.sock"
-    status = {
-        "node": "lvs1",
-        "state": "MASTER",
-        "priority": 150,
-        "since": 1.0,
-        "peer": {
-            "node": "lvs2",
-            "state": "BACKUP",
-            "alive": True,
-            "last_heard": 0.12,
-            "links": [{"type": "udp", "name": "eth1", "alive": True, "last_heard": 0.12}],
-        },
-        "vips": [{"address": "10.0.0.100/24", "interface": "eth0", "held": True}],
-        "services": [
-            {
-                "name": "web",
-                "address": "10.0.0.100",
-                "port": 80,
-                "protocol": "tcp",
-                "healthy": 1,
-                "quorum_ok": True,
-                "real_servers": [
-                    {
-                        "address": "10.0.0.11",
-                        "port": 80,
-                        "weight": 1,
-                        "healthy": True,
-                        "admin": "enabled",
-                        "in_ipvs": True,
-                    }
-                ],
-            }
-        ],
-    }
+    status = samples.status()
     fake = FakeAgent(path, {"ok": True, "result": status})
     yield path, fake
     fake.sock.close()
@@ -184,7 +152,7 @@ def test_status_json_and_table(agent: tuple[Path, FakeAgent]) -> None:
     assert json.loads(result.stdout)["state"] == "MASTER"
     table = hapair("status", "--socket", str(path)).stdout
     assert "lvs1  MASTER  priority 150" in table
-    assert re.search(r"-> 10\.0\.0\.11:80 +- +1 +- +- +up +enabled", table)
+    assert re.search(r"-> 10\.0\.0\.11:80 +Route +1 +3 +12 +up +enabled", table)
     assert fake.requests == [{"cmd": "status"}, {"cmd": "status"}]
 
 

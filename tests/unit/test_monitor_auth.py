@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import samples
 from prometheus_client.parser import text_string_to_metric_families
 
 from hapair.cli import format_status
@@ -111,105 +112,29 @@ def test_basic_cache_expires_and_never_keeps_a_wrong_password() -> None:
 
 
 def test_metrics_from_a_sparse_status() -> None:
-    """No services, no alerts, a peer never heard: still valid Prometheus text."""
-    status = {
-        "node": "lvs1",
-        "state": "INIT",
-        "priority": 100,
-        "since": 1.0,
-        "peer": {"node": None, "state": None, "alive": False, "last_heard": None, "links": []},
-        "vips": [],
-        "sync": {"enabled": False, "role": None},
-        "services": [],
-        "heartbeats": {"sent": 0, "received": 0, "dropped": {}},
-        "timer_late_max_ms": 0.0,
+    """No services, a peer never heard: still valid Prometheus text."""
+    status = samples.status()
+    status["peer"] = {
+        "node": None,
+        "state": None,
+        "alive": False,
+        "last_heard": None,
+        "links": [],
+        "priority": None,
+        "since": None,
     }
+    status["state"], status["vips"], status["services"] = "INIT", [], []
+    status["sync"] = {"enabled": False, "role": None}
+    assert samples.conforms(status) == []
     text = Metrics(lambda: status).render().decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"hapair_node_state", "hapair_peer_alive", "hapair_heartbeats_sent"} <= names
-    assert "hapair_alerts_queued" not in names
+    assert "hapair_real_server_healthy{" not in text  # no real servers, no samples
     assert 'hapair_node_state{state="INIT"} 1.0' in text
 
 
-STATUS = {
-    "node": "lvs1",
-    "state": "MASTER",
-    "priority": 150,
-    "since": 1000.0,
-    "peer": {
-        "node": "lvs2",
-        "state": "BACKUP",
-        "priority": 100,
-        "since": 1500.0,
-        "alive": True,
-        "last_heard": 0.12,
-        "links": [
-            {"type": "udp", "name": "eth1", "alive": True, "last_heard": 0.12},
-            {"type": "serial", "name": "/dev/ttyS1", "alive": False, "last_heard": None},
-        ],
-    },
-    "vips": [{"address": "10.0.0.100/24", "interface": "eth0", "held": True}],
-    "sync": {"enabled": True, "role": "master"},
-    "services": [
-        {
-            "name": "web",
-            "protocol": "tcp",
-            "address": "10.0.0.100",
-            "port": 80,
-            "fwmark": None,
-            "scheduler": "wlc",
-            "forward": "dr",
-            "healthy": 1,
-            "quorum_ok": True,
-            "real_servers": [
-                {
-                    "address": "10.0.0.11",
-                    "port": 80,
-                    "weight": 1,
-                    "healthy": True,
-                    "admin": "enabled",
-                    "in_ipvs": True,
-                    "active_conns": 3,
-                    "inactive_conns": 12,
-                },
-                {
-                    "address": "10.0.0.12",
-                    "port": 80,
-                    "weight": 0,
-                    "healthy": True,
-                    "admin": "drained",
-                    "in_ipvs": True,
-                },
-                {
-                    "address": "10.0.0.13",
-                    "port": 80,
-                    "weight": 1,
-                    "healthy": False,
-                    "admin": "enabled",
-                    "in_ipvs": False,
-                },
-            ],
-        },
-        {
-            "name": "media",
-            "protocol": "fwmark",
-            "address": None,
-            "port": None,
-            "fwmark": 7,
-            "scheduler": "sh",
-            "forward": "nat",
-            "healthy": 0,
-            "quorum_ok": False,
-            "sorry_server": True,
-            "real_servers": [],
-        },
-    ],
-    "alerts": {"queued": 2, "recent": []},
-}
-
-
 def test_status_table_reads_in_one_look() -> None:
-    lines = format_status(STATUS, now=1600.0).splitlines()
+    lines = format_status(samples.STATUS, now=1600.0).splitlines()
     assert re.match(r"lvs1  MASTER  priority 150  since \S+ \S+ \(10m ago\)$", lines[0])
     assert re.match(r"peer  lvs2  BACKUP  priority 100  alive, heard 0\.12s ago  since", lines[1])
     assert lines[2] == "links udp eth1  up  heard 0.12s ago"
@@ -231,23 +156,19 @@ def test_status_table_reads_in_one_look() -> None:
     assert table[2] == "TCP  10.0.0.100:80 wlc  (web: 1 of 3 healthy)"
     assert table[3].split() == ["->", "10.0.0.11:80", "Route", "1", "3", "12", "up", "enabled"]
     assert table[3].startswith("  -> 10.0.0.11:80                 Route   1      3")
-    assert table[4].split() == ["->", "10.0.0.12:80", "Route", "0", "-", "-", "up", "drained"]
+    assert table[4].split() == ["->", "10.0.0.12:80", "Route", "0", "0", "0", "up", "drained"]
     assert table[5].split()[-6:] == ["-", "DOWN", "enabled", "(not", "in", "IPVS)"]
     assert table[6] == "FWM  7 sh  (media: 0 of 0 healthy, QUORUM LOST, sorry server in use)"
 
 
 def test_status_table_with_a_dead_peer_and_no_services() -> None:
-    status = {
-        "node": "lvs2",
-        "state": "BACKUP",
-        "priority": 100,
-        "since": None,
-        "peer": {"node": "lvs1", "alive": False, "last_heard": 3.5, "links": []},
-        "vips": [],
-        "sync": {"enabled": False},
-        "services": [],
-        "health": {"ok": False, "failing": {"icmp 10.0.0.254": "timed out"}},
-    }
+    status = samples.status()
+    status["node"], status["state"], status["priority"], status["since"] = "lvs2", "BACKUP", 100, 0
+    status["peer"] |= {"node": "lvs1", "alive": False, "last_heard": 3.5, "links": []}
+    status["vips"], status["services"] = [], []
+    status["sync"] = {"enabled": False, "role": None}
+    status["health"] = {"ok": False, "failing": {"icmp 10.0.0.254": "timed out"}}
+    assert samples.conforms(status) == []
     text = format_status(status, now=0)
     assert "peer  lvs1  DEAD (last heard 3.50s ago)" in text
     assert "VIPs  none" in text

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from samples import STATUS
 
 from hapair.config.model import Monitor as MonitorConfig
 from hapair.config.types import HostPort
@@ -30,68 +31,6 @@ from hapair.monitor.server import Monitor, MonitorError
 pytestmark = pytest.mark.unit
 
 PASSWORDS = {"alice": "correct horse", "victor": "viewer pass"}
-STATUS: dict[str, Any] = {
-    "node": "lvs1",
-    "state": "MASTER",
-    "priority": 150,
-    "since": 1764100000.0,
-    "peer": {
-        "node": "lvs2",
-        "state": "BACKUP",
-        "priority": 100,
-        "since": 1764100100.0,
-        "alive": True,
-        "last_heard": 0.12,
-        "links": [
-            {"type": "udp", "name": "eth1", "alive": True, "last_heard": 0.12},
-            {"type": "serial", "name": "/dev/ttyS1", "alive": False, "last_heard": None},
-        ],
-    },
-    "vips": [{"address": "10.0.0.100/24", "interface": "eth0", "held": True}],
-    "sync": {"enabled": True, "role": "master"},
-    "services": [
-        {
-            "name": "web",
-            "address": "10.0.0.100",
-            "port": 80,
-            "protocol": "tcp",
-            "fwmark": None,
-            "scheduler": "wlc",
-            "forward": "dr",
-            "healthy": 1,
-            "quorum_ok": True,
-            "sorry_server": False,
-            "real_servers": [
-                {
-                    "address": "10.0.0.11",
-                    "port": 80,
-                    "weight": 1,
-                    "healthy": True,
-                    "admin": "enabled",
-                    "in_ipvs": True,
-                    "probe": {"ok": True, "reason": "connected", "latency_ms": 1.5},
-                    "history": [{"up": True, "time": 1764100200.0, "reason": "connected"}],
-                    "active_conns": 4,
-                    "inactive_conns": 17,
-                },
-                {
-                    "address": "10.0.0.12",
-                    "port": 80,
-                    "weight": 0,
-                    "healthy": False,
-                    "admin": "enabled",
-                    "in_ipvs": False,
-                    "probe": {"ok": False, "reason": "timed out", "latency_ms": 1000.0},
-                    "history": [],
-                },
-            ],
-        }
-    ],
-    "health": {"ok": True, "failing": {}},
-    "heartbeats": {"sent": 120, "received": 118, "dropped": {"bad MAC": 2, "replay": 1}},
-    "timer_late_max_ms": 3.2,
-    "alerts": {"queued": 1, "recent": []},
-}
 
 
 def hapair(*args: str, stdin: str = "") -> None:
@@ -540,9 +479,9 @@ def test_metrics_parse_with_the_prometheus_parser(browser: Browser) -> None:
     assert samples[("hapair_probe_latency_seconds", web_11)] == 0.0015
     assert samples[("hapair_real_server_healthy", web_11)] == 1
     assert samples[("hapair_service_healthy_servers", (("service", "web"),))] == 1
-    assert samples[("hapair_ipvs_active_connections", web_11)] == 4
-    assert samples[("hapair_ipvs_inactive_connections", web_11)] == 17
-    assert samples[("hapair_alerts_queued", ())] == 1
+    assert samples[("hapair_ipvs_active_connections", web_11)] == 3
+    assert samples[("hapair_ipvs_inactive_connections", web_11)] == 12
+    assert samples[("hapair_alerts_queued", ())] == 2
     assert samples[("hapair_sync_role", (("role", "master"),))] == 1
 
 
