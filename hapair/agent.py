@@ -37,7 +37,7 @@ from hapair.status import LinkStatus, ReloadStatus, Status
 from hapair.track import start_checks
 
 if TYPE_CHECKING:
-    from hapair.reaper import Reaper
+    from hapair.vipguard import VipGuard
 
 log = logging.getLogger("hapair")
 
@@ -49,10 +49,10 @@ class ReloadError(Exception):
 
 
 class Agent:
-    def __init__(self, cfg: Config, config_path: Path, reaper: Reaper | None = None) -> None:
+    def __init__(self, cfg: Config, config_path: Path, guard: VipGuard | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.reaper = reaper  # removes the VIPs if this process dies without stopping
+        self.guard = guard  # removes the VIPs if this process dies without stopping
         self.loop = asyncio.get_running_loop()
         self.key = host.read_key(cfg.cluster.auth_key_file)
         self.epoch = host.next_epoch(cfg.node.name, cfg.node.state_dir)
@@ -395,8 +395,8 @@ class Agent:
 
         await self.vips.drop(cfg.vips)
         self.cfg, self.key = cfg, key
-        if self.reaper is not None:
-            self.reaper.tell(cfg.vips)  # before any new VIP is added
+        if self.guard is not None:
+            self.guard.tell(cfg.vips)  # before any new VIP is added
         self.node.reconfigure(settings_of(cfg, key))
         self.alerter.reconfigure(cfg.alerts)
         self.services.reconfigure(cfg)
@@ -431,15 +431,13 @@ def run(config_path: Path) -> int:
     cfg = load(config_path)
     host.raise_file_limit()
     host.run_realtime(cfg.node.realtime_priority)
-    from hapair.reaper import Reaper
+    from hapair.vipguard import VipGuard
 
-    # Forked before any thread and the event loop; after mlockall, which would otherwise
-    # copy every page the two processes share.
-    reaper = Reaper.start(cfg.vips, cfg.node.realtime_priority)
+    guard = VipGuard.start(cfg.vips, cfg.node.realtime_priority)
 
     async def main() -> int:
-        return await Agent(cfg, config_path, reaper).run()
+        return await Agent(cfg, config_path, guard).run()
 
     code = asyncio.run(main())
-    reaper.done()  # only after a clean stop: otherwise the reaper removes the VIPs
+    guard.done()  # only after a clean stop: otherwise the guard removes the VIPs
     return code

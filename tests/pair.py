@@ -90,15 +90,16 @@ class Director:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def kill_with_reaper(self) -> None:
-        """SIGKILL the agent and its reaper (hapair/reaper.py) together, as `systemctl kill
-        -s KILL` kills a whole unit: nothing removes the VIPs until the agent starts again."""
+    def kill_with_guard(self) -> None:
+        """SIGKILL the agent and its VIP guard (hapair/vipguard.py) together, as `systemctl
+        kill -s KILL` kills a whole unit: nothing removes the VIPs until the agent starts
+        again."""
         assert self.proc is not None
         pid = self.proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        reapers = [c for c in children if Path(f"/proc/{c}/comm").read_text() == "hapair-reaper\n"]
-        assert len(reapers) == 1, children
-        os.kill(int(reapers[0]), signal.SIGKILL)
+        guards = [c for c in children if Path(f"/proc/{c}/comm").read_text() == "hapair-vipguard\n"]
+        assert len(guards) == 1, children
+        os.kill(int(guards[0]), signal.SIGKILL)
         self.proc.kill()
 
     def stop(self, timeout: float = 10) -> int | None:

@@ -48,7 +48,7 @@ def test_master_dies_backup_takes_over_and_the_client_follows(
 
 
 def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..., Lab]) -> None:
-    """SIGKILL of the MASTER's agent, its links up: its reaper takes the VIP off at once, so
+    """SIGKILL of the MASTER's agent, its links up: its VIP guard takes the VIP off at once, so
     the VIP is never on both directors, and on neither only until the peer's deadtime."""
     lab = started(lab_factory())
     dir1, dir2 = lab.dirs
@@ -86,7 +86,7 @@ def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..
     log = dir1.log.read_text()
     assert "died without shutting down; removed VIP 10.77.0.100/24 from eth0" in log
     pids = ["ip", "netns", "pids", dir1.ns.name]
-    wait_for(lambda: not subprocess.run(pids, capture_output=True).stdout.strip(), 5)  # no reaper
+    wait_for(lambda: not subprocess.run(pids, capture_output=True).stdout.strip(), 5)  # no guard
 
 
 GATEWAY = "10.77.0.254"  # a NAT gateway's VIP (on the public bridge here: one capture)
@@ -135,7 +135,7 @@ def test_a_takeover_announces_the_gateway_before_the_service_address(
     )
     try:
         assert capture.stdout is not None and capture.stdout.readline() == "ready\n"
-        dir1.signal(signal.SIGKILL)  # its reaper takes both VIPs off
+        dir1.signal(signal.SIGKILL)  # its VIP guard takes both VIPs off
         wait_for(lambda: dir2.holds_vip(), 15)
         time.sleep(0.5)  # the repeated announcements
     finally:
@@ -189,7 +189,7 @@ def test_both_links_cut_then_healed_leaves_one_master(lab_factory: Callable[...,
 def test_recovered_primary_and_preempt(lab_factory: Callable[..., Lab], preempt: bool) -> None:
     lab = started(lab_factory(preempt=preempt))
     dir1, dir2 = lab.dirs
-    dir1.kill_with_reaper()
+    dir1.kill_with_guard()
     wait_for(lambda: dir2.holds_vip() and dir2.state() == "MASTER", 15)
     assert dir1.holds_vip()  # nothing could remove it; the agent's successor does, first
     watch = lab.watch()
