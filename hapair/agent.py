@@ -33,7 +33,7 @@ from hapair.links import LinkError
 from hapair.links.serial import SerialHeartbeatLink
 from hapair.links.udp import UdpHeartbeatLink
 from hapair.services import Services, describe_change
-from hapair.status import LinkStatus, ReloadStatus, Status
+from hapair.status import ReloadStatus, Status, compose
 from hapair.track import start_checks
 
 if TYPE_CHECKING:
@@ -300,52 +300,20 @@ class Agent:
         return monitor
 
     def status(self, now: float) -> Status:
-        core = self.node.status(now)
-        wall = time.time() - (now - self.node.election.since)
-        types = {name: name.split(":", 1) for name in link_names(self.cfg)}
-        peer = core["peer"]
-        peer_since = peer["since_monotonic"]
-        links: list[LinkStatus] = [
-            {
-                "type": types[link["name"]][0],
-                "name": types[link["name"]][1],
-                "alive": link["alive"],
-                "last_heard": link["last_heard"],
-            }
-            for link in peer["links"]
-        ]
-        syncing = bool(self.cfg.sync and self.cfg.sync.enabled)
-        master = self.node.state is State.MASTER
-        return {
-            "node": core["node"],
-            "state": core["state"],
-            "priority": core["priority"],
-            "since": round(wall, 3),
-            "peer": {
-                "node": peer["node"],
-                "state": peer["state"],
-                "alive": peer["alive"],
-                "last_heard": peer["last_heard"],
-                "links": links,
-                "priority": peer["priority"],
-                "since": None if peer_since is None else round(time.time() - (now - peer_since), 3),
-            },
-            "vips": [
-                {"address": str(v.address), "interface": v.interface, "held": self.vips.held}
-                for v in self.cfg.vips
-            ],
-            "sync": {
-                "enabled": syncing,
-                "role": None if not syncing else ("master" if master else "backup"),
-            },
-            "services": self.services.status(),
-            "health": {"ok": self.health.ok, "failing": dict(self.health.failing)},
-            "heartbeats": core["heartbeats"],
-            "preempt_hold": core["preempt_hold"],
-            "timer_late_max_ms": round(self.timer_late_max * 1000, 1),
-            "alerts": self.alerter.status(),
-            "reload": self.last_reload,
-        }
+        return compose(
+            self.node.status(now),
+            now=now,
+            wall=time.time(),
+            links=link_names(self.cfg),
+            vips=[(str(v.address), v.interface) for v in self.cfg.vips],
+            vips_held=self.vips.held,
+            syncing=bool(self.cfg.sync and self.cfg.sync.enabled),
+            services=self.services.status(),
+            health=self.health,
+            timer_late_max=self.timer_late_max,
+            alerts=self.alerter.status(),
+            reload=self.last_reload,
+        )
 
     # Reload.
 

@@ -88,9 +88,9 @@ def run_realtime(priority: int) -> None:
     # page of every mapped library at once (that made the agent ~15 MB larger).
     mcl_current, mcl_future, mcl_onfault = 1, 2, 4
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mlockall(mcl_current | mcl_future | mcl_onfault) != 0:
-        if libc.mlockall(mcl_current | mcl_future) != 0:
-            log.warning("memory not locked: %s", os.strerror(ctypes.get_errno()))
+    locked = libc.mlockall(mcl_current | mcl_future | mcl_onfault) == 0
+    if not locked and libc.mlockall(mcl_current | mcl_future) != 0:  # a kernel before 4.4
+        log.warning("memory not locked: %s", os.strerror(ctypes.get_errno()))
 
 
 def missing_interfaces(cfg: Config) -> list[Problem]:

@@ -1,5 +1,5 @@
 """The status of a director, as `hapair status --json`, `GET /api/status`, the CLI's
-table and the metrics read it: its one definition.
+table and the metrics read it: its one definition, and how it is put together.
 
 TypedDicts, so the JSON is the object itself (nothing to convert on the way out), and
 every reader is checked against the same shape. The contract's fields come first in
@@ -9,6 +9,8 @@ each; the rest are hapair's additions (README, "Using it").
 from __future__ import annotations
 
 from typing import Any, TypedDict
+
+from hapair.core.health import Health
 
 
 class LinkStatus(TypedDict):
@@ -115,3 +117,61 @@ class Status(TypedDict):
     timer_late_max_ms: float
     alerts: AlertsStatus
     reload: ReloadStatus | None
+
+
+def compose(
+    core: dict[str, Any],
+    *,
+    now: float,
+    wall: float,
+    links: list[str],
+    vips: list[tuple[str, str]],
+    vips_held: bool,
+    syncing: bool,
+    services: list[ServiceStatus],
+    health: Health,
+    timer_late_max: float,
+    alerts: AlertsStatus,
+    reload: ReloadStatus | None,
+) -> Status:
+    """The status from the HA core's own (`HaNode.status`, in loop time `now`; `wall` is
+    the UNIX time of the same moment) and what the agent's other parts hold."""
+    peer = core["peer"]
+    kinds = {name: name.split(":", 1) for name in links}
+    peer_since = peer["since_monotonic"]
+    master = core["state"] == "MASTER"
+    return {
+        "node": core["node"],
+        "state": core["state"],
+        "priority": core["priority"],
+        "since": round(wall - (now - core["since_monotonic"]), 3),
+        "peer": {
+            "node": peer["node"],
+            "state": peer["state"],
+            "alive": peer["alive"],
+            "last_heard": peer["last_heard"],
+            "links": [
+                {
+                    "type": kinds[link["name"]][0],
+                    "name": kinds[link["name"]][1],
+                    "alive": link["alive"],
+                    "last_heard": link["last_heard"],
+                }
+                for link in peer["links"]
+            ],
+            "priority": peer["priority"],
+            "since": None if peer_since is None else round(wall - (now - peer_since), 3),
+        },
+        "vips": [{"address": a, "interface": i, "held": vips_held} for a, i in vips],
+        "sync": {
+            "enabled": syncing,
+            "role": None if not syncing else ("master" if master else "backup"),
+        },
+        "services": services,
+        "health": {"ok": health.ok, "failing": dict(health.failing)},
+        "heartbeats": core["heartbeats"],
+        "preempt_hold": core["preempt_hold"],
+        "timer_late_max_ms": round(timer_late_max * 1000, 1),
+        "alerts": alerts,
+        "reload": reload,
+    }
