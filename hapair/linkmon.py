@@ -6,12 +6,15 @@ into changes of that. It must not act on a change (that is the agent's job) nor 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
 from pyroute2.iproute.linux import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 log = logging.getLogger(__name__)
@@ -55,14 +58,27 @@ async def watch_links(ifnames: Iterable[str]) -> AsyncIterator[LinkState]:
                 if known.get(name) != current[name]:
                     known[name] = current[name]
                     yield LinkState(name, current[name])
+            idle = 0
             while True:
+                got = 0
                 async for msg in ipr.get():
+                    got += 1
                     for change in _changes(msg, names, known, by_index):
                         yield change
-        except OSError as exc:
-            if exc.errno != errno.ENOBUFS:
+                # A get() that returns at once with nothing (a socket in error) must not
+                # become a loop that never yields: a few in a row, and the socket is new.
+                idle = 0 if got else idle + 1
+                if idle >= 3:
+                    raise OSError(errno.EIO, "the netlink socket returns nothing")
+                await asyncio.sleep(0)
+        except (OSError, NetlinkError) as exc:
+            # An overflow (ENOBUFS) comes as an OSError, or as the NetlinkError of an error
+            # message pyroute2 queues for a socket error (it is no OSError).
+            code = exc.errno if isinstance(exc, OSError) else exc.code
+            if code not in (errno.ENOBUFS, errno.EIO, errno.ECONNRESET, errno.ECOMM):
                 raise
-            log.warning("link watch: netlink overflow, reading every link again")
+            log.warning("link watch: %s; reading every link again", os.strerror(code))
+            await asyncio.sleep(0.1)
         finally:
             ipr.close()
 

@@ -17,6 +17,8 @@ from hapair.config.types import IPAddress
 
 MIN_KEY_BYTES = 16
 MIN_INTERVAL = 0.01  # s: heartbeats, probes and checks
+MIN_GARP_INTERVAL = 0.001  # s between the announcements of a takeover
+MIN_GARP_REFRESH = 1.0  # s between the periodic announcements
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +146,17 @@ def _vips(cfg: Config) -> Iterator[Problem]:
                 f"vips.{i}.address", f"{vip.address.ip} is already vips.{seen[vip.address.ip]}"
             )
         seen.setdefault(vip.address.ip, i)
-        if vip.garp_repeat > 0 and vip.garp_interval <= 0:
-            yield Problem(f"vips.{i}.garp_interval", "must be greater than 0 when garp_repeat > 0")
+        if vip.garp_repeat > 0 and vip.garp_interval < MIN_GARP_INTERVAL:
+            yield Problem(
+                f"vips.{i}.garp_interval",
+                f"must be at least {MIN_GARP_INTERVAL * 1000:g}ms when garp_repeat > 0",
+            )
+        if 0 < vip.garp_refresh < MIN_GARP_REFRESH:
+            yield Problem(
+                f"vips.{i}.garp_refresh",
+                f"{vip.garp_refresh:g}s: 0 (off) or at least {MIN_GARP_REFRESH:g}s; more often "
+                "only floods the LAN",
+            )
 
 
 def _sync(cfg: Config) -> Iterator[Problem]:

@@ -9,6 +9,8 @@ namespace executing the snippets sent to it in one event loop).
 from __future__ import annotations
 
 import re
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -224,4 +226,47 @@ def test_link_watch_sees_down_and_up(
     assert seen_after(6) == [["v0", True]]
     a.ip("link", "del", "v0")
     assert seen_after(7) == [["v0", False]]
+    py("watcher.cancel()")
+
+
+def test_link_watch_recovers_from_a_netlink_overflow(
+    netns_factory: Callable[[str], Netns],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    """Thousands of link changes while the watcher's loop is busy overflow its netlink
+    socket (ENOBUFS); it reads every link again and goes on seeing changes (a watch that
+    died would leave a VIP interface going down without FAULT)."""
+    a, b = netns_factory("a"), netns_factory("b")
+    a.veth("v0", b, "v1")
+    py = ns_python(a)
+    py(
+        """
+        from hapair.linkmon import watch_links
+        seen = []
+        async def collect():
+            async for ifname, up in watch_links({"v0"}):
+                seen.append([ifname, up])
+        watcher = asyncio.create_task(collect())
+        await asyncio.sleep(0.3)
+        """
+    )
+    flips = "".join(f"link set v0 {'down' if i % 2 == 0 else 'up'}\n" for i in range(4000))
+    batch = subprocess.Popen(["ip", "-n", a.name, "-batch", "-"], stdin=subprocess.PIPE, text=True)
+    assert batch.stdin is not None
+    writer = threading.Thread(target=lambda: (batch.stdin.write(flips), batch.stdin.close()))
+    writer.start()
+    py("import time\ntime.sleep(3)")  # the watcher's loop busy while the changes pile up
+    writer.join(30)
+    assert batch.wait(60) == 0
+    a.ip("link", "set", "v0", "down")
+    deadline = time.monotonic() + 5
+    while py("result = seen[-1:]") != [["v0", False]] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert py("result = watcher.done()") is False, py("result = repr(watcher.exception())")
+    assert py("result = seen[-1:]") == [["v0", False]]
+    a.ip("link", "set", "v0", "up")
+    deadline = time.monotonic() + 5
+    while py("result = seen[-1:]") != [["v0", True]] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert py("result = seen[-1:]") == [["v0", True]]
     py("watcher.cancel()")

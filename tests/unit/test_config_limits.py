@@ -125,6 +125,18 @@ HOSTILE: list[tuple[str, str, str, str]] = [
     ("preempt = 1", _with("preempt = true", "preempt = 1"), "cluster.preempt", "boolean"),
     ("VIP with prefix /0", _with("/24", "/0"), "vips.0.address", "/0"),
     (
+        "gratuitous ARP refresh every nanosecond",
+        _with('garp_refresh = "60s"', "garp_refresh = 1e-9"),
+        "vips.0.garp_refresh",
+        "at least 1s",
+    ),
+    (
+        "gratuitous ARPs a nanosecond apart",
+        _with('garp_interval = "100ms"', "garp_interval = 1e-9"),
+        "vips.0.garp_interval",
+        "at least 1ms",
+    ),
+    (
         "control socket path too long for a Unix socket",
         _with(
             'control_socket = "/run/hapair/lvs1.sock"',
