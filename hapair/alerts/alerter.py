@@ -10,7 +10,6 @@ changes, one at a time; they are actions of the moment, not spooled nor retried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -265,10 +264,12 @@ class Alerter:
         while True:
             deadline = self.policy.next_deadline()
             self._policy_wake.clear()
-            wait = None if deadline is None else max(0.0, deadline - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._policy_wake.wait(), wait)
+            try:  # asyncio.timeout_at, not wait_for: that one can swallow a cancellation
+                async with asyncio.timeout_at(deadline):
+                    await self._policy_wake.wait()
                 continue  # something was raised: the deadline may have moved
+            except TimeoutError:
+                pass
             for alert in self.policy.due(loop.time()):
                 self._dispatch(alert)
 
