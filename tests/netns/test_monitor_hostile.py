@@ -41,6 +41,7 @@ fall = 2
 """
 FILES = 1024  # systemd's default soft limit: dir1 runs with it as its hard limit too
 CLIENTS, SECONDS, SOURCES = 1100, 60, 12
+SAME_MOMENT = 0.05  # s: `since` is wall time computed at each ask; it jitters by 1 ms
 
 
 def outside_link(address: str) -> str:
@@ -110,7 +111,7 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
                 answered += 1
                 s = reply["result"]
                 states.add((s["state"], s["peer"]["state"], s["health"]["ok"]))
-                assert s["since"] == since, "dir1 changed state"
+                assert abs(s["since"] - since) < SAME_MOMENT, "dir1 changed state"
             files.append(open_files(pid))
             memory.append(resident_mb(pid))
             time.sleep(0.5)
@@ -131,7 +132,8 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
     assert answered == asked
     assert states == {("MASTER", "BACKUP", True)}, states
     assert dir1.proc.poll() is None and dir1.proc.pid == pid
-    assert (dir2.status() or {}).get("since") == peer_since and dir2.state() == "BACKUP"
+    assert abs((dir2.status() or {})["since"] - peer_since) < SAME_MOMENT
+    assert dir2.state() == "BACKUP"
     assert lab.holders() == ["dir1"]
     bounds = {
         "silent": listener.HANDSHAKE_TIMEOUT,
@@ -227,4 +229,5 @@ def test_api_answers_every_request_with_json_and_never_500(
     print(f"API: {tried[0] + 3} requests, none answered 500")
     status = dir1.status()
     assert dir1.proc.poll() is None and dir1.proc.pid == pid
-    assert status is not None and (status["state"], status["since"]) == ("MASTER", since)
+    assert status is not None and status["state"] == "MASTER"
+    assert abs(status["since"] - since) < SAME_MOMENT
