@@ -191,6 +191,20 @@ def test_add_on_a_missing_interface_names_the_vip(
     assert py(f"result = await announce({_vip(VIP4)}, 2, 0)") == 0  # logged, not raised
 
 
+def _watch(py: NsPython, ifnames: set[str]) -> None:
+    """Start watch_links(ifnames) in the driver; what it yields goes to `seen`."""
+    py(
+        f"""
+        from hapair.linkmon import watch_links
+        seen = []
+        async def collect():
+            async for ifname, up in watch_links({sorted(ifnames)!r}):
+                seen.append([ifname, up])
+        watcher = asyncio.create_task(collect())
+        """
+    )
+
+
 def test_link_watch_sees_down_and_up(
     netns_factory: Callable[[str], Netns],
     ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
@@ -198,16 +212,7 @@ def test_link_watch_sees_down_and_up(
     a, b = netns_factory("a"), netns_factory("b")
     a.veth("v0", b, "v1")
     py = ns_python(a)
-    py(
-        """
-        from hapair.linkmon import watch_links
-        seen = []
-        async def collect():
-            async for ifname, up in watch_links({"v0", "lo", "missing0"}):
-                seen.append([ifname, up])
-        watcher = asyncio.create_task(collect())
-        """
-    )
+    _watch(py, {"v0", "lo", "missing0"})
 
     def seen_after(count: int, timeout: float = 5.0) -> list[list[object]]:
         deadline = time.monotonic() + timeout
@@ -239,17 +244,8 @@ def test_link_watch_recovers_from_a_netlink_overflow(
     a, b = netns_factory("a"), netns_factory("b")
     a.veth("v0", b, "v1")
     py = ns_python(a)
-    py(
-        """
-        from hapair.linkmon import watch_links
-        seen = []
-        async def collect():
-            async for ifname, up in watch_links({"v0"}):
-                seen.append([ifname, up])
-        watcher = asyncio.create_task(collect())
-        await asyncio.sleep(0.3)
-        """
-    )
+    _watch(py, {"v0"})
+    py("await asyncio.sleep(0.3)")
     flips = "".join(f"link set v0 {'down' if i % 2 == 0 else 'up'}\n" for i in range(4000))
     batch = subprocess.Popen(["ip", "-n", a.name, "-batch", "-"], stdin=subprocess.PIPE, text=True)
     assert batch.stdin is not None
