@@ -145,11 +145,11 @@ async def _worker(services: int, dests: int) -> int:
     async def cold() -> dict[str, Any]:
         nonlocal keeper
         if keeper is not None:
-            await keeper.close()
+            keeper.close()
         dump_times.clear()
         t0 = time.perf_counter()
         keeper = TableKeeper(None, 1)
-        if not await keeper.open():
+        if not keeper.open():
             raise BenchError("TableKeeper.open() failed: no IPVS in the hapair namespace?")
         t1 = time.perf_counter()
         _instrument(keeper.driver, dump_times)
@@ -182,7 +182,7 @@ async def _worker(services: int, dests: int) -> int:
         assert keeper is not None
         dest = replace(desired[skey].dests[dkey], weight=weight)
         t0 = time.perf_counter()
-        await keeper.driver.edit_dest(skey, dest)
+        keeper.driver.edit_dest(skey, dest)
         t1 = time.perf_counter()
         desired = with_weight(weight)
         return {"s": t1 - t0}
@@ -220,13 +220,13 @@ async def _worker(services: int, dests: int) -> int:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
-    # Warm-up, untimed: the keeper imports the driver and pyroute2 lazily, and the guest
+    # Warm-up, untimed: the keeper imports the driver lazily, and the guest
     # reads them over 9p (tens of seconds with a cold cache); that is not table loading.
     warm = TableKeeper(None, 1)
-    if not await warm.open():
+    if not warm.open():
         raise BenchError("TableKeeper.open() failed: no IPVS in the hapair namespace?")
     await warm.reconcile({})
-    await warm.close()
+    warm.close()
     reply({"ready": True})
     try:
         for line in sys.stdin:
@@ -251,7 +251,7 @@ async def _worker(services: int, dests: int) -> int:
                 reply({"error": f"{type(e).__name__}: {e}"})
     finally:
         if keeper is not None:
-            await keeper.close()
+            keeper.close()
     return 0
 
 

@@ -84,13 +84,13 @@ class Services:
         """Probes started, IPVS opened (a kernel without it is said once: the views still
         follow the probes), the table loaded, the sync daemon a backup."""
         self._sync_probes()
-        opened = self.keeper is not None and await self.keeper.open()
+        opened = self.keeper is not None and self.keeper.open()
         self.apply_sysctls()
         if self.keeper is None:
             return
         await self._reconcile()
         if opened:
-            await self.keeper.set_sync_role("backup")
+            self.keeper.set_sync_role("backup")
         self._worker = asyncio.create_task(self._work(), name="ipvs")
 
     def reconfigure(self, cfg: Config) -> None:
@@ -109,8 +109,8 @@ class Services:
             await asyncio.gather(self._pass, return_exceptions=True)
         await self.prober.close()
         if self.keeper is not None:
-            await self.keeper.stop_sync()
-            await self.keeper.close()
+            self.keeper.stop_sync()
+            self.keeper.close()
 
     # The IPVS worker.
 
@@ -181,7 +181,7 @@ class Services:
 
     async def set_sync_role(self, role: str) -> None:
         if self.keeper is not None:
-            await self.keeper.set_sync_role(role)
+            self.keeper.set_sync_role(role)
 
     def apply_sysctls(self) -> None:
         from hapair import sysctl

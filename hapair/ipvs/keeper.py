@@ -12,20 +12,11 @@ import logging
 from dataclasses import dataclass, field
 
 from hapair.config.model import Sync
-from hapair.ipvs.reconcile import (
-    AddDest,
-    AddService,
-    Change,
-    DeleteDest,
-    DeleteService,
-    EditDest,
-    EditService,
-    diff,
-)
+from hapair.ipvs.genl import BATCH  # changes applied between two turns of the event loop
+from hapair.ipvs.reconcile import AddService, Change, DeleteService, EditService, diff
 from hapair.ipvs.table import ServiceKey, Table
 
 log = logging.getLogger(__name__)
-YIELD_EVERY = 64  # changes applied between two turns of the event loop
 
 
 @dataclass
@@ -47,24 +38,22 @@ class TableKeeper:
         # event loop between services: passes and connection counts take turns.
         self._turn = asyncio.Lock()
 
-    async def open(self) -> bool:
+    def open(self) -> bool:
         """False (said once, clearly) when the kernel has no IPVS: VIP failover goes on."""
-        from hapair.ipvs.driver import IpvsDriver
-        from hapair.ipvs.netlink import IpvsError, IpvsNetlink
+        from hapair.ipvs.driver import IpvsDriver, IpvsError
 
         try:
-            self.driver = await IpvsDriver().__aenter__()
-            self.daemons = await IpvsNetlink().__aenter__()
+            self.driver = IpvsDriver().__enter__()
         except IpvsError as exc:
             log.error("IPVS is not usable (%s): hapair keeps doing VIP failover only", exc)
             return False
         self.available = True
         return True
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self.available:
-            await self.driver.__aexit__(None, None, None)
-            await self.daemons.__aexit__(None, None, None)
+            self.driver.__exit__(None, None, None)
+            self.available = False
 
     async def reconcile(self, desired: Table) -> Outcome:
         """One pass: read the kernel, apply the difference, read again to verify."""
@@ -72,20 +61,20 @@ class TableKeeper:
             return await self._reconcile(desired)
 
     async def _reconcile(self, desired: Table) -> Outcome:
-        from hapair.ipvs.netlink import IpvsError
-
         self.owned |= set(desired)
         outcome = Outcome()
         self.actual = await self.driver.dump()
-        for n, change in enumerate(diff(desired, self.actual, self.owned), 1):
-            if n % YIELD_EVERY == 0:
+        changes = diff(desired, self.actual, self.owned)
+        for start in range(0, len(changes), BATCH):
+            if start:
                 await asyncio.sleep(0)  # heartbeats go on during a long load
-            try:
-                await self._apply(change)
-                outcome.applied.append(change)
-            except IpvsError as exc:
-                outcome.failed.append((change, str(exc)))
-                log.error("IPVS: %s", exc)
+            chunk = changes[start : start + BATCH]
+            for change, error in zip(chunk, self.driver.apply(chunk), strict=True):
+                if error is None:
+                    outcome.applied.append(change)
+                else:
+                    outcome.failed.append((change, str(error)))
+                    log.error("IPVS: %s", error)
         if outcome.applied or outcome.failed:
             touched = {_service_of(c) for c in outcome.applied} | {
                 _service_of(c) for c, _ in outcome.failed
@@ -112,25 +101,10 @@ class TableKeeper:
             for d in table[key].dests.values()
         )
 
-    async def _apply(self, change: Change) -> None:
-        d = self.driver
-        if isinstance(change, AddService):
-            await d.add_service(change.service)
-        elif isinstance(change, EditService):
-            await d.edit_service(change.service)
-        elif isinstance(change, DeleteService):
-            await d.delete_service(change.key)
-        elif isinstance(change, AddDest):
-            await d.add_dest(change.service, change.dest)
-        elif isinstance(change, EditDest):
-            await d.edit_dest(change.service, change.dest)
-        elif isinstance(change, DeleteDest):
-            await d.delete_dest(change.service, change.dest)
-
-    async def set_sync_role(self, role: str) -> None:
+    def set_sync_role(self, role: str) -> None:
         """'master' or 'backup': the new daemon starts before the old one stops, so a
         new master never has a moment without sending."""
-        from hapair.ipvs.netlink import IpvsError, SyncState
+        from hapair.ipvs.driver import IpvsError, SyncState
 
         if self.sync is None or not self.available or role == self.sync_role:
             return
@@ -141,10 +115,10 @@ class TableKeeper:
         )
         s = self.sync
         assert s.interface is not None
-        running = {d.state for d in await self.daemons.list_daemons()}
         try:
+            running = {d.state for d in self.driver.list_daemons()}
             if new not in running:
-                await self.daemons.start_daemon(
+                self.driver.start_daemon(
                     new,
                     s.interface,
                     self.sync_id,
@@ -154,7 +128,7 @@ class TableKeeper:
                     ttl=s.ttl,
                 )
             if old in running:
-                await self.daemons.stop_daemon(old)
+                self.driver.stop_daemon(old)
         except IpvsError as exc:
             log.error("IPVS sync daemon: %s", exc)
             return
@@ -163,16 +137,16 @@ class TableKeeper:
             "IPVS connection sync: %s daemon on %s, sync id %d", role, s.interface, self.sync_id
         )
 
-    async def stop_sync(self) -> None:
-        from hapair.ipvs.netlink import IpvsError
+    def stop_sync(self) -> None:
+        from hapair.ipvs.driver import IpvsError
 
         if self.sync is None or not self.available:
             return
-        for daemon in await self.daemons.list_daemons():
-            try:
-                await self.daemons.stop_daemon(daemon.state)
-            except IpvsError as exc:
-                log.error("IPVS sync daemon: %s", exc)
+        try:
+            for daemon in self.driver.list_daemons():
+                self.driver.stop_daemon(daemon.state)
+        except IpvsError as exc:
+            log.error("IPVS sync daemon: %s", exc)
         self.sync_role = None
 
 

@@ -52,16 +52,16 @@ def dest_row(ns: Netns, address: str, *options: str) -> list[str]:
     return rows[0]
 
 
-async def write(ns: Netns, table: Table) -> None:
-    async with IpvsDriver(ns.name) as ipvs:
+def write(ns: Netns, table: Table) -> None:
+    with IpvsDriver(ns.name) as ipvs:
         for service in table.values():
-            await ipvs.add_service(service)
+            ipvs.add_service(service)
             for d in service.dests.values():
-                await ipvs.add_dest(service.key, d)
+                ipvs.add_dest(service.key, d)
 
 
 async def dump(ns: Netns) -> Table:
-    async with IpvsDriver(ns.name) as ipvs:
+    with IpvsDriver(ns.name) as ipvs:
         return await ipvs.dump()
 
 
@@ -116,7 +116,7 @@ def test_every_form_reaches_the_kernel_and_dumps_back(ns: Netns) -> None:
         ),
     ]
     table = {s.key: s for s in services}
-    asyncio.run(write(ns, table))
+    write(ns, table)
 
     shown = listing(ns)
     for line in [
@@ -215,11 +215,11 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
         dest("10.0.0.1", 80, weight=1, forward="dr"),
         dest("10.0.0.2", 80, weight=1, forward="dr"),
     )
-    asyncio.run(write(ns, {web.key: web}))
+    write(ns, {web.key: web})
 
     async def edit() -> Table:
-        async with IpvsDriver(ns.name) as ipvs:
-            await ipvs.edit_service(
+        with IpvsDriver(ns.name) as ipvs:
+            ipvs.edit_service(
                 svc(
                     "tcp",
                     "10.0.0.100",
@@ -230,11 +230,11 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
                     flags=frozenset({"sh-port"}),
                 )
             )
-            await ipvs.edit_dest(
+            ipvs.edit_dest(
                 web.key,
                 dest("10.0.0.1", 80, weight=7, forward="nat", upper_threshold=9, lower_threshold=2),
             )
-            await ipvs.delete_dest(web.key, DestKey(ip_address("10.0.0.2"), 80))
+            ipvs.delete_dest(web.key, DestKey(ip_address("10.0.0.2"), 80))
             return await ipvs.dump()
 
     table = asyncio.run(edit())
@@ -258,13 +258,10 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
         )
     }
 
-    async def back_to_plain() -> None:
-        async with IpvsDriver(ns.name) as ipvs:
-            await ipvs.edit_service(svc("tcp", "10.0.0.100", 80, scheduler="rr"))
-            await ipvs.delete_service(web.key)
-            await ipvs.add_service(svc("tcp", "10.0.0.100", 80, scheduler="rr"))
-
-    asyncio.run(back_to_plain())
+    with IpvsDriver(ns.name) as ipvs:
+        ipvs.edit_service(svc("tcp", "10.0.0.100", 80, scheduler="rr"))
+        ipvs.delete_service(web.key)
+        ipvs.add_service(svc("tcp", "10.0.0.100", 80, scheduler="rr"))
     assert listing(ns) == ["TCP 10.0.0.100:80 rr"]
 
 
@@ -274,10 +271,10 @@ def test_a_repeated_dump_sees_every_change_and_a_partial_dump_reads_only_its_key
     web = with_dests(svc("tcp", "10.0.0.100", 80), dest("10.0.0.1", 80, weight=1))
     dns = with_dests(svc("udp", "10.0.0.100", 53), dest("10.0.0.1", 53, weight=1))
     gone = svc("tcp", "10.0.0.100", 81).key
-    asyncio.run(write(ns, {web.key: web, dns.key: dns}))
+    write(ns, {web.key: web, dns.key: dns})
 
     async def scenario() -> tuple[Table, Table, Table]:
-        async with IpvsDriver(ns.name) as ipvs:
+        with IpvsDriver(ns.name) as ipvs:
             first = await ipvs.dump()
             # Changed behind the driver's back, between two dumps of one open driver.
             ns.run("ipvsadm", "-e", "-t", "10.0.0.100:80", "-r", "10.0.0.1:80", "-w", "5")
@@ -308,7 +305,7 @@ def test_edit_dest_keeps_its_connections_and_counters(
     client.ip("addr", "add", "10.61.0.2/24", "dev", "eth0")
     web = svc("tcp", "10.61.0.1", 80, scheduler="wlc")
     real = dest("10.61.0.50", 80, weight=1, forward="dr")  # nobody: the SYN is only scheduled
-    asyncio.run(write(director, {web.key: with_dests(web, real)}))
+    write(director, {web.key: with_dests(web, real)})
 
     # A non-blocking connect sends one SYN; IPVS schedules it and makes a connection entry.
     syn = (
@@ -329,11 +326,8 @@ def test_edit_dest_keeps_its_connections_and_counters(
     # The kernel folds its per-CPU counters into --stats every 2 s (the estimator).
     wait_for(lambda: conns() == 1, 1)
 
-    async def edit(change: Callable[[IpvsDriver], object]) -> None:
-        async with IpvsDriver(director.name) as ipvs:
-            await change(ipvs)  # type: ignore[misc]
-
-    asyncio.run(edit(lambda ipvs: ipvs.edit_dest(web.key, dest("10.61.0.50", 80, weight=5))))
+    with IpvsDriver(director.name) as ipvs:
+        ipvs.edit_dest(web.key, dest("10.61.0.50", 80, weight=5))
     assert dest_row(director, "10.61.0.50:80")[:2] == ["Route", "5"]
     active, inactive = map(int, dest_row(director, "10.61.0.50:80")[2:4])
     assert active + inactive == 1
@@ -345,12 +339,11 @@ def test_edit_dest_keeps_its_connections_and_counters(
 def test_refusals_name_the_service_or_destination(ns: Netns) -> None:
     web = svc("tcp", "10.0.0.100", 80, scheduler="wlc")
     six = svc("udp", "2001:db8::1", 53, scheduler="rr")
-    asyncio.run(write(ns, {web.key: with_dests(web, dest("10.0.0.1", 80))}))
+    write(ns, {web.key: with_dests(web, dest("10.0.0.1", 80))})
 
-    async def attempt(change: Callable[[IpvsDriver], object]) -> IpvsError:
-        async with IpvsDriver(ns.name) as ipvs:
-            with pytest.raises(IpvsError) as e:
-                await change(ipvs)  # type: ignore[misc]
+    def attempt(change: Callable[[IpvsDriver], object]) -> IpvsError:
+        with IpvsDriver(ns.name) as ipvs, pytest.raises(IpvsError) as e:
+            change(ipvs)
         return e.value
 
     where = f"netns {ns.name}: "
@@ -394,5 +387,5 @@ def test_refusals_name_the_service_or_destination(ns: Netns) -> None:
         ),
     ]
     for change, message in cases:
-        assert str(asyncio.run(attempt(change))) == where + message
+        assert str(attempt(change)) == where + message
     assert listing(ns) == ["TCP 10.0.0.100:80 wlc", "-> 10.0.0.1:80 Route 1 0 0"]

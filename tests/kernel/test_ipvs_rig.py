@@ -1,5 +1,5 @@
 """IPVS in the guest kernel: per-namespace tables written with pyroute2, sync daemons, FLUSH
-and ZERO through hapair.ipvs.netlink; every result is read back with ipvsadm (an
+and ZERO through hapair.ipvs.driver; every result is read back with ipvsadm (an
 independent reader), not only with our own code."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable
+from ipaddress import ip_address
 
 import pytest
 from ipvsadm import ipvs_daemons, ipvs_table
 from pyroute2 import AsyncIPVS, IPVSDest, IPVSService
 from topology import Netns
 
-from hapair.ipvs.netlink import IpvsError, IpvsNetlink, SyncState
+from hapair.ipvs.driver import IpvsDriver, IpvsError, SyncState
+from hapair.ipvs.table import ServiceKey
 
 pytestmark = pytest.mark.kernel
 
@@ -55,49 +57,55 @@ def test_service_and_destination_are_per_namespace(
 
 
 def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
-    async def scenario() -> None:
-        async with IpvsNetlink(director.name) as ipvs:
-            await ipvs.start_daemon(SyncState.MASTER, "eth1", 51)
+    def scenario() -> None:
+        with IpvsDriver(director.name) as ipvs:
+            ipvs.start_daemon(SyncState.MASTER, "eth1", 51)
             assert any(
                 line.startswith("master sync daemon (mcast=eth1, syncid=51")
                 for line in ipvs_daemons(director)
             ), ipvs_daemons(director)
-            [master] = await ipvs.list_daemons()
+            [master] = ipvs.list_daemons()
             assert (master.state, master.ifname, master.sync_id) == (SyncState.MASTER, "eth1", 51)
 
-            await ipvs.start_daemon(SyncState.BACKUP, "eth1", 51)
+            ipvs.start_daemon(SyncState.BACKUP, "eth1", 51)
             shown = ipvs_daemons(director)
             assert len(shown) == 2 and shown[1].startswith(
                 "backup sync daemon (mcast=eth1, syncid=51"
             ), shown
-            assert {(d.state, d.ifname, d.sync_id) for d in await ipvs.list_daemons()} == {
+            assert {(d.state, d.ifname, d.sync_id) for d in ipvs.list_daemons()} == {
                 (SyncState.MASTER, "eth1", 51),
                 (SyncState.BACKUP, "eth1", 51),
             }
 
             with pytest.raises(IpvsError) as refused:
-                await ipvs.start_daemon(SyncState.MASTER, "eth1", 52)
+                ipvs.start_daemon(SyncState.MASTER, "eth1", 52)
             assert refused.value.errno == errno.EEXIST
             assert str(refused.value) == (
                 f"netns {director.name}: starting master sync daemon on eth1: File exists"
             )
 
-            await ipvs.stop_daemon(SyncState.MASTER)
-            await ipvs.stop_daemon(SyncState.BACKUP)
+            ipvs.stop_daemon(SyncState.MASTER)
+            ipvs.stop_daemon(SyncState.BACKUP)
             assert ipvs_daemons(director) == []
-            assert await ipvs.list_daemons() == []
+            assert ipvs.list_daemons() == []
 
-    asyncio.run(scenario())
+    scenario()
 
 
 def test_daemon_options_reach_the_kernel(director: Netns) -> None:
-    async def scenario() -> None:
-        async with IpvsNetlink(director.name) as ipvs:
-            await ipvs.start_daemon(
-                SyncState.MASTER, "eth1", 7, maxlen=1200, group="239.1.2.3", port=8849, ttl=2
+    def scenario() -> None:
+        with IpvsDriver(director.name) as ipvs:
+            ipvs.start_daemon(
+                SyncState.MASTER,
+                "eth1",
+                7,
+                maxlen=1200,
+                group=ip_address("239.1.2.3"),
+                port=8849,
+                ttl=2,
             )
-            [master] = await ipvs.list_daemons()
-            await ipvs.stop_daemon(SyncState.MASTER)
+            [master] = ipvs.list_daemons()
+            ipvs.stop_daemon(SyncState.MASTER)
         assert (master.maxlen, str(master.group), master.port, master.ttl) == (
             1200,
             "239.1.2.3",
@@ -105,7 +113,7 @@ def test_daemon_options_reach_the_kernel(director: Netns) -> None:
             2,
         )
 
-    asyncio.run(scenario())
+    scenario()
     shown = ipvs_daemons(director)
     assert shown == [], shown
 
@@ -120,10 +128,10 @@ def test_flush_empties_only_this_namespace(
         await add_service(director, 443)
         await add_service(other, 80)
         assert len(ipvs_table(director)) == 2
-        async with IpvsNetlink(director.name) as ipvs:
-            await ipvs.zero(our_service(80))
-            await ipvs.zero()
-            await ipvs.flush()
+        with IpvsDriver(director.name) as ipvs:
+            ipvs.zero(ServiceKey("tcp", ip_address(VIP), 80))
+            ipvs.zero()
+            ipvs.flush()
 
     asyncio.run(scenario())
     assert ipvs_table(director) == {}
@@ -131,21 +139,22 @@ def test_flush_empties_only_this_namespace(
 
 
 def test_zero_of_an_unknown_service_is_a_clear_error(director: Netns) -> None:
-    async def scenario() -> None:
-        async with IpvsNetlink(director.name) as ipvs:
-            await ipvs.zero(our_service(8080))
+    def scenario() -> None:
+        with IpvsDriver(director.name) as ipvs:
+            ipvs.zero(ServiceKey("tcp", ip_address(VIP), 8080))
 
-    with pytest.raises(IpvsError, match=r"zeroing IPVS counters: No such process") as e:
-        asyncio.run(scenario())
+    refusal = rf"zeroing the counters of TCP {VIP}:8080: No such process \(no such service\)$"
+    with pytest.raises(IpvsError, match=refusal) as e:
+        scenario()
     assert e.value.errno == errno.ESRCH
 
 
 def test_a_missing_namespace_is_not_created(director: Netns) -> None:
-    async def scenario() -> None:
-        async with IpvsNetlink(director.name + "-nope") as ipvs:
-            await ipvs.list_daemons()
+    def scenario() -> None:
+        with IpvsDriver(director.name + "-nope") as ipvs:
+            ipvs.list_daemons()
 
     with pytest.raises(IpvsError, match="-nope: opening a netlink socket: No such file") as e:
-        asyncio.run(scenario())
+        scenario()
     assert e.value.errno == errno.ENOENT
     assert director.name + "-nope" not in director.run("ip", "netns", "list").stdout

@@ -26,7 +26,7 @@ def test_a_kernel_without_ipvs_is_named_at_open(netns_factory: Callable[[str], N
     ns = netns_factory("noipvs")
 
     async def scenario() -> None:
-        async with IpvsDriver(ns.name) as ipvs:
+        with IpvsDriver(ns.name) as ipvs:
             await ipvs.dump()
 
     with pytest.raises(IpvsError) as e:
@@ -39,7 +39,7 @@ def test_a_missing_namespace_is_named(netns_factory: Callable[[str], Netns]) -> 
     name = netns_factory("gone").name + "-nope"
 
     async def scenario() -> None:
-        async with IpvsDriver(name):
+        with IpvsDriver(name):
             pass
 
     with pytest.raises(IpvsError, match=f"netns {name}: opening a netlink socket: No such file"):
