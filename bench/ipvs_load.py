@@ -99,7 +99,7 @@ def restore_text(services: int, dests: int) -> str:
 
 
 def desired_table(services: int, dests: int) -> Any:
-    from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey
+    from hapair.ipvs.table import Dest, DestKey, ServiceKey, VirtualService
 
     table = {}
     for svc, ds in rules(services, dests):
@@ -108,7 +108,7 @@ def desired_table(services: int, dests: int) -> Any:
         for address, weight in ds:
             dkey = DestKey(IPv4Address(address), PORT)
             dmap[dkey] = Dest(dkey, weight, "dr")
-        table[key] = Service(key, scheduler=SCHEDULER, dests=dmap)
+        table[key] = VirtualService(key, scheduler=SCHEDULER, dests=dmap)
     return table
 
 

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import errno as errno_codes
+import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from hapair.ipvs import reconcile as rc
 from hapair.ipvs import wire
 from hapair.ipvs.genl import BATCH, GenlSocket, NoIpvs
-from hapair.ipvs.reconcile import (
-    AddDest,
-    AddService,
-    Change,
-    DeleteDest,
-    DeleteService,
-    EditDest,
-    EditService,
-)
-from hapair.ipvs.table import Dest, DestKey, IPAddress, Service, ServiceKey, Table
-from hapair.ipvs.wire import DaemonInfo, KernelError, SyncState
+from hapair.ipvs.netlink import KernelError
+from hapair.ipvs.table import Dest, DestKey, ServiceKey, Table, VirtualService
+from hapair.ipvs.wire import SyncDaemon, SyncState
 
 NO_IPVS = "the kernel has no IPVS (modprobe ip_vs?)"
 _YIELD_EVERY = 32  # services read between two turns of the event loop
@@ -104,59 +98,45 @@ class IpvsDriver:
                 dests = self._read(
                     wire.GET_DEST, wire.service_attr(key), f"listing the destinations of {key}"
                 )
-                service.dests.update(self._dests.read(dests, key.family))
+                self._dests.read(dests, key.family, service.dests)
                 table[key] = service
         return table
 
-    def list_daemons(self) -> list[DaemonInfo]:
+    def list_daemons(self) -> list[SyncDaemon]:
         answers = self._read(wire.GET_DAEMON, b"", "listing sync daemons")
         return [d for payload in answers if (d := wire.daemon_of(payload)) is not None]
 
     # --- writing ---
 
-    def apply(self, changes: Sequence[Change]) -> list[IpvsError | None]:
+    def apply(self, changes: Sequence[rc.Change]) -> list[IpvsError | None]:
         """Each change's refusal, or None; they are sent `BATCH` to a system call."""
         return self._write([_request_of(change) for change in changes])
 
-    def add_service(self, service: Service) -> None:
+    def add_service(self, service: VirtualService) -> None:
         """Create the service with its settings; its `dests` are not written (see add_dest)."""
-        self._write_one(AddService(service))
+        self._write_one(rc.AddService(service))
 
-    def edit_service(self, service: Service) -> None:
+    def edit_service(self, service: VirtualService) -> None:
         """Change scheduler, persistence, netmask and flags in place (IPVS "set")."""
-        self._write_one(EditService(service))
+        self._write_one(rc.EditService(service))
 
     def delete_service(self, key: ServiceKey) -> None:
         """Delete the service and its destinations."""
-        self._write_one(DeleteService(key))
+        self._write_one(rc.DeleteService(key))
 
     def add_dest(self, key: ServiceKey, dest: Dest) -> None:
-        self._write_one(AddDest(key, dest))
+        self._write_one(rc.AddDest(key, dest))
 
     def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
         """Change weight, forwarding and thresholds in place: connections stay on it."""
-        self._write_one(EditDest(key, dest))
+        self._write_one(rc.EditDest(key, dest))
 
     def delete_dest(self, key: ServiceKey, dest_key: DestKey) -> None:
-        self._write_one(DeleteDest(key, dest_key))
+        self._write_one(rc.DeleteDest(key, dest_key))
 
-    def start_daemon(
-        self,
-        state: SyncState,
-        ifname: str,
-        sync_id: int,
-        *,
-        maxlen: int | None = None,
-        group: IPAddress | None = None,
-        port: int | None = None,
-        ttl: int | None = None,
-    ) -> None:
-        def payload() -> bytes:
-            return wire.daemon_payload(
-                state, ifname, sync_id, maxlen=maxlen, group=group, port=port, ttl=ttl
-            )
-
-        what = f"starting {state.name.lower()} sync daemon on {ifname}"
+    def start_daemon(self, daemon: SyncDaemon) -> None:
+        what = f"starting {daemon.state.name.lower()} sync daemon on {daemon.ifname}"
+        payload = functools.partial(wire.daemon_payload, daemon)
         self._raise(self._write([_Request(wire.NEW_DAEMON, payload, lambda: what)]))
 
     def stop_daemon(self, state: SyncState) -> None:
@@ -181,7 +161,7 @@ class IpvsDriver:
 
     # --- the socket ---
 
-    def _write_one(self, change: Change) -> None:
+    def _write_one(self, change: rc.Change) -> None:
         self._raise(self.apply([change]))
 
     def _raise(self, errors: list[IpvsError | None]) -> None:
@@ -236,12 +216,12 @@ class IpvsDriver:
         return f"netns {self.netns}: " if self.netns else ""
 
 
-def _request_of(change: Change) -> _Request:
-    if isinstance(change, AddService | EditService):
+def _request_of(change: rc.Change) -> _Request:
+    if isinstance(change, rc.AddService | rc.EditService):
         service = change.service
         cmd, verb = (
             (wire.NEW_SERVICE, "adding")
-            if isinstance(change, AddService)
+            if isinstance(change, rc.AddService)
             else (wire.SET_SERVICE, "editing")
         )
         # ENOENT: no such scheduler module (or persistence engine).
@@ -249,12 +229,12 @@ def _request_of(change: Change) -> _Request:
         return _Request(
             cmd, lambda: wire.service_payload(service), lambda: f"{verb} {service.key}", hint
         )
-    if isinstance(change, DeleteService):
+    if isinstance(change, rc.DeleteService):
         key = change.key
         return _Request(wire.DEL_SERVICE, lambda: wire.service_attr(key), lambda: f"deleting {key}")
-    if isinstance(change, AddDest | EditDest):
+    if isinstance(change, rc.AddDest | rc.EditDest):
         skey, dest = change.service, change.dest
-        if isinstance(change, AddDest):  # NEW: no ENOENT
+        if isinstance(change, rc.AddDest):  # NEW: no ENOENT
             return _Request(
                 wire.NEW_DEST,
                 lambda: wire.dest_payload(skey, dest),
@@ -275,4 +255,4 @@ def _request_of(change: Change) -> _Request:
     )
 
 
-__all__ = ["NO_IPVS", "DaemonInfo", "IpvsDriver", "IpvsError", "SyncState"]
+__all__ = ["NO_IPVS", "IpvsDriver", "IpvsError", "SyncDaemon", "SyncState"]

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from hapair.ipvs import wire
-from hapair.ipvs.wire import KernelError
+from hapair.ipvs import netlink as nl
+from hapair.ipvs.netlink import KernelError
 
 _SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
 _CLONE_NEWNET = 0x40000000
@@ -49,14 +49,14 @@ class GenlSocket:
             sock.setsockopt(_SOL_NETLINK, _NETLINK_EXT_ACK, 1)  # the kernel's reason text
             sock.settimeout(30)
             answers = self._exchange(
-                wire.GENL_ID_CTRL,
-                wire.CTRL_CMD_GETFAMILY,
-                wire.family_request(),
-                wire.NLM_F_REQUEST,
+                nl.GENL_ID_CTRL,
+                nl.CTRL_CMD_GETFAMILY,
+                nl.family_request("IPVS"),
+                nl.NLM_F_REQUEST,
             )
             if not answers:
                 raise OSError(errno_codes.EPROTO, "no answer to the family lookup")
-            self.family = wire.family_id(answers[0])
+            self.family = nl.family_id(answers[0])
         except KernelError as e:
             sock.close()
             if e.code == errno_codes.ENOENT:
@@ -72,7 +72,7 @@ class GenlSocket:
 
     def request(self, cmd: int, payload: bytes, *, dump: bool = False) -> list[bytes]:
         """One request; the payloads of its answers (none for an acknowledged write)."""
-        flags = wire.NLM_F_REQUEST | (wire.NLM_F_DUMP if dump else wire.NLM_F_ACK)
+        flags = nl.NLM_F_REQUEST | (nl.NLM_F_DUMP if dump else nl.NLM_F_ACK)
         return self._exchange(self.family, cmd, payload, flags)
 
     def write(self, requests: Sequence[tuple[int, bytes]]) -> list[KernelError | None]:
@@ -82,16 +82,16 @@ class GenlSocket:
             raise ValueError(f"1 to {BATCH} requests at once, not {len(requests)}")
         first = self._take(len(requests))
         last = first + len(requests) - 1
-        flags = wire.NLM_F_REQUEST
+        flags = nl.NLM_F_REQUEST
         data = b"".join(
-            wire.message(self.family, flags | (wire.NLM_F_ACK if n == last else 0), n, cmd, p)
+            nl.message(self.family, flags | (nl.NLM_F_ACK if n == last else 0), n, cmd, p)
             for n, (cmd, p) in enumerate(requests, first)
         )
         self._sock.send(data)
         results: list[KernelError | None] = [None] * len(requests)
         while True:
-            for answer in wire.answers(self._sock.recv(_RECV_SIZE)):
-                if first <= answer.seq <= last and answer.kind == wire.NLMSG_ERROR:
+            for answer in nl.answers(self._sock.recv(_RECV_SIZE)):
+                if first <= answer.seq <= last and answer.kind == nl.NLMSG_ERROR:
                     results[answer.seq - first] = answer.error
                     if answer.seq == last:  # the kernel handles requests in order
                         return results
@@ -108,23 +108,23 @@ class GenlSocket:
         """Send one message; return the payloads (after the genl header) of its answers.
         KernelError: the kernel refused it."""
         seq = self._take(1)
-        self._sock.send(wire.message(msg_type, flags, seq, cmd, payload))
-        dump = flags & wire.NLM_F_DUMP == wire.NLM_F_DUMP
+        self._sock.send(nl.message(msg_type, flags, seq, cmd, payload))
+        dump = flags & nl.NLM_F_DUMP == nl.NLM_F_DUMP
         found: list[bytes] = []
         while True:
             data = self._sock.recv(_RECV_SIZE)
-            if dump and (same := wire.uniform(data, seq)) is not None:
+            if dump and (same := nl.uniform(data, seq)) is not None:
                 found += same  # a datagram of same-sized answers, read in one pass
                 continue
-            for answer in wire.answers(data):
+            for answer in nl.answers(data):
                 if answer.seq != seq:
                     continue  # answers to an abandoned request
-                if answer.kind in (wire.NLMSG_ERROR, wire.NLMSG_DONE):
+                if answer.kind in (nl.NLMSG_ERROR, nl.NLMSG_DONE):
                     if answer.error is not None:
                         raise answer.error
                     return found
                 found.append(answer.payload)
-                if not answer.flags & wire.NLM_F_MULTI and not flags & wire.NLM_F_ACK:
+                if not answer.flags & nl.NLM_F_MULTI and not flags & nl.NLM_F_ACK:
                     return found  # a single answer without an ack to follow
 
 

@@ -104,7 +104,7 @@ class TableKeeper:
     def set_sync_role(self, role: str) -> None:
         """'master' or 'backup': the new daemon starts before the old one stops, so a
         new master never has a moment without sending."""
-        from hapair.ipvs.driver import IpvsError, SyncState
+        from hapair.ipvs.driver import IpvsError, SyncDaemon, SyncState
 
         if self.sync is None or not self.available or role == self.sync_role:
             return
@@ -118,15 +118,10 @@ class TableKeeper:
         try:
             running = {d.state for d in self.driver.list_daemons()}
             if new not in running:
-                self.driver.start_daemon(
-                    new,
-                    s.interface,
-                    self.sync_id,
-                    maxlen=s.maxlen,
-                    group=s.group,
-                    port=s.port,
-                    ttl=s.ttl,
+                daemon = SyncDaemon(
+                    new, s.interface, self.sync_id, s.maxlen, s.group, s.port, s.ttl
                 )
+                self.driver.start_daemon(daemon)
             if old in running:
                 self.driver.stop_daemon(old)
         except IpvsError as exc:

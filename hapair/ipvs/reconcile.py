@@ -14,17 +14,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hapair.config.model import Service as ServiceConfig
-from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey, Table
+from hapair.ipvs.table import Dest, DestKey, ServiceKey, Table, VirtualService
 
 
 @dataclass(frozen=True, slots=True)
 class AddService:
-    service: Service
+    service: VirtualService
 
 
 @dataclass(frozen=True, slots=True)
 class EditService:
-    service: Service
+    service: VirtualService
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ def desired_table(
             port = 0 if svc.protocol == "fwmark" else svc.sorry_server.port or svc.port or 0
             skey = DestKey(svc.sorry_server.address, port)
             dests = {skey: Dest(skey, 1, svc.forward, **tunnel)}
-        table[key] = Service(
+        table[key] = VirtualService(
             key,
             scheduler=svc.scheduler,
             persistence=math.ceil(svc.persistence),

@@ -117,7 +117,7 @@ class Dest:
 
 
 @dataclass(frozen=True, slots=True)
-class Service:
+class VirtualService:
     key: ServiceKey
     scheduler: str = "wlc"
     persistence: int = 0  # seconds; 0: not persistent
@@ -130,4 +130,4 @@ class Service:
         return (self.scheduler, self.persistence, self.netmask, self.flags)
 
 
-Table = dict[ServiceKey, Service]
+Table = dict[ServiceKey, VirtualService]

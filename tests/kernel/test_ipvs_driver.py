@@ -14,27 +14,27 @@ from pair import wait_for
 from topology import Netns
 
 from hapair.ipvs.driver import IpvsDriver, IpvsError
-from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey, Table
+from hapair.ipvs.table import Dest, DestKey, ServiceKey, Table, VirtualService
 
 pytestmark = pytest.mark.kernel
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 
 
-def svc(proto: str, addr: str, port: int, **kw: object) -> Service:
+def svc(proto: str, addr: str, port: int, **kw: object) -> VirtualService:
     a = ip_address(addr)
-    return Service(ServiceKey(proto, a, port, family=a.version), **kw)  # type: ignore[arg-type]
+    return VirtualService(ServiceKey(proto, a, port, family=a.version), **kw)  # type: ignore[arg-type]
 
 
-def fwm(mark: int, family: int = 4, **kw: object) -> Service:
-    return Service(ServiceKey("fwmark", fwmark=mark, family=family), **kw)  # type: ignore[arg-type]
+def fwm(mark: int, family: int = 4, **kw: object) -> VirtualService:
+    return VirtualService(ServiceKey("fwmark", fwmark=mark, family=family), **kw)  # type: ignore[arg-type]
 
 
 def dest(addr: str, port: int, **kw: object) -> Dest:
     return Dest(DestKey(ip_address(addr), port), **kw)  # type: ignore[arg-type]
 
 
-def with_dests(service: Service, *dests: Dest) -> Service:
+def with_dests(service: VirtualService, *dests: Dest) -> VirtualService:
     service.dests.update({d.key: d for d in dests})
     return service
 

@@ -15,7 +15,7 @@ from ipvsadm import ipvs_daemons, ipvs_table
 from pyroute2 import AsyncIPVS, IPVSDest, IPVSService
 from topology import Netns
 
-from hapair.ipvs.driver import IpvsDriver, IpvsError, SyncState
+from hapair.ipvs.driver import IpvsDriver, IpvsError, SyncDaemon, SyncState
 from hapair.ipvs.table import ServiceKey
 
 pytestmark = pytest.mark.kernel
@@ -59,7 +59,7 @@ def test_service_and_destination_are_per_namespace(
 def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
     def scenario() -> None:
         with IpvsDriver(director.name) as ipvs:
-            ipvs.start_daemon(SyncState.MASTER, "eth1", 51)
+            ipvs.start_daemon(SyncDaemon(SyncState.MASTER, "eth1", 51))
             assert any(
                 line.startswith("master sync daemon (mcast=eth1, syncid=51")
                 for line in ipvs_daemons(director)
@@ -67,7 +67,7 @@ def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
             [master] = ipvs.list_daemons()
             assert (master.state, master.ifname, master.sync_id) == (SyncState.MASTER, "eth1", 51)
 
-            ipvs.start_daemon(SyncState.BACKUP, "eth1", 51)
+            ipvs.start_daemon(SyncDaemon(SyncState.BACKUP, "eth1", 51))
             shown = ipvs_daemons(director)
             assert len(shown) == 2 and shown[1].startswith(
                 "backup sync daemon (mcast=eth1, syncid=51"
@@ -78,7 +78,7 @@ def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
             }
 
             with pytest.raises(IpvsError) as refused:
-                ipvs.start_daemon(SyncState.MASTER, "eth1", 52)
+                ipvs.start_daemon(SyncDaemon(SyncState.MASTER, "eth1", 52))
             assert refused.value.errno == errno.EEXIST
             assert str(refused.value) == (
                 f"netns {director.name}: starting master sync daemon on eth1: File exists"
@@ -95,15 +95,8 @@ def test_sync_daemons_start_list_refuse_twice_and_stop(director: Netns) -> None:
 def test_daemon_options_reach_the_kernel(director: Netns) -> None:
     def scenario() -> None:
         with IpvsDriver(director.name) as ipvs:
-            ipvs.start_daemon(
-                SyncState.MASTER,
-                "eth1",
-                7,
-                maxlen=1200,
-                group=ip_address("239.1.2.3"),
-                port=8849,
-                ttl=2,
-            )
+            group = ip_address("239.1.2.3")
+            ipvs.start_daemon(SyncDaemon(SyncState.MASTER, "eth1", 7, 1200, group, 8849, 2))
             [master] = ipvs.list_daemons()
             ipvs.stop_daemon(SyncState.MASTER)
         assert (master.maxlen, str(master.group), master.port, master.ttl) == (

@@ -13,9 +13,10 @@ from ipaddress import ip_address
 
 import pytest
 
+from hapair.ipvs import netlink as nl
 from hapair.ipvs import wire
 from hapair.ipvs.genl import BATCH, GenlSocket
-from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey
+from hapair.ipvs.table import Dest, DestKey, ServiceKey, VirtualService
 
 pytestmark = pytest.mark.unit
 
@@ -89,7 +90,7 @@ def kernel_dest(address: str, port: int, weight: int, *, modern: bool = True) ->
 
 
 def test_a_service_request_is_laid_out_as_ip_vs_h_says() -> None:
-    service = Service(
+    service = VirtualService(
         ServiceKey("tcp", VIP, 80), "sh", persistence=300, netmask=24,
         flags=frozenset({"sh-port", "ops"}),
     )  # fmt: skip
@@ -108,7 +109,7 @@ def test_a_service_request_is_laid_out_as_ip_vs_h_says() -> None:
 
 
 def test_fwmark_and_ipv6_keys_and_an_ipv6_prefix_in_host_order() -> None:
-    six = Service(ServiceKey("fwmark", fwmark=9, family=6), "rr", netmask=64)
+    six = VirtualService(ServiceKey("fwmark", fwmark=9, family=6), "rr", netmask=64)
     assert wire.service_payload(six) == nla(
         1,
         nla(1, u16(socket.AF_INET6)) + nla(5, u32(9)) + nla(6, b"rr\0")
@@ -126,9 +127,9 @@ def test_fwmark_and_ipv6_keys_and_an_ipv6_prefix_in_host_order() -> None:
 def test_values_ipvs_cannot_hold_are_refused_before_the_wire() -> None:
     key = ServiceKey("tcp", VIP, 80)
     with pytest.raises(ValueError, match="flag 'sh-port' does not apply to scheduler 'wlc'"):
-        wire.service_payload(Service(key, "wlc", flags=frozenset({"sh-port"})))
+        wire.service_payload(VirtualService(key, "wlc", flags=frozenset({"sh-port"})))
     with pytest.raises(ValueError, match="netmask /33 out of range"):
-        wire.service_payload(Service(key, "wlc", netmask=33))
+        wire.service_payload(VirtualService(key, "wlc", netmask=33))
     with pytest.raises(ValueError, match="needs an IPv6 address"):
         wire.service_attr(ServiceKey("tcp", VIP, 80, family=6))
     with pytest.raises(ValueError, match="unknown forwarding method 'proxy'"):
@@ -153,7 +154,7 @@ def test_a_destination_request_carries_its_tunnel_only_when_tunnelled() -> None:
 def test_a_service_answer_is_read_and_its_statistics_ignored() -> None:
     reader = wire.ServiceReader()
     first = reader.read(kernel_service(sched="mh", flags=0x2 | 0x1 | 0x8, timeout=60))
-    assert first == Service(
+    assert first == VirtualService(
         ServiceKey("tcp", VIP, 80), "mh", persistence=60, netmask=32,
         flags=frozenset({"mh-fallback"}),
     )  # fmt: skip
@@ -172,6 +173,12 @@ def test_a_non_contiguous_mask_reads_as_no_prefix() -> None:
     assert service is not None and service.netmask == -1
 
 
+def read(reader: wire.DestReader, answers: list[bytes]) -> dict[DestKey, Dest]:
+    dests: dict[DestKey, Dest] = {}
+    reader.read(answers, 4, dests)
+    return dests
+
+
 def test_destinations_in_both_kernel_layouts_read_alike() -> None:
     modern = [kernel_dest("10.0.0.1", 80, 3), kernel_dest("10.0.0.2", 80, 4)]
     old = [
@@ -185,20 +192,20 @@ def test_destinations_in_both_kernel_layouts_read_alike() -> None:
             for a, w in (("10.0.0.1", 3), ("10.0.0.2", 4))
         )
     }
-    assert wire.DestReader().read(modern, 4) == expected
-    assert wire.DestReader().read(old, 4) == expected  # no family attribute: the service's
+    assert read(wire.DestReader(), modern) == expected
+    assert read(wire.DestReader(), old) == expected  # no family attribute: the service's
     assert [wire.dest_of(p, 4) for p in modern] == list(expected.values())
 
 
 def test_a_destination_set_seen_before_is_a_copy_and_a_change_shows() -> None:
     reader = wire.DestReader()
     answers = [kernel_dest("10.0.0.1", 80, 3), kernel_dest("2001:db8::2", 80, 1)]
-    first = reader.read(answers, 4)
-    again = reader.read(answers, 4)
-    assert again == first and again is not first
-    again.clear()  # the caller's copy: the reader's stays whole
-    assert reader.read(answers, 4) == first
-    heavier = reader.read([kernel_dest("10.0.0.1", 80, 5), answers[1]], 4)
+    first = read(reader, answers)
+    again = read(reader, answers)
+    assert again == first
+    again.clear()  # the caller's dict: the reader's stays whole
+    assert read(reader, answers) == first
+    heavier = read(reader, [kernel_dest("10.0.0.1", 80, 5), answers[1]])
     assert [d.weight for d in heavier.values()] == [5, 1]
     assert list(first)[1] == DestKey(ip_address("2001:db8::2"), 80)
 
@@ -206,7 +213,7 @@ def test_a_destination_set_seen_before_is_a_copy_and_a_change_shows() -> None:
 def test_sync_daemon_requests_and_answers() -> None:
     group = ip_address("239.1.2.3")
     payload = wire.daemon_payload(
-        wire.SyncState.MASTER, "eth1", 7, maxlen=1200, group=group, port=8849, ttl=2
+        wire.SyncDaemon(wire.SyncState.MASTER, "eth1", 7, 1200, group, 8849, 2)
     )
     assert payload == nla(
         3,
@@ -220,7 +227,7 @@ def test_sync_daemon_requests_and_answers() -> None:
         nla(1, u32(2)) + nla(2, b"eth1\0") + nla(3, u32(7)) + nla(4, u16(1472))
         + nla(7, u16(8848)) + nla(8, u8(1)) + nla(6, ip_address("ff02::51").packed),
     )  # fmt: skip
-    assert wire.daemon_of(answer) == wire.DaemonInfo(
+    assert wire.daemon_of(answer) == wire.SyncDaemon(
         wire.SyncState.BACKUP, "eth1", 7, 1472, ip_address("ff02::51"), 8848, 1
     )
     assert wire.daemon_of(nla(1, b"")) is None
@@ -234,7 +241,7 @@ def error_message(seq: int, code: int, text: bytes = b"") -> bytes:
     """NLMSG_ERROR as a socket with NETLINK_CAP_ACK and NETLINK_EXT_ACK gets it."""
     tlvs = nla(1, text + b"\0") if text else b""
     body = struct.pack("=i", -code) + header(20, 0x20, 5, seq) + tlvs
-    return header(16 + len(body), wire.NLMSG_ERROR, 0x100 | (0x200 if tlvs else 0), seq) + body
+    return header(16 + len(body), nl.NLMSG_ERROR, 0x100 | (0x200 if tlvs else 0), seq) + body
 
 
 def test_answers_errors_with_the_kernels_text_and_a_truncated_tail() -> None:
@@ -243,22 +250,22 @@ def test_answers_errors_with_the_kernels_text_and_a_truncated_tail() -> None:
         + error_message(6, errno.EEXIST)
         + error_message(7, errno.EINVAL, b"Attribute failed policy validation")
     )
-    found = list(wire.answers(data + header(64, 30, 0, 8)[:12]))
+    found = list(nl.answers(data + header(64, 30, 0, 8)[:12]))
     assert [(a.seq, a.error and a.error.code) for a in found] == [
         (5, None),
         (6, errno.EEXIST),
         (7, errno.EINVAL),
     ]
     assert str(found[2].error) == "Invalid argument (Attribute failed policy validation)"
-    assert list(wire.answers(header(8, 30, 0, 1))) == []  # shorter than a header
+    assert list(nl.answers(header(8, 30, 0, 1))) == []  # shorter than a header
 
 
 def test_a_datagram_of_same_sized_answers_is_split_at_once() -> None:
     dests = [kernel_dest(f"10.0.0.{n}", 80, n) for n in range(1, 5)]
-    data = b"".join(header(20 + len(p), 30, wire.NLM_F_MULTI, 9) + b"\0" * 4 + p for p in dests)
-    assert wire.uniform(data, 9) == dests
-    assert wire.uniform(data, 8) is None  # another request's
-    assert wire.uniform(data + error_message(9, 0), 9) is None  # ends with its DONE
+    data = b"".join(header(20 + len(p), 30, nl.NLM_F_MULTI, 9) + b"\0" * 4 + p for p in dests)
+    assert nl.uniform(data, 9) == dests
+    assert nl.uniform(data, 8) is None  # another request's
+    assert nl.uniform(data + error_message(9, 0), 9) is None  # ends with its DONE
 
 
 def test_pipelined_writes_tie_each_refusal_to_its_request() -> None:
@@ -266,13 +273,13 @@ def test_pipelined_writes_tie_each_refusal_to_its_request() -> None:
     refused, each at its own place, whatever the place (the last one too)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)
     genl = GenlSocket(sock)
-    genl.family = wire.GENL_ID_CTRL
+    genl.family = nl.GENL_ID_CTRL
     try:
         sock.setsockopt(270, 10, 1)  # NETLINK_CAP_ACK
         sock.setsockopt(270, 11, 1)  # NETLINK_EXT_ACK
         sock.settimeout(5)
         names = [b"nlctrl" if n % 3 else b"nofamily%d" % n for n in range(BATCH)]
-        requests = [(wire.CTRL_CMD_GETFAMILY, nla(2, name + b"\0")) for name in names]
+        requests = [(nl.CTRL_CMD_GETFAMILY, nla(2, name + b"\0")) for name in names]
         for _ in range(3):  # sequence numbers go on across batches
             refusals = genl.write(requests)
             assert [r is not None for r in refusals] == [n % 3 == 0 for n in range(BATCH)]

@@ -24,7 +24,7 @@ from hapair.ipvs.reconcile import (
     diff,
     service_key,
 )
-from hapair.ipvs.table import Dest, DestKey, Service, ServiceKey, Table
+from hapair.ipvs.table import Dest, DestKey, ServiceKey, Table, VirtualService
 
 pytestmark = pytest.mark.unit
 
@@ -185,7 +185,9 @@ def test_scheduler_change_is_an_edit(cfg: Any) -> None:
 def test_foreign_services_are_never_touched(cfg: Any) -> None:
     table, _ = desired_table(cfg.services, {}, {})
     foreign_key = ServiceKey("udp", ip_address("10.9.9.9"), 53)
-    foreign = Service(foreign_key, "rr", dests={dk("10.9.9.1", 53): Dest(dk("10.9.9.1", 53))})
+    foreign = VirtualService(
+        foreign_key, "rr", dests={dk("10.9.9.1", 53): Dest(dk("10.9.9.1", 53))}
+    )
     actual = {**table, foreign_key: foreign}
     assert diff(table, actual, table) == []
     # A service hapair owned and that left the config is removed; the foreign one stays.
@@ -217,7 +219,7 @@ dests = st.builds(
     st.sampled_from(["dr", "nat", "tun"]),
 )
 services = st.builds(
-    lambda key, sched, persist, ds: Service(
+    lambda key, sched, persist, ds: VirtualService(
         key, sched, persist, 32, frozenset(), {d.key: d for d in ds}
     ),
     st.sampled_from([ServiceKey("tcp", ip_address("10.0.0.100"), p) for p in (80, 443, 25)]),
