@@ -24,7 +24,8 @@ from hapair.config.model import SerialLink
 from hapair.config.reload import restart_needed
 from hapair.core.election import Announce, Transition
 from hapair.core.health import Health
-from hapair.core.node import Action, HaNode, Notice, Refused, Send, link_names, settings_of
+from hapair.core.node import Action, HaNode, Notice, Send, link_names, settings_of
+from hapair.core.refused import Refused
 from hapair.core.states import State
 from hapair.holder import VipHolder
 from hapair.inputs import Asked, Checked, Input, Received, Reload, Stop, Tick, WarmedUp
@@ -129,9 +130,9 @@ class Agent:
     def _preload(self) -> None:
         """Import what the agent will need before the clock runs, not in it (aiohttp: 0.3 s
         here, 3-6 s in a slow VM, where the clock saw it as a stall)."""
-        from hapair import linkmon, probes
+        from hapair import interfaces, probes
 
-        del linkmon
+        del interfaces
         if self.cfg.monitor is not None:
             from hapair.monitor import server as monitor_server
 
@@ -295,9 +296,12 @@ class Agent:
         world-readable key) the agent goes on failing over, and says why."""
         if self.cfg.monitor is None:
             return None
-        from hapair.monitor.server import Monitor, MonitorError
+        from hapair.monitor.files import MonitorError
+        from hapair.monitor.server import MonitorServer
 
-        monitor = Monitor(self.cfg.monitor, lambda: self.status(self.loop.time()), self.request)
+        monitor = MonitorServer(
+            self.cfg.monitor, lambda: self.status(self.loop.time()), self.request
+        )
         try:
             await monitor.start()
         except MonitorError as exc:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hapair.config import Config, Problem
-from hapair.config.model import InterfaceTrack
+from hapair.config.checks import InterfaceTrack
 
 log = logging.getLogger("hapair")
 

@@ -24,13 +24,14 @@ from hapair import control
 from hapair.alerts import Alerter
 from hapair.config import Config
 from hapair.config.model import Service as ServiceConfig
-from hapair.core.roster import Refused, Roster
+from hapair.core.refused import Refused
+from hapair.core.roster import Roster
 from hapair.core.verdicts import quorum_changes, server_changed
 from hapair.host import atomic_write
 from hapair.ipvs.keeper import Outcome, TableKeeper
 from hapair.ipvs.reconcile import Change, ServiceView, desired_table, dest_keys, service_key
 from hapair.ipvs.table import DestKey, Table
-from hapair.prober import Prober, Target
+from hapair.probes.prober import Prober, Target
 from hapair.status import ProbeStatus, RealServerStatus, ServiceStatus, Transition
 
 log = logging.getLogger("hapair")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from hapair.config import Config
-from hapair.config.model import IcmpTrack, InterfaceTrack, ScriptTrack, TcpTrack, Track
+from hapair.config.checks import IcmpTrack, InterfaceTrack, ScriptTrack, TcpTrack, Track
 from hapair.core.hysteresis import RiseFall
 from hapair.probes import OWN_FAULT, own_fault
 
@@ -106,7 +106,7 @@ def start_checks(cfg: Config, on_verdict: OnVerdict) -> list[asyncio.Task[None]]
 
 
 async def _watch_interfaces(ifnames: set[str], on_verdict: OnVerdict) -> None:
-    from hapair.linkmon import watch_links
+    from hapair.interfaces import watch_interfaces
 
-    async for change in watch_links(ifnames):
+    async for change in watch_interfaces(ifnames):
         on_verdict(f"interface {change.ifname}", change.up, "up" if change.up else "down")

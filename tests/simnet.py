@@ -18,7 +18,8 @@ from functools import partial
 
 from hapair.core.election import Announce, Transition
 from hapair.core.heartbeat import Flag, Heartbeat, encode
-from hapair.core.node import HaNode, Notice, Refused, Send, Settings
+from hapair.core.node import HaNode, Notice, Send, Settings
+from hapair.core.refused import Refused
 from hapair.core.states import State
 
 LINKS = ("udp", "serial")

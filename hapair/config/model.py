@@ -14,22 +14,22 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+from pydantic import Field, PlainValidator, field_validator, model_validator
 
+from hapair.config.checks import PROBE_TIMING_KEYS, Probe, Track
 from hapair.config.types import (
     IP,
     Bool,
     Duration,
     EndpointStr,
     FilePath,
-    Host,
-    HostHeader,
     HostPortStr,
     IfName,
     Int,
     IPWithPrefix,
     Line,
     LongDuration,
+    Section,
 )
 
 # Every scheduler the Linux kernel ships (net/netfilter/ipvs/ip_vs_*.c).
@@ -39,12 +39,6 @@ SCHEDULERS = frozenset(
 SCHEDULER_FLAGS = {"sh-fallback": "sh", "sh-port": "sh", "mh-fallback": "mh", "mh-port": "mh"}
 SERIAL_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-# Probe keys that describe timing; a per-server override of another probe type keeps them.
-PROBE_TIMING_KEYS = ("interval", "timeout", "rise", "fall")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # A Unix socket's path holds at most 107 bytes (sun_path, less its terminating NUL).
@@ -154,43 +148,6 @@ class Cluster(Section):
         return self.initdead if self.initdead is not None else 2 * self.deadtime
 
 
-class _Check(Section):
-    interval: Duration = 1.0
-    timeout: Duration = 1.0
-    rise: Int = Field(default=2, ge=1, le=100)
-    fall: Int = Field(default=3, ge=1, le=100)
-
-
-class IcmpTrack(_Check):
-    type: Literal["icmp"]
-    target: IP
-
-
-class TcpTrack(_Check):
-    type: Literal["tcp"]
-    target: EndpointStr
-
-    @field_validator("target")
-    @classmethod
-    def _port(cls, value: Any) -> Any:
-        if value.port is None:
-            raise ValueError(f"{value}: a tcp check needs a port, e.g. '10.0.0.254:22'")
-        return value
-
-
-class InterfaceTrack(_Check):
-    type: Literal["interface"]
-    interface: IfName
-
-
-class ScriptTrack(_Check):
-    type: Literal["script"]
-    command: Line = Field(min_length=1)
-
-
-Track = Annotated[IcmpTrack | TcpTrack | InterfaceTrack | ScriptTrack, Field(discriminator="type")]
-
-
 class Vip(Section):
     address: IPWithPrefix
     interface: IfName
@@ -232,100 +189,6 @@ class Sync(Section):
         if value is not None and not value.is_multicast:
             raise ValueError(f"{value} is not a multicast group")
         return value
-
-
-class _Probe(Section):
-    interval: Duration = 2.0
-    timeout: Duration = 1.0
-    rise: Int = Field(default=2, ge=1, le=100)
-    fall: Int = Field(default=3, ge=1, le=100)
-    port: Int | None = Field(default=None, ge=1, le=65535)
-
-
-class IcmpProbe(_Probe):
-    type: Literal["icmp"]
-
-
-class TcpProbe(_Probe):
-    type: Literal["tcp"]
-
-
-def _parse_status(value: Any) -> tuple[int, int]:
-    """`200` or `"200-399"` -> an inclusive range of HTTP status codes."""
-    low: Any
-    high: Any
-    if isinstance(value, int) and not isinstance(value, bool):
-        low = high = value
-    elif isinstance(value, str) and re.fullmatch(r"\d{3}(-\d{3})?", value.strip()):
-        low, _, high = value.strip().partition("-")
-        low, high = int(low), int(high or low)
-    else:
-        raise ValueError(f"{value!r}: expected a status code (200) or a range ('200-399')")
-    if not 100 <= low <= high <= 599:
-        raise ValueError(f"{value!r}: status codes are 100..599, low to high")
-    return (low, high)
-
-
-class HttpProbe(_Probe):
-    type: Literal["http", "https"]
-    method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
-    path: str = "/"
-    host: HostHeader | None = None  # the Host header; may carry a port ("www.example.org:8080")
-    expect_status: tuple[int, int] = (200, 299)
-    body_regex: Line | None = None
-    verify_tls: Bool = False
-    sni: Host | None = None
-
-    @field_validator("expect_status", mode="before")
-    @classmethod
-    def _status(cls, value: Any) -> tuple[int, int]:
-        return _parse_status(value)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        if (
-            not value.startswith("/")
-            or not (value.isascii() and value.isprintable())
-            or (" " in value or len(value) > 2048)
-        ):
-            raise ValueError(
-                f"{value!r}: a path starts with '/' and is printable ASCII without spaces"
-            )
-        return value
-
-    @field_validator("body_regex")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
-        return value
-
-
-class SmtpProbe(_Probe):
-    type: Literal["smtp"]
-    starttls: Bool = False
-    helo_name: Host = "hapair"
-
-
-class DnsProbe(_Probe):
-    type: Literal["dns"]
-    query: Host
-    qtype: Literal["A", "AAAA", "CNAME", "MX", "NS", "SOA", "TXT", "SRV", "PTR"] = "A"
-
-
-class ScriptProbe(_Probe):
-    type: Literal["script"]
-    command: Line = Field(min_length=1)
-
-
-Probe = Annotated[
-    IcmpProbe | TcpProbe | HttpProbe | SmtpProbe | DnsProbe | ScriptProbe,
-    Field(discriminator="type"),
-]
 
 
 class RealServer(Section):

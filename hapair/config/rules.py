@@ -12,7 +12,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hapair.config.model import SCHEDULER_FLAGS, Config, Probe, SerialLink, Service, UdpLink
+from hapair.config.checks import Probe
+from hapair.config.model import SCHEDULER_FLAGS, Config, SerialLink, Service, UdpLink
 from hapair.config.types import IPAddress
 
 MIN_KEY_BYTES = 16

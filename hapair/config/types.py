@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer, PlainValidator, Strict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, Strict
+
+
+class Section(BaseModel):
+    """The base of every section of the configuration: no unknown keys, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

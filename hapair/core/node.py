@@ -17,6 +17,7 @@ from hapair.config import Config
 from hapair.core import detector as fd
 from hapair.core.election import Announce, Decision, Election, Transition
 from hapair.core.heartbeat import Dropped, Flag, Heartbeat, ReplayGuard, decode, encode
+from hapair.core.refused import Refused
 from hapair.core.states import State
 
 LEAVING_COPIES = 3  # a STOPPED heartbeat is sent this often: one may be lost
@@ -41,10 +42,6 @@ class Notice:
 
 
 Action = Send | Transition | Announce | Notice
-
-
-class Refused(Exception):
-    """An operator command that cannot be carried out now; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from hapair.config.model import RealServer, Service
 from hapair.config.types import parse_endpoint
+from hapair.core.refused import Refused
 from hapair.ipvs.reconcile import dest_keys
 from hapair.ipvs.table import DestKey
 
@@ -27,10 +28,6 @@ def server_text(key: DestKey) -> str:
 def parse_server(text: str) -> DestKey:
     endpoint = parse_endpoint(text)
     return DestKey(endpoint.address, endpoint.port or 0)
-
-
-class Refused(Exception):
-    """An operator command that cannot be carried out; the message says why."""
 
 
 @dataclass

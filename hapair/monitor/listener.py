@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import ssl
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+
+from hapair.config.model import Monitor as MonitorConfig
 
 log = logging.getLogger("hapair.monitor")
 
@@ -29,6 +32,23 @@ REQUEST_TIMEOUT = 30.0  # the agent may take ACT_TIMEOUT to answer an action
 RESPONSE_TIMEOUT = 60.0  # a status of thousands of servers to a slow but honest client
 BACKLOG = 128
 END_OF_HEAD = b"\r\n\r\n"
+
+
+def connection_caps(settings: MonitorConfig) -> tuple[int, int]:
+    """(connections at once, from one address): as configured, but never more than a
+    quarter of this process's descriptors, whatever the limit it runs under."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = max(16, soft // 4) if soft != resource.RLIM_INFINITY else settings.max_connections
+    total = min(settings.max_connections, room)
+    if total < settings.max_connections:
+        log.warning(
+            "monitor: at most %d connections at once, not %d: the agent may open only %d "
+            "files (raise LimitNOFILE / ulimit -n)",
+            total,
+            settings.max_connections,
+            soft,
+        )
+    return total, min(settings.max_connections_per_client, total)
 
 
 class Listener:

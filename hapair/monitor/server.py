@@ -19,10 +19,8 @@ import contextlib
 import html
 import logging
 import os
-import resource
 import secrets
 import ssl
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +36,11 @@ from hapair.config.model import Monitor as MonitorConfig
 from hapair.config.types import HostPort
 from hapair.control import parse_json
 from hapair.monitor import auth
-from hapair.monitor.listener import Listener
+from hapair.monitor.files import MonitorError, UsersSource, tls_context
+from hapair.monitor.listener import Listener, connection_caps
 from hapair.monitor.metrics import CONTENT_TYPE as METRICS_TYPE
 from hapair.monitor.metrics import Metrics
-from hapair.monitor.users import User, UsersError, read_users, verify_password
+from hapair.monitor.users import verify_password
 from hapair.status import Status
 
 log = logging.getLogger("hapair.monitor")
@@ -74,104 +73,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-def connection_caps(settings: MonitorConfig) -> tuple[int, int]:
-    """(connections at once, from one address): as configured, but never more than a
-    quarter of this process's descriptors, whatever the limit it runs under."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = max(16, soft // 4) if soft != resource.RLIM_INFINITY else settings.max_connections
-    total = min(settings.max_connections, room)
-    if total < settings.max_connections:
-        log.warning(
-            "monitor: at most %d connections at once, not %d: the agent may open only %d "
-            "files (raise LimitNOFILE / ulimit -n)",
-            total,
-            settings.max_connections,
-            soft,
-        )
-    return total, min(settings.max_connections_per_client, total)
-
-
-class MonitorError(Exception):
-    """The monitor cannot start; the message says why and what to do."""
-
-
-def check_private(path: Path, what: str) -> None:
-    """A secret file must exist and be neither world-readable nor world-writable."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise MonitorError(f"{what} {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise MonitorError(f"{what} {path} is not a regular file")
-    if st.st_mode & 0o006:
-        raise MonitorError(
-            f"{what} {path} is accessible to every user (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"chmod 600 {path}"
-        )
-
-
-class UsersSource:
-    """The users file, read again when it changes (so `hapair passwd` needs no restart)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self.users: dict[str, User] = {}
-        self.changed = False  # set when a reload changed who may log in; the reader clears it
-
-    def load(self) -> None:
-        """Read the file now; raises MonitorError when it cannot serve (missing, world-
-        readable, malformed, or nobody in it)."""
-        if not self.path.exists():
-            raise MonitorError(
-                f"no users file at {self.path}; there is no default password: "
-                f"create one with `hapair passwd -f {self.path} USER`"
-            )
-        check_private(self.path, "users file")
-        st = self.path.stat()
-        try:
-            users = read_users(self.path)
-        except (UsersError, OSError, UnicodeDecodeError) as exc:
-            raise MonitorError(f"users file: {exc}") from None
-        if not users:
-            raise MonitorError(
-                f"users file {self.path} has no users; add one with "
-                f"`hapair passwd -f {self.path} USER`"
-            )
-        self.changed = self._stamp is not None and users != self.users
-        self.users, self._stamp = users, (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def current(self) -> dict[str, User]:
-        try:
-            st = self.path.stat()
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = None
-        if stamp != self._stamp:
-            try:
-                self.load()
-            except MonitorError as exc:
-                log.error("monitor: keeping the users read before: %s", exc)
-                self._stamp = stamp  # say it once per change of the file
-        return self.users
-
-
-def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    check_private(key, "TLS key")
-    if not cert.is_file():
-        raise MonitorError(
-            f"TLS certificate {cert}: no such file; `hapair gen-cert {cert} {key}` makes a "
-            "self-signed one"
-        )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError) as exc:
-        raise MonitorError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from None
-    return context
 
 
 def _normal_scheduling() -> None:
@@ -219,7 +120,7 @@ def _cookie(response: web.StreamResponse, name: str, value: str, path: str = "/"
     )
 
 
-class Monitor:
+class MonitorServer:
     def __init__(
         self,
         settings: MonitorConfig,

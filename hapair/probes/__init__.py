@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
-    from hapair.config.model import Probe
+    from hapair.config.checks import Probe
 
 __all__ = [
     "Result",

@@ -15,7 +15,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 
-from hapair.config.model import DnsProbe
+from hapair.config.checks import DnsProbe
 from hapair.probes import Result, describe_error, endpoint
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import aiohttp
 
-from hapair.config.model import HttpProbe
+from hapair.config.checks import HttpProbe
 from hapair.probes import Result, describe_error, endpoint, one_line
 
 BODY_LIMIT = 64 * 1024

@@ -10,7 +10,7 @@ import asyncio
 import time
 from ipaddress import IPv4Address, IPv6Address
 
-from hapair.config.model import IcmpProbe
+from hapair.config.checks import IcmpProbe
 from hapair.probes import Result, describe_error
 
 

@@ -13,7 +13,7 @@ import signal
 import time
 from ipaddress import IPv4Address, IPv6Address
 
-from hapair.config.model import ScriptProbe
+from hapair.config.checks import ScriptProbe
 from hapair.probes import Result, describe_error, one_line
 
 _TAIL = 512  # bytes of output kept for the reason; the rest is read and dropped

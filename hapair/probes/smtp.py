@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import aiosmtplib
 
-from hapair.config.model import SmtpProbe
+from hapair.config.checks import SmtpProbe
 from hapair.probes import Result, describe_error, endpoint, one_line
 
 

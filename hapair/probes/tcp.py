@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
-from hapair.config.model import TcpProbe
+from hapair.config.checks import TcpProbe
 from hapair.probes import Result, describe_error, endpoint, failed
 
 # SO_LINGER on with 0 s: close() sends RST, so a probe leaves no TIME_WAIT socket behind

@@ -20,7 +20,7 @@ PROBE = """
 import asyncio, json, sys, time
 from ipaddress import ip_address
 from hapair import probes
-from hapair.config.model import IcmpProbe
+from hapair.config.checks import IcmpProbe
 
 async def main():
     probe = IcmpProbe(type="icmp", timeout=float(sys.argv[2]))

@@ -157,6 +157,67 @@ def test_ipv6_vip_with_unsolicited_neighbour_advertisement(
     assert VIP6 not in _addresses(director)
 
 
+def test_announcements_on_the_wire_dissected(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> None:
+    """Every frame the client's interface receives while the director announces both VIPs,
+    taken apart by scapy: a gratuitous ARP request (RFC 5227 announcement) and the reply
+    form, both broadcast with sender and target IP the VIP; an unsolicited NA to all nodes
+    from the VIP, hop limit 255, override set, solicited not, the director's MAC in the
+    target link-layer option, and a checksum scapy computes the same."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+    from scapy.layers.l2 import ARP, Ether
+
+    (director,), client = _lan(netns_factory, bridge_factory, 1)
+    py, capture = ns_python(director), ns_python(client)
+    _adapter(py)
+    capture(
+        """
+        import socket
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+        cap.bind(("eth0", 0))
+        cap.setblocking(False)
+        """
+    )
+    py(f"await vips.add({_vip(VIP4)}); await vips.add({_vip(VIP6)})")
+    capture("while True:\n    try: cap.recv(4096)\n    except BlockingIOError: break")  # DAD etc.
+    assert py(f"result = await announce({_vip(VIP4)}, 2, 0.01, arp_reply=True)") == 2
+    assert py(f"result = await announce({_vip(VIP6)}, 2, 0.01)") == 2
+    time.sleep(0.2)
+    frames = capture(
+        """
+        result = []
+        while True:
+            try: result.append(cap.recv(4096).hex())
+            except BlockingIOError: break
+        """
+    )
+    mac = _mac(director)
+    packets = [Ether(bytes.fromhex(f)) for f in frames]
+    ours = [p for p in packets if p.src == mac]
+    arps = [p for p in ours if ARP in p]
+    nas = [p for p in ours if ICMPv6ND_NA in p]
+    assert len(arps) == 4 and len(nas) == 2, [p.summary() for p in ours]
+    vip4, vip6 = VIP4.split("/")[0], VIP6.split("/")[0]
+    assert [(p[ARP].op, p[ARP].hwdst) for p in arps] == [
+        (1, "00:00:00:00:00:00"), (2, mac), (1, "00:00:00:00:00:00"), (2, mac)
+    ]  # fmt: skip
+    for p in arps:
+        assert p.dst == "ff:ff:ff:ff:ff:ff"
+        assert (p[ARP].hwsrc, p[ARP].psrc, p[ARP].pdst) == (mac, vip4, vip4)
+        assert (p[ARP].hwtype, p[ARP].ptype, p[ARP].hwlen, p[ARP].plen) == (1, 0x0800, 6, 4)
+    for p in nas:
+        ip6, na = p[IPv6], p[ICMPv6ND_NA]
+        assert (p.dst, ip6.dst, ip6.src, ip6.hlim) == ("33:33:00:00:00:01", "ff02::1", vip6, 255)
+        assert (na.R, na.S, na.O, na.tgt) == (0, 0, 1, vip6)
+        assert p[ICMPv6NDOptDstLLAddr].lladdr == mac
+        sent = na.cksum
+        del na.cksum
+        assert IPv6(bytes(ip6))[ICMPv6ND_NA].cksum == sent
+
+
 def test_remove_stale_takes_off_a_vip_left_by_a_previous_run(
     netns_factory: Callable[[str], Netns],
     bridge_factory: Callable[..., Bridge],
@@ -192,13 +253,13 @@ def test_add_on_a_missing_interface_names_the_vip(
 
 
 def _watch(py: NsPython, ifnames: set[str]) -> None:
-    """Start watch_links(ifnames) in the driver; what it yields goes to `seen`."""
+    """Start watch_interfaces(ifnames) in the driver; what it yields goes to `seen`."""
     py(
         f"""
-        from hapair.linkmon import watch_links
+        from hapair.interfaces import watch_interfaces
         seen = []
         async def collect():
-            async for ifname, up in watch_links({sorted(ifnames)!r}):
+            async for ifname, up in watch_interfaces({sorted(ifnames)!r}):
                 seen.append([ifname, up])
         watcher = asyncio.create_task(collect())
         """

@@ -19,7 +19,8 @@ from hapair.core.heartbeat import (
     decode,
     encode,
 )
-from hapair.core.node import HaNode, Notice, Refused, Send, Settings
+from hapair.core.node import HaNode, Notice, Send, Settings
+from hapair.core.refused import Refused
 from hapair.core.states import State
 from hapair.core.warmup import WarmUp
 

@@ -26,7 +26,8 @@ from samples import STATUS
 
 from hapair.config.model import Monitor as MonitorConfig
 from hapair.config.types import HostPort
-from hapair.monitor.server import Monitor, MonitorError
+from hapair.monitor.files import MonitorError
+from hapair.monitor.server import MonitorServer
 
 pytestmark = pytest.mark.unit
 
@@ -67,7 +68,7 @@ class FakeAgent:
 
 
 class Running:
-    """A Monitor served from an event loop in a thread, as the agent's loop would."""
+    """A MonitorServer served from an event loop in a thread, as the agent's loop would."""
 
     def __init__(self, settings: MonitorConfig, agent: FakeAgent) -> None:
         self.loop = asyncio.new_event_loop()
@@ -77,8 +78,8 @@ class Running:
         self.port, *others = (port for _, port in self.monitor.addresses)
         self.metrics_port = others[0] if others else None
 
-    async def _make(self, settings: MonitorConfig, agent: FakeAgent) -> Monitor:
-        monitor = Monitor(settings, agent.status, agent.act)
+    async def _make(self, settings: MonitorConfig, agent: FakeAgent) -> MonitorServer:
+        monitor = MonitorServer(settings, agent.status, agent.act)
         await monitor.start()
         return monitor
 
@@ -508,7 +509,7 @@ def test_metrics_listen_serves_metrics_alone_over_tls(
 
 def _start(settings_: MonitorConfig) -> None:
     async def main() -> None:
-        monitor = Monitor(settings_, FakeAgent().status, FakeAgent().act)
+        monitor = MonitorServer(settings_, FakeAgent().status, FakeAgent().act)
         try:
             await monitor.start()
         finally:

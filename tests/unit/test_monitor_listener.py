@@ -19,7 +19,7 @@ import pytest
 
 from hapair.config.model import Monitor as MonitorConfig
 from hapair.config.types import HostPort
-from hapair.monitor.server import Monitor
+from hapair.monitor.server import MonitorServer
 
 pytestmark = pytest.mark.unit
 
@@ -85,7 +85,7 @@ def test_every_connection_is_counted_in_and_out_once(files: dict[str, Path]) -> 
         async def act(request: dict[str, Any]) -> dict[str, Any]:
             return {"ok": True}
 
-        monitor = Monitor(settings, lambda: {"node": "lvs1"}, act)  # type: ignore[arg-type,return-value]
+        monitor = MonitorServer(settings, lambda: {"node": "lvs1"}, act)  # type: ignore[arg-type,return-value]
         await monitor.start()
         listener = monitor.listeners[0]
         listener.handshake_timeout = listener.head_timeout = 0.5

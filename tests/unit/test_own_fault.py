@@ -35,9 +35,9 @@ SCRIPT = textwrap.dedent(
     """
     import asyncio, json, os, resource, socket
     from ipaddress import ip_address
-    from hapair.config.model import TcpProbe, TcpTrack
+    from hapair.config.checks import TcpProbe, TcpTrack
     from hapair import probes, track
-    from hapair.prober import Prober, Target
+    from hapair.probes.prober import Prober, Target
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

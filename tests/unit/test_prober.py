@@ -11,8 +11,8 @@ from ipaddress import ip_address
 
 import pytest
 
-from hapair.config.model import TcpProbe
-from hapair.prober import Prober, Target
+from hapair.config.checks import TcpProbe
+from hapair.probes.prober import Prober, Target
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def test_probes_of_other_types_run_beside_tcp_ones() -> None:
     """TCP probes run from callbacks, every other type from its own task: in one prober
     each kind reaches its verdict (a real process for the script probe, a real listener
     for the TCP one)."""
-    from hapair.config.model import ScriptProbe
+    from hapair.config.checks import ScriptProbe
 
     def script(command: str) -> ScriptProbe:
         return ScriptProbe(type="script", command=command, interval=0.1, rise=1, fall=1)
@@ -116,7 +116,7 @@ def test_tcp_probes_keep_to_the_cap_and_every_target_gets_its_turn(
     """A listener that never accepts (backlog full: further SYNs are dropped) makes every
     connect hang until its timeout; 20 targets under a cap of 4 never have more than 4
     in flight, yet each one is probed (a due probe waits for a slot, it is not lost)."""
-    import hapair.prober as prober_module
+    import hapair.probes.prober as prober_module
 
     monkeypatch.setattr(prober_module, "MAX_CONCURRENT", 4)
     probe = TcpProbe(type="tcp", interval=0.5, timeout=0.2, rise=1, fall=1)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hapair import probes
-from hapair.config.model import DnsProbe, HttpProbe, ScriptProbe, SmtpProbe, TcpProbe
+from hapair.config.checks import DnsProbe, HttpProbe, ScriptProbe, SmtpProbe, TcpProbe
 from hapair.monitor.cert import write_self_signed
 from hapair.probes import Result
 
@@ -657,7 +657,7 @@ def test_import_is_cheap() -> None:
 
 def test_icmp_on_loopback_never_raises() -> None:
     """As root the echo to 127.0.0.1 succeeds; without a raw socket the reason says why."""
-    from hapair.config.model import IcmpProbe
+    from hapair.config.checks import IcmpProbe
 
     async def body() -> None:
         result = await probes.check(IcmpProbe(type="icmp"), LOCAL, 0)

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from hapair.config import validate
-from hapair.core.roster import Refused, Roster, parse_server
+from hapair.core.refused import Refused
+from hapair.core.roster import Roster, parse_server
 from hapair.ipvs.reconcile import dest_keys
 
 pytestmark = pytest.mark.unit

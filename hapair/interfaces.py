@@ -23,7 +23,7 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40  # the kernel sets it when operstate is UP (or UNKNOWN, e.g. lo)
 
 
-class LinkState(NamedTuple):
+class InterfaceState(NamedTuple):
     ifname: str
     up: bool
 
@@ -34,11 +34,11 @@ def is_up(msg: Any) -> bool:
     return bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
 
 
-async def watch_links(ifnames: Iterable[str]) -> AsyncIterator[LinkState]:
+async def watch_interfaces(ifnames: Iterable[str]) -> AsyncIterator[InterfaceState]:
     """Yield the state of every interface in `ifnames` first (a missing one is down), then
     each change. Runs until the consumer stops; a netlink overflow re-reads every state.
 
-        async for ifname, up in watch_links({"eth0", "eth1"}): ...
+        async for ifname, up in watch_interfaces({"eth0", "eth1"}): ...
     """
     names = frozenset(ifnames)
     known: dict[str, bool] = {}
@@ -57,7 +57,7 @@ async def watch_links(ifnames: Iterable[str]) -> AsyncIterator[LinkState]:
             for name in sorted(names):
                 if known.get(name) != current[name]:
                     known[name] = current[name]
-                    yield LinkState(name, current[name])
+                    yield InterfaceState(name, current[name])
             idle = 0
             while True:
                 got = 0
@@ -85,7 +85,7 @@ async def watch_links(ifnames: Iterable[str]) -> AsyncIterator[LinkState]:
 
 def _changes(
     msg: Any, names: frozenset[str], known: dict[str, bool], by_index: dict[int, str]
-) -> list[LinkState]:
+) -> list[InterfaceState]:
     event = msg.get("event")
     if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
         return []
@@ -105,5 +105,5 @@ def _changes(
     for ifname, up in states.items():
         if known.get(ifname) != up:
             known[ifname] = up
-            changes.append(LinkState(ifname, up))
+            changes.append(InterfaceState(ifname, up))
     return changes
