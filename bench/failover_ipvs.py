@@ -4,11 +4,11 @@
 
 IPVS and its connection-sync daemon exist only in the QEMU guest (scripts/run-in-kernel),
 so outside it this re-runs itself there (one boot for everything). Inside, for each mode it
-builds the lab of scripts/lab.py once (client, directors lvs1 and lvs2, three real
+builds the lab (the `lab` package) once (client, directors lvs1 and lvs2, three real
 servers, bridges, a serial cable; its Lab, Poller, Holder, connections_after, ... are
 imported, not copied), with `preempt = false` in both directors' configs, so that no
 unmeasured failback happens. The client sends a new HTTP request to the VIP every 50 ms
-(the lab's Poller) and holds N long-lived connections to VIP:7 (tests/traffic.py's Holder,
+(the lab's Poller) and holds N long-lived connections to VIP:7 (lab/traffic.py's Holder,
 a line every 2 s each). Then it runs N unplanned and N planned failovers, interleaved
 U P P U U P P U ... so that each director is killed and releases equally often:
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import itertools
 import os
 import shutil
@@ -52,11 +51,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import lab.build
+import lab.commands
+import lab.measure
+import lab.shell
+import lab.topology
+
 ROOT = Path(__file__).resolve().parent.parent
-LAB_PY = ROOT / "scripts" / "lab.py"
 IN_GUEST = os.environ.get("HAPAIR_IN_GUEST") == "1"
 
 MARGIN = 1.0  # s: unplanned outage target = deadtime + MARGIN (see bench/README.md)
@@ -74,14 +77,6 @@ class Interrupted(Exception):
     pass
 
 
-def load_lab() -> ModuleType:
-    """scripts/lab.py as a module, loaded the one way the tests load it."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    labscript = importlib.import_module("labscript")
-    module: ModuleType = labscript.load_lab()
-    return module
-
-
 def no_preempt(config: str) -> str:
     """The lab's director config with `preempt = false`: a restored director stays BACKUP."""
     line = "\npreempt = true\n"
@@ -93,10 +88,11 @@ def no_preempt(config: str) -> str:
 def hapair_check(config: Path) -> None:
     """What `hapair check -c CONFIG` checks, in this process (a process costs seconds in
     the guest): the config loader itself."""
-    config_mod = importlib.import_module("hapair.config")
+    from hapair.config import ConfigError, load
+
     try:
-        config_mod.load(config)
-    except config_mod.ConfigError as exc:
+        load(config)
+    except ConfigError as exc:
         raise BenchError(f"hapair check -c {config}: {exc}") from None
 
 
@@ -120,48 +116,60 @@ class Run:
 class Bench:
     """One mode's lab and its runs."""
 
-    def __init__(self, lab_mod: ModuleType, mode: str, connections: int) -> None:
-        self.m = lab_mod
+    def __init__(self, mode: str, connections: int) -> None:
         self.mode = mode
         self.connections = connections
-        self.lab: Any = lab_mod.Lab(mode, lab_mod.LAB_DIR)
+        self.lab: Any = lab.build.Lab(mode, lab.topology.LAB_DIR)
         self.poller: Any = None
         self.holder: Any = None
         self.arp: Any = None  # the client's ARP view of who holds the VIP
         self.replaced = 0  # holder sets replaced because a connection had broken
-        self.period, self.line_period = (0.05, 2.0) if lab_mod.IN_GUEST else (0.01, 0.5)
+        self.period, self.line_period = (0.05, 2.0) if lab.topology.IN_GUEST else (0.01, 0.5)
         self.resolution = float("nan")
 
     # setting up
 
     def up(self) -> None:
-        m, lab = self.m, self.lab
-        lab.build()
-        for d in m.DIRECTORS:
-            config = lab.dir / f"{d}.toml"
+        self.lab.build()
+        for d in lab.topology.DIRECTORS:
+            config = self.lab.dir / f"{d}.toml"
             config.write_text(no_preempt(config.read_text()))
             hapair_check(config)
-        lab.step("built: namespaces lab-*, bridges, serial cable; configs with preempt = false")
+        self.lab.step(
+            "built: namespaces lab-*, bridges, serial cable; configs with preempt = false"
+        )
         # Lab.start(), but lvs1 first: with preempt = false, a lvs2 that happened to finish
         # its initdead first would stay MASTER, and Lab.wait_steady() wants lvs1 MASTER.
-        first, second = m.DIRECTORS
-        lab.spawn("servers", "ops", m.PYTHON, str(LAB_PY), "_serve", str(lab.dir / "alerts.jsonl"))
-        lab.start_agent(first)
-        lab.wait_ready("servers", 60)
-        lab.step("real servers up (HTTP :80, SMTP :25, echo :7), alert sinks up on ops")
-        m.wait_for(
+        first, second = lab.topology.DIRECTORS
+        self.lab.spawn(
+            "servers",
+            "ops",
+            lab.topology.PYTHON,
+            "-m",
+            "lab",
+            "_serve",
+            str(self.lab.dir / "alerts.jsonl"),
+        )
+        self.lab.start_agent(first)
+        self.lab.wait_ready("servers", 60)
+        self.lab.step("real servers up (HTTP :80, SMTP :25, echo :7), alert sinks up on ops")
+        lab.shell.wait_for(
             f"{first} MASTER",
-            lambda: lab.agent_alive(first) and m.state_of(first, lab.dir) == "MASTER",
+            lambda: (
+                self.lab.agent_alive(first) and lab.shell.state_of(first, self.lab.dir) == "MASTER"
+            ),
             60,
             0.5,
         )
-        lab.start_agent(second)
-        lab.wait_steady()
-        lab.step(f"{first} MASTER, {second} BACKUP")
-        self.poller = m.Poller(self.period)
+        self.lab.start_agent(second)
+        self.lab.wait_steady()
+        self.lab.step(f"{first} MASTER, {second} BACKUP")
+        self.poller = lab.measure.Poller(self.period)
         self.open_holder()
-        self.arp = m.ArpWatch(m.ns_name("client"), "eth0", m.VIP, lab.macs())
-        self.arp.answered(20 * m.SLOWDOWN)
+        self.arp = lab.measure.ArpWatch(
+            lab.topology.ns_name("client"), "eth0", lab.topology.VIP, self.lab.macs()
+        )
+        self.arp.answered(20 * lab.topology.SLOWDOWN)
         self.ready()
         time.sleep(5.0)
         end = time.time()
@@ -169,28 +177,28 @@ class Bench:
             times = sorted(t for t, _ in self.poller.ok if end - 5.0 <= t <= end)
         gaps = [b - a for a, b in itertools.pairwise(times)]
         self.resolution = max(gaps, default=float("inf"))
-        lab.step(
+        self.lab.step(
             f"client: an HTTP request every {self.period * 1000:.0f} ms; longest gap between"
             f" answers over 5 s with nothing failing: {self.resolution * 1000:.0f} ms"
         )
 
     def open_holder(self) -> None:
-        traffic = importlib.import_module("traffic")  # tests/, on sys.path through the lab
+        from lab.traffic import Holder
+
         if self.holder is not None:
             self.holder.close()
             self.holder = None
-        m = self.m
-        self.holder = traffic.Holder(
-            m.ns_name("client"),
-            m.VIP,
+        self.holder = Holder(
+            lab.topology.ns_name("client"),
+            lab.topology.VIP,
             7,
             self.connections,
-            60 * m.SLOWDOWN,
+            60 * lab.topology.SLOWDOWN,
             self.line_period,
         )
         self.lab.step(
-            f"client: {self.connections} connections to {m.VIP}:7, each sending a line every"
-            f" {self.line_period:g} s"
+            f"client: {self.connections} connections to {lab.topology.VIP}:7, each sending a"
+            f" line every {self.line_period:g} s"
         )
 
     # observing
@@ -198,11 +206,10 @@ class Bench:
     def steady(self) -> tuple[str, str] | None:
         """(MASTER, BACKUP) when one is MASTER holding the VIPs, the other BACKUP hearing
         it on every link, and the client was answered within the last second."""
-        m, lab = self.m, self.lab
         statuses: dict[str, Any] = {}
-        for d in m.DIRECTORS:
-            lab.agent_alive(d)
-            statuses[d] = m.status_of(d, lab.dir)
+        for d in lab.topology.DIRECTORS:
+            self.lab.agent_alive(d)
+            statuses[d] = lab.shell.status_of(d, self.lab.dir)
         if any(s is None for s in statuses.values()):
             return None
         by_state = {s["state"]: d for d, s in statuses.items()}
@@ -221,25 +228,26 @@ class Bench:
     def ready(self) -> tuple[str, str]:
         """Wait for a steady pair whose BACKUP learned every held connection; replace the
         held connections first if any broke (a broken one would be counted again)."""
-        m = self.m
-        pair: tuple[str, str] = m.wait_for("a steady MASTER/BACKUP pair", self.steady, 60, 0.5)
+        pair: tuple[str, str] = lab.shell.wait_for(
+            "a steady MASTER/BACKUP pair", self.steady, 60, 0.5
+        )
         conns = self.holder.report()
         alive = [c for c in conns if not c["error"] and not c["moved"]]
         if len(alive) < self.connections:
             self.lab.step(f"{self.connections - len(alive)} held connection(s) broken: a fresh set")
             self.replaced += 1
             self.open_holder()
-        n = len(m.held_connections())
+        n = len(lab.measure.held_connections())
         if n < self.connections:
             raise BenchError(f"the client holds {n} connections to VIP:7, not {self.connections}")
         backup = pair[1]
-        m.wait_for(
+        lab.shell.wait_for(
             f"{backup}'s kernel learning the {n} held connections (sync daemon)",
-            lambda: m.learned(backup) >= n,
+            lambda: lab.measure.learned(backup) >= n,
             30,
             1.0,
         )
-        pair = m.wait_for("a steady MASTER/BACKUP pair", self.steady, 60, 0.5)
+        pair = lab.shell.wait_for("a steady MASTER/BACKUP pair", self.steady, 60, 0.5)
         if pair[1] != backup:
             raise BenchError(f"the pair changed roles on its own: {pair}")
         return pair
@@ -247,9 +255,8 @@ class Bench:
     # the runs
 
     def unplanned(self, restore: bool = True) -> Run:
-        m, lab = self.m, self.lab
         master, backup = self.ready()
-        killed, dark = lab.kill(master)
+        killed, dark = self.lab.kill(master)
         run = self.measure("unplanned", master, backup, killed, killed)
         run.took_effect = dark  # kill -> every link down
         if not restore:  # the last run: nothing follows
@@ -257,60 +264,66 @@ class Bench:
         # Back as a fresh machine (no VIP, no IPVS state); ready() then waits until its
         # kernel has learned the connections from the new MASTER.
         t = time.monotonic()
-        lab.wire([master])
-        lab.start_agent(master)
-        m.wait_for(
+        self.lab.wire([master])
+        self.lab.start_agent(master)
+        lab.shell.wait_for(
             f"{master} back as BACKUP",
-            lambda: lab.agent_alive(master) and m.state_of(master, lab.dir) == "BACKUP",
+            lambda: (
+                self.lab.agent_alive(master)
+                and lab.shell.state_of(master, self.lab.dir) == "BACKUP"
+            ),
             60,
             0.5,
         )
-        lab.step(f"{master} back: BACKUP {time.monotonic() - t:.0f} s after its restart")
-        self.arp.names.update(lab.macs())  # the fresh machine's interface has a new MAC
+        self.lab.step(f"{master} back: BACKUP {time.monotonic() - t:.0f} s after its restart")
+        self.arp.names.update(self.lab.macs())  # the fresh machine's interface has a new MAC
         return run
 
     def planned(self) -> Run:
-        m, lab = self.m, self.lab
         master, backup = self.ready()
         # The request `hapair ctl release` sends, made in-process: the CLI process alone
         # took 36-41 s to start in the guest (not counted in the outage, but in the time).
-        control = importlib.import_module("hapair.control")
+        from hapair import control
+
         started = time.time()
         try:
-            reply = control.request(lab.dir / f"{master}.sock", {"cmd": "release"}, 5 * m.SLOWDOWN)
+            reply = control.request(
+                self.lab.dir / f"{master}.sock", {"cmd": "release"}, 5 * lab.topology.SLOWDOWN
+            )
         except (control.NoAgent, OSError) as exc:
             raise BenchError(f"hapair ctl release on {master}: {exc}") from exc
         if not reply.get("ok"):
             raise BenchError(f"hapair ctl release on {master}: refused: {reply.get('error')}")
 
         def left() -> float | None:
-            s = m.status_of(master, lab.dir)
+            s = lab.shell.status_of(master, self.lab.dir)
             return float(s["since"]) if s and s["state"] == "BACKUP" else None
 
-        effect: float = m.wait_for(f"{master} BACKUP after 'hapair ctl release'", left, 10, 0.05)
+        effect: float = lab.shell.wait_for(
+            f"{master} BACKUP after 'hapair ctl release'", left, 10, 0.05
+        )
         return self.measure("planned", master, backup, started, effect)
 
     def measure(self, kind: str, old: str, new: str, trigger: float, effect: float) -> Run:
         """The run from the failure taking effect at `effect` (wall clock) on: the new
         MASTER, the client's outage, the held connections."""
-        m, lab = self.m, self.lab
 
         def new_master() -> float | None:
-            lab.agent_alive(new)
-            s = m.status_of(new, lab.dir)
+            self.lab.agent_alive(new)
+            s = lab.shell.status_of(new, self.lab.dir)
             return float(s["since"]) if s and s["state"] == "MASTER" else None
 
-        since: float = m.wait_for(f"{new} MASTER", new_master, 30, 0.1)
+        since: float = lab.shell.wait_for(f"{new} MASTER", new_master, 30, 0.1)
 
         def first_answer() -> float | None:
             with self.poller.lock:
                 after = [t for t, _ in self.poller.ok[-2000:] if t > since]
             return min(after) if after else None
 
-        first: float = m.wait_for(f"an answer through {new}", first_answer, 20, 0.05)
+        first: float = lab.shell.wait_for(f"an answer through {new}", first_answer, 20, 0.05)
         time.sleep(max(0.0, first + SETTLE - time.time()))
         outage = self.poller.outage(effect, first + SETTLE)[0]
-        conns = m.connections_after(self.holder, first, 30)
+        conns = lab.measure.connections_after(self.holder, first, 30)
         seen = self.arp.holding(trigger, time.time())
         return Run(
             kind,
@@ -342,7 +355,7 @@ class Bench:
                 shutil.copy(log, Path(keep) / f"{self.mode}-{log.name}")
         self.lab.step("tearing down")
         self.lab.down()
-        left = self.m.leftovers(self.lab.dir)
+        left = lab.build.leftovers(self.lab.dir)
         self.lab.step("taken down: " + (f"LEFT OVER: {left}" if left else "nothing left"))
 
 
@@ -468,15 +481,15 @@ def report(r: ModeResult, slowdown: float) -> None:
         print(f"note  the held connections were replaced {r.replaced} time(s) after breakage")
 
 
-def run_mode(m: ModuleType, mode: str, runs: int, connections: int) -> ModeResult:
-    if m.existing_namespaces() & set(m.all_namespaces()):
+def run_mode(mode: str, runs: int, connections: int) -> ModeResult:
+    if lab.shell.existing_namespaces() & set(lab.topology.all_namespaces()):
         # Someone's lab is up here: never take it down.
         raise BenchError("a lab (namespaces lab-*) is already up here; not touching it")
-    t = m.timing()
-    b = Bench(m, mode, connections)
+    t = lab.topology.timing()
+    b = Bench(mode, connections)
     result = ModeResult(mode, t["deadtime"], t["interval"], connections, b.period, b.line_period)
     start = time.monotonic()
-    m.banner(mode)
+    lab.commands.banner(mode)
     try:
         b.up()
         result.resolution = b.resolution
@@ -491,10 +504,10 @@ def run_mode(m: ModuleType, mode: str, runs: int, connections: int) -> ModeResul
     except Interrupted as exc:
         print(f"bench/failover --ipvs: interrupted ({exc}); taking the lab down", flush=True)
         result.interrupted = True
-    except (m.LabError, BenchError, AssertionError, subprocess.TimeoutExpired) as exc:
+    except (lab.shell.LabError, BenchError, AssertionError, subprocess.TimeoutExpired) as exc:
         print(f"bench/failover --ipvs: {mode}: broke: {exc}", file=sys.stderr, flush=True)
-        for d in m.DIRECTORS:
-            tail = m.log_tail(b.lab.dir / f"{d}.log", 25)
+        for d in lab.topology.DIRECTORS:
+            tail = lab.shell.log_tail(b.lab.dir / f"{d}.log", 25)
             print(f"--- {d} log (tail)\n{tail}", file=sys.stderr, flush=True)
     finally:
         result.replaced = b.replaced
@@ -563,12 +576,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return via_rig(passed, modes, args.runs)
 
-    m = load_lab()
     results: list[ModeResult] = []
     code = 0
     try:
         for mode in modes:
-            result = run_mode(m, mode, args.runs, args.connections)
+            result = run_mode(mode, args.runs, args.connections)
             results.append(result)
             if not result.complete:
                 code = 130 if result.interrupted else 1
@@ -583,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
     for result in results:
-        report(result, m.SLOWDOWN)
+        report(result, lab.topology.SLOWDOWN)
     if results:
         print(
             "\noutage: the longest gap between the client's answers from 1 s before the"

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -60,7 +59,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 PORT = 80
 SCHEDULER = "wlc"
-_CLONE_NEWNET = 0x40000000
 
 
 class BenchError(Exception):
@@ -327,15 +325,6 @@ def timed(*cmd: str, stdin: Any = subprocess.DEVNULL) -> float:
     return elapsed
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
 def saved_rules(netns: str | None) -> list[str]:
     cmd = ("ipvsadm", "-Sn") if netns is None else ("ip", "netns", "exec", netns, "ipvsadm", "-Sn")
     return sorted(line for line in sh(*cmd).stdout.splitlines() if line.strip())
@@ -387,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
     svc, dest, weight0 = target_rule(n, m)
     tag = f"hpil{os.getpid()}"
     ns_h, ns_b = f"{tag}-h", f"{tag}-b"
+    from hapair.host import enter_netns
+
     created: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="ipvs_load."))
     home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -401,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         restore.write_text(restore_text(n, m))
         ns_fd = os.open(f"/run/netns/{ns_b}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            setns(ns_fd)  # from here on, plain processes start in the baseline namespace
+            enter_netns(ns_fd)  # from here on, plain processes start in the baseline namespace
         finally:
             os.close(ns_fd)
         entered = True
@@ -518,7 +509,7 @@ def run(args: argparse.Namespace) -> int:
         if worker is not None:
             worker.close()
         if entered:
-            setns(home_fd)
+            enter_netns(home_fd)
         os.close(home_fd)
         for ns in created:
             subprocess.run(["ip", "netns", "del", ns], check=False)

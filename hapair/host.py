@@ -21,6 +21,20 @@ from hapair.config.checks import InterfaceTrack
 log = logging.getLogger("hapair")
 
 
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at `fd` (os.setns is
+    Python 3.12's)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 def read_key(path: Path) -> bytes:
     return path.read_bytes()
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pair import VIP, Lab
-from topology import sh, unique_name
+from topology import unique_name
+
+from lab.shell import sh
 
 ADMIN, VIEWER = ("alice", "correct horse"), ("victor", "viewer pass")
 SERVING, SILENT = "10.77.0.10:80", "10.77.0.11:80"  # the client serves HTTP; nothing at .11

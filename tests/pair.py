@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from labscript import load_lab
 from topology import Bridge, Netns
 
 from hapair import control
+from lab.measure import ArpWatch
 
 __all__ = ["lab_factory"]
 
@@ -176,9 +176,7 @@ class Lab:
         """The client's view of who holds the VIP (scripts/lab's ArpWatch): who answers its
         ARP requests. `.holding(start, end)` (wall clock) gives the time with two answering
         directors (dual master) and with none (no master)."""
-        watch = load_lab().ArpWatch(
-            self.client.name, "eth0", VIP, {d.mac(): d.name for d in self.dirs}
-        )
+        watch = ArpWatch(self.client.name, "eth0", VIP, {d.mac(): d.name for d in self.dirs})
         self.extra.append(watch.close)
         watch.answered()
         return watch

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from lab.shell import sh
+
 __all__ = [
     "Bridge",
     "Netns",
@@ -27,16 +29,6 @@ __all__ = [
 # "hp" + 4 hex digits: short enough that prefix + suffix fits an ifname (15 chars).
 RUN_PREFIX = f"hp{secrets.token_hex(2)}"
 _serial = itertools.count(1)
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a command, capture its output, and raise with stderr shown when it fails."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)!r} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout}"
-        )
-    return proc
 
 
 def unique_name(kind: str) -> str:

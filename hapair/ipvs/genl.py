@@ -9,7 +9,6 @@ others only when it refuses them, each error tied to its request by sequence num
 
 from __future__ import annotations
 
-import ctypes
 import errno as errno_codes
 import os
 import socket
@@ -17,11 +16,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from hapair.host import enter_netns
 from hapair.ipvs import netlink as nl
 from hapair.ipvs.netlink import KernelError
 
 _SOL_NETLINK, _NETLINK_CAP_ACK, _NETLINK_EXT_ACK = 270, 10, 11
-_CLONE_NEWNET = 0x40000000
 _NETLINK_GENERIC = 16
 _RECV_SIZE = 1 << 16  # a dump's datagram is at most 32 KiB
 # Requests per send: their refusals (each at most ~1 KiB of the receive buffer) must fit
@@ -143,7 +142,7 @@ def _netlink_socket(netns: str | None) -> socket.socket:
 
     def enter_and_make() -> None:
         try:
-            _setns(fd)
+            enter_netns(fd)
             result["sock"] = make()
         except BaseException as e:  # handed to the caller's thread
             result["error"] = e
@@ -158,11 +157,3 @@ def _netlink_socket(netns: str | None) -> socket.socket:
         raise result["error"]
     sock: socket.socket = result["sock"]
     return sock
-
-
-def _setns(fd: int) -> None:
-    # os.setns exists only from Python 3.12 on.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))

@@ -1,4 +1,4 @@
-"""The failover lab (scripts/lab.py) end to end, as `scripts/lab demo` runs it: the
+"""The failover lab (the `lab` package) end to end, as `scripts/lab demo` runs it: the
 topology, real servers, both agents with monitor and alerts, a client polling the VIP and
 holding 200 long-lived connections, lvs1 killed, lvs2 taking over, lvs1 back with a warm
 failback; then everything is gone: namespaces, links, processes, the lab directory."""
@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-from labscript import load_lab
+
+import lab.build
+import lab.commands
+import lab.topology
 
 pytestmark = pytest.mark.kernel
 
@@ -34,14 +37,13 @@ def processes_mentioning(*needles: str) -> list[str]:
 def test_the_lab_demo_fails_over_and_back_keeping_the_connections(
     mode: str, tmp_path: Path
 ) -> None:
-    lab = load_lab()
     lab_dir = tmp_path / "lab"
-    result = lab.cmd_demo(mode, lab_dir, connections=CONNECTIONS)
+    result = lab.commands.cmd_demo(mode, lab_dir, connections=CONNECTIONS)
 
     assert not result.error, result.error
     assert result.failover_ok and result.failback_ok
     # Measured, not configured: bounded by the deadtime plus a margin for the slow guest.
-    margin = 0.5 * lab.SLOWDOWN
+    margin = 0.5 * lab.topology.SLOWDOWN
     assert result.master_after is not None and 0 < result.master_after < result.deadtime + margin
     assert result.outage is not None and result.outage < result.deadtime + margin
     assert result.survived >= 0.995 * CONNECTIONS, result
@@ -56,8 +58,8 @@ def test_the_lab_demo_fails_over_and_back_keeping_the_connections(
     assert any(" lvs2 state_change: lvs2 is now MASTER" in s for s in result.alerts)
     assert all("answers:" in line for line in result.monitor), result.monitor
 
-    assert result.leftovers == [] and lab.leftovers(lab_dir) == []
+    assert result.leftovers == [] and lab.build.leftovers(lab_dir) == []
     leftover = processes_mentioning(
-        str(lab_dir), "lab.py _poll", "lab.py _arpwatch", f"traffic.py hold {lab.VIP}"
+        str(lab_dir), "-m lab _poll", "-m lab _arpwatch", f"-m lab.traffic hold {lab.topology.VIP}"
     )
     assert leftover == []

@@ -20,7 +20,8 @@ import pytest
 from ipvsadm import ipvs_table
 from pair import SLOWDOWN, VIP, Director, Lab, started, wait_for
 from topology import Bridge, Netns
-from traffic import Holder, Servers, request_spread
+
+from lab.traffic import Holder, Servers, request_spread
 
 pytestmark = pytest.mark.kernel
 
@@ -219,6 +220,6 @@ def talking_since(holder: Holder, since: float) -> None:
 
 
 def netns_delete(ns: Netns) -> None:
-    from topology import sh
+    from lab.shell import sh
 
     sh("ip", "netns", "del", ns.name)

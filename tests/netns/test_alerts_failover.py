@@ -1,5 +1,5 @@
 """Alerts from two real agents in namespaces: a handover reaches a real SMTP server and a
-real pager endpoint (tests/alert_sinks.py in a namespace of its own on the public bridge),
+real pager endpoint (lab/alert_sinks.py in a namespace of its own on the public bridge),
 and each director's notify scripts run for its own state changes, in order.
 """
 
@@ -21,7 +21,6 @@ from topology import Netns
 pytestmark = pytest.mark.netns
 
 SINK = "10.77.0.50"  # on the directors' public network
-SINKS_SCRIPT = Path(__file__).parent.parent / "alert_sinks.py"
 
 
 def alerts_toml(notify_log: Path) -> str:
@@ -44,7 +43,7 @@ on_backup = {script}
 
 def start_sinks(lab: Lab, ns: Netns, received: Path) -> None:
     lab.public.attach(ns, "eth0", f"{SINK}/24")
-    argv = [sys.executable, str(SINKS_SCRIPT), SINK, "2525", "8080", str(received)]
+    argv = [sys.executable, "-m", "lab.alert_sinks", SINK, "2525", "8080", str(received)]
     proc = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv], stdout=subprocess.PIPE)
 
     def stop() -> None:

@@ -7,30 +7,32 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from labscript import load_lab
+
+import lab.commands
+import lab.shell
+import lab.topology
 
 pytestmark = pytest.mark.netns
 
 
 def test_up_and_demo_refuse_a_second_lab_and_leave_the_first_alone(tmp_path: Path) -> None:
-    lab = load_lab()
-    running = lab.ns_name("client")  # one namespace of a lab that is up
-    if running in lab.existing_namespaces():
+    running = lab.topology.ns_name("client")  # one namespace of a lab that is up
+    if running in lab.shell.existing_namespaces():
         pytest.skip(f"a real lab is up here ({running})")
     subprocess.run(["ip", "netns", "add", running], check=True)
     marker = tmp_path / "lab" / "in-use"
     marker.parent.mkdir()
     marker.write_text("the running lab's files")
     try:
-        with pytest.raises(lab.LabError, match="already up"):
-            lab.cmd_up("dr", tmp_path / "lab")
-        assert running in lab.existing_namespaces()
+        with pytest.raises(lab.shell.LabError, match="already up"):
+            lab.commands.cmd_up("dr", tmp_path / "lab")
+        assert running in lab.shell.existing_namespaces()
         assert marker.exists()
 
-        result = lab.cmd_demo("dr", tmp_path / "lab", connections=2)
+        result = lab.commands.cmd_demo("dr", tmp_path / "lab", connections=2)
         assert "already up" in (result.error or "")
         assert not result.failover_ok
-        assert running in lab.existing_namespaces()
+        assert running in lab.shell.existing_namespaces()
         assert marker.exists()
         assert result.leftovers == []
     finally:

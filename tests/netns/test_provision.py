@@ -1,4 +1,4 @@
-"""`scripts/lab.py provision HOST`, the Vagrant VMs' provisioning, run in namespaces that
+"""`scripts/lab provision HOST`, the Vagrant VMs' provisioning, run in namespaces that
 stand in for the VMs: each on a bridge per network, holding its addresses from TOPOLOGY on
 interfaces named unlike the lab's (vnet3, vnet2, ...: the interfaces must be found by
 address), provisioned with --root TMP --no-start (no systemd here). The directors'
@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labscript import LAB_PY, load_lab
-from topology import Bridge, Netns, sh
+from topology import Bridge, Netns
 
+import lab.topology
 from hapair import control
+from lab.shell import sh
 
 pytestmark = pytest.mark.netns
 
 
-lab = load_lab()
-HOSTS: dict[str, dict[str, Any]] = lab.HOSTS
+HOSTS: dict[str, dict[str, Any]] = lab.topology.HOSTS
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Machine:
     interfaces: dict[str, str]  # network -> the interface holding the host's address
 
     def provision(self, mode: str, *extra: str, check: bool = True) -> str:
-        cmd = [sys.executable, str(LAB_PY), "provision", self.name, "--mode", mode]
+        cmd = [sys.executable, "-m", "lab", "provision", self.name, "--mode", mode]
         proc = self.ns.run(
             *cmd, "--root", str(self.root), "--no-start", *extra, check=False, timeout=120
         )
@@ -87,14 +87,14 @@ def machines(
     def make(host: str, mode: str, without: tuple[str, ...] = ()) -> Machine:
         ns = netns_factory(host)
         interfaces = {}
-        networks = lab.host_networks(host, mode)
+        networks = lab.topology.host_networks(host, mode)
         for i, (network, address) in enumerate(networks.items()):
             if network in without:
                 continue
             ifname = f"vnet{len(networks) - i}"  # the lab's eth0 is vnet3 here, ...
             if network not in bridges:
                 bridges[network] = bridge_factory(network[:3])
-            bridges[network].attach(ns, ifname, f"{address}/{lab.PREFIXLEN}")
+            bridges[network].attach(ns, ifname, f"{address}/{lab.topology.PREFIXLEN}")
             interfaces[network] = ifname
         root = tmp_path / host
         root.mkdir()
@@ -168,11 +168,11 @@ def sysctl(ns: Netns, *keys: str) -> list[str]:
 # --- directors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", lab.MODES)
+@pytest.mark.parametrize("mode", lab.topology.MODES)
 def test_director_configs_name_the_interfaces_found_and_a_second_run_changes_nothing(
     mode: str, machines: Callable[..., Machine], authkey: Path
 ) -> None:
-    pair = [machines(d, mode) for d in lab.DIRECTORS]
+    pair = [machines(d, mode) for d in lab.topology.DIRECTORS]
     for m in pair:
         out = m.provision(mode, "--authkey", str(authkey))
         assert f"public {HOSTS[m.name]['public']} on {m.interfaces['public']}" in out, out
@@ -185,18 +185,20 @@ def test_director_configs_name_the_interfaces_found_and_a_second_run_changes_not
         assert cfg["node"]["name"] == m.name
         assert cfg["node"]["priority"] == HOSTS[m.name]["priority"]
         assert cfg["cluster"]["links"] == [
-            {"type": "udp", "interface": m.interfaces["heartbeat"], "group": lab.GROUP}
-            | {"port": lab.HB_PORT}
+            {"type": "udp", "interface": m.interfaces["heartbeat"], "group": lab.topology.GROUP}
+            | {"port": lab.topology.HB_PORT}
         ]  # no serial link unless --serial names a device
         vips = {v["address"]: v["interface"] for v in cfg["vips"]}
-        expected = {f"{lab.VIP}/24": m.interfaces["public"]}
+        expected = {f"{lab.topology.VIP}/24": m.interfaces["public"]}
         if mode == "nat":
-            expected[f"{lab.NAT_GATEWAY}/24"] = m.interfaces["private"]
+            expected[f"{lab.topology.NAT_GATEWAY}/24"] = m.interfaces["private"]
         assert vips == expected
         assert cfg["sync"]["interface"] == m.interfaces["heartbeat"]
-        assert cfg["monitor"]["listen"] == f"{HOSTS[m.name]['management']}:{lab.MONITOR_PORT}"
+        assert (
+            cfg["monitor"]["listen"] == f"{HOSTS[m.name]['management']}:{lab.topology.MONITOR_PORT}"
+        )
         servers = {rs["address"] for s in cfg["services"] for rs in s["real_servers"]}
-        assert servers == {lab.real_address(mode, rs) for rs in lab.REALS}
+        assert servers == {lab.topology.real_address(mode, rs) for rs in lab.topology.REALS}
         assert {s["forward"] for s in cfg["services"]} == {mode}
         for key in ("control_socket", "state_dir"):
             assert cfg["node"][key].startswith(f"{m.root}/"), cfg["node"][key]
@@ -246,7 +248,7 @@ def test_a_missing_address_or_key_is_refused_before_anything_is_written(
     assert not (keyless.root / "etc/hapair/hapair.toml").exists()
 
     # Not a root prefix's place to start anything; nor a client's to have a serial line.
-    cmd = [sys.executable, str(LAB_PY), "provision", "client", "--root", str(off.root)]
+    cmd = [sys.executable, "-m", "lab", "provision", "client", "--root", str(off.root)]
     assert "--root needs --no-start" in sh(*cmd, check=False).stdout
     cmd = [*cmd, "--no-start", "--serial", "/dev/ttyS1"]
     assert "--serial is for the directors" in sh(*cmd, check=False).stdout
@@ -258,7 +260,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
     processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    pair = [machines(d, "dr") for d in lab.DIRECTORS]
+    pair = [machines(d, "dr") for d in lab.topology.DIRECTORS]
     for m in pair:
         m.provision("dr", "--authkey", str(authkey))
     lvs1, lvs2 = pair
@@ -283,7 +285,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
             (tmp_path / f"{m.name}.log").read_text(errors="replace")[-3000:] for m in pair
         )
 
-    vip = f"{lab.VIP}/24"
+    vip = f"{lab.topology.VIP}/24"
     try:
         wait_for("lvs1 MASTER, lvs2 BACKUP", lambda: states() == ("MASTER", "BACKUP"), 30)
     except AssertionError:
@@ -316,7 +318,7 @@ def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
     ]
     out = rs.provision("dr")
     assert f"public {HOSTS['rs1']['public']} on {rs.interfaces['public']}" in out, out
-    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.VIP}/32"]
+    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.topology.VIP}/32"]
     assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
         "1",
         "2",
@@ -327,14 +329,14 @@ def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
     ]
     unit = rs.unit("hapair-lab-real.service")
     assert unit["ExecStartPre"] == [
-        f"{sys.executable} {LAB_PY} provision rs1 --mode dr --net-only"
+        f"{sys.executable} -m lab provision rs1 --mode dr --net-only"
     ], unit
-    assert unit["ExecStart"] == [f"{sys.executable} {LAB_PY} _serve-host rs1"], unit
+    assert unit["ExecStart"] == [f"{sys.executable} -m lab _serve-host rs1"], unit
 
     before = rs.files()
     assert "nothing changed" in rs.provision("dr")
     assert rs.files() == before
-    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.VIP}/32"]
+    assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.topology.VIP}/32"]
     assert "nothing to install" in client.provision("dr")
 
     # What the unit runs at boot: the network settings again, then the services.
@@ -368,7 +370,7 @@ def test_a_nat_real_server_routes_through_the_nat_gateway(
         rs.provision("nat")
         routes = json.loads(rs.ns.ip("-j", "route", "show", "default").stdout)
         assert [(r["gateway"], r["dev"]) for r in routes] == [
-            (lab.NAT_GATEWAY, rs.interfaces["private"])
+            (lab.topology.NAT_GATEWAY, rs.interfaces["private"])
         ]
     assert addresses(rs.ns, "lo") == ["127.0.0.1/8"]
     assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
@@ -386,7 +388,7 @@ def test_a_tun_real_server_takes_the_vip_on_tunl0_or_names_the_missing_ipip(
         assert "no tunl0 for the tun mode: this kernel has no ipip module" in out, out
         return
     assert "network: VIP" in out, out
-    assert addresses(rs.ns, "tunl0") == [f"{lab.VIP}/32"]
+    assert addresses(rs.ns, "tunl0") == [f"{lab.topology.VIP}/32"]
     keys = ("all.arp_ignore", "all.arp_announce", "all.rp_filter", "tunl0.rp_filter")
     assert sysctl(rs.ns, *(f"net.ipv4.conf.{k}" for k in keys)) == ["1", "2", "0", "0"]
 
@@ -400,10 +402,10 @@ def test_the_ops_host_receives_alerts_from_its_units_command(
     ops.provision("dr")
     unit = ops.unit("hapair-lab-ops.service")
     alerts = ops.root / "var/lib/hapair-lab/alerts.jsonl"
-    assert unit["ExecStart"] == [f"{sys.executable} {LAB_PY} _serve-host ops --alerts {alerts}"]
+    assert unit["ExecStart"] == [f"{sys.executable} -m lab _serve-host ops --alerts {alerts}"]
     processes(ops, shlex.split(unit["ExecStart"][0]), tmp_path / "ops.log")
     wait_for("ops ready", lambda: "ready" in (tmp_path / "ops.log").read_text(), 30)
-    url = f"http://{HOSTS['ops']['public']}:{lab.PAGER_PORT}/alert"
+    url = f"http://{HOSTS['ops']['public']}:{lab.topology.PAGER_PORT}/alert"
     post = (
         "import json, urllib.request\n"
         "body = json.dumps({'id': 'x1', 'event': 'test', 'node': 'lvs1'}).encode()\n"

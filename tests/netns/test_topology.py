@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from topology import Bridge, Netns, reachable, sh
+from topology import Bridge, Netns, reachable
+
+from lab.shell import sh
 
 pytestmark = pytest.mark.netns
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from alert_sinks import PagerSink, SmtpSink
 
 from hapair.alerts import Alerter
 from hapair.alerts.email import EmailChannel
@@ -27,6 +26,7 @@ from hapair.alerts.scripts import ScriptRunner, run_script
 from hapair.alerts.spool import Spool
 from hapair.config.model import Alerts
 from hapair.monitor.cert import write_self_signed
+from lab.alert_sinks import PagerSink, SmtpSink
 
 pytestmark = pytest.mark.unit
 

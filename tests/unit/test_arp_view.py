@@ -1,14 +1,14 @@
-"""The client's ARP view of who holds the VIP (scripts/lab.py's `holding`, which every
+"""The client's ARP view of who holds the VIP (lab/measure.py's `holding`, which every
 failover test and the failover bench assert on), from request and answer timelines."""
 
 from __future__ import annotations
 
 import pytest
-from labscript import load_lab
+
+import lab.measure
 
 pytestmark = pytest.mark.unit
 
-lab = load_lab()
 PERIOD = 0.2
 
 
@@ -26,7 +26,7 @@ def answers(
 
 def test_a_steady_master_is_one_holder_no_dual_no_silence() -> None:
     asked = requests(0, 10)
-    seen = lab.holding(asked, answers(asked, "dir1"), 0, 10, PERIOD)
+    seen = lab.measure.holding(asked, answers(asked, "dir1"), 0, 10, PERIOD)
     assert (seen.dual, seen.none, seen.holders) == (0.0, 0.0, [["dir1"]])
 
 
@@ -34,13 +34,13 @@ def test_a_stalled_watch_is_not_a_silent_master() -> None:
     """The watch itself did not run for 0.42 s (a busy guest): no request, no answer. The
     view before counted that as 20 ms with no master."""
     asked = sorted([*requests(0, 10, skip=(5.0, 5.42)), 5.42])
-    seen = lab.holding(asked, answers(asked, "dir1"), 0, 10, PERIOD)
+    seen = lab.measure.holding(asked, answers(asked, "dir1"), 0, 10, PERIOD)
     assert seen.none == 0.0, seen
 
 
 def test_one_lost_answer_is_within_the_slack() -> None:
     asked = requests(0, 10)
-    seen = lab.holding(asked, answers(asked, "dir1", unless=(5.0, 5.1)), 0, 10, PERIOD)
+    seen = lab.measure.holding(asked, answers(asked, "dir1", unless=(5.0, 5.1)), 0, 10, PERIOD)
     assert seen.none == 0.0, seen
 
 
@@ -49,7 +49,7 @@ def test_requests_asked_in_vain_are_a_silence_and_two_answering_are_dual() -> No
     replies = answers(asked, "dir1", unless=(5.0, 8.0)) + answers(
         [t for t in asked if 2.0 <= t < 3.0], "dir2"
     )
-    seen = lab.holding(asked, sorted(replies), 0, 10, PERIOD)
+    seen = lab.measure.holding(asked, sorted(replies), 0, 10, PERIOD)
     # Answers at 4.801 and then 8.001: 3.2 s, less two periods of slack.
     assert seen.none == pytest.approx(2.8, abs=0.01), seen
     assert seen.dual == pytest.approx(1.0, abs=0.01), seen

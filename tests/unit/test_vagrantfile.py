@@ -1,5 +1,5 @@
 """The Vagrantfile, without Vagrant (none here): Ruby parses it, and run against a stand-in
-for Vagrant (tests/vagrant_stub.rb) it defines exactly the hosts of scripts/lab.py's
+for Vagrant (tests/vagrant_stub.rb) it defines exactly the hosts of lab/topology.py's
 TOPOLOGY, each on the networks it is on in the mode, with TOPOLOGY's addresses, provisioned
 by scripts/setup and `scripts/lab provision HOST --mode MODE`."""
 
@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labscript import load_lab
+
+import lab.topology
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 VAGRANTFILE = ROOT / "Vagrantfile"
 STUB = ROOT / "tests" / "vagrant_stub.rb"
-
-
-lab = load_lab()
 
 
 def ruby() -> str:
@@ -55,10 +53,10 @@ def test_ruby_parses_the_vagrantfile() -> None:
 def test_the_vagrantfile_writes_no_address_of_its_own() -> None:
     text = VAGRANTFILE.read_text()
     assert re.findall(r"\b\d+\.\d+\.\d+\.\d+\b", text) == ["255.255.255.255"]  # a mask
-    assert lab.VIP not in text
+    assert lab.topology.VIP not in text
 
 
-@pytest.mark.parametrize("mode", lab.MODES)
+@pytest.mark.parametrize("mode", lab.topology.MODES)
 def test_the_vagrantfile_defines_the_topologys_hosts_on_their_networks(
     mode: str, tmp_path: Path
 ) -> None:
@@ -71,17 +69,19 @@ def test_the_vagrantfile_defines_the_topologys_hosts_on_their_networks(
         (".", "/vagrant", "rsync")
     ]
     machines = record["machines"]
-    assert list(machines) == list(lab.HOSTS)
+    assert list(machines) == list(lab.topology.HOSTS)
 
     lans: dict[str, set[str]] = {}  # network name in the providers -> lab networks on it
     for host, machine in machines.items():
-        role = lab.HOSTS[host]["role"]
+        role = lab.topology.HOSTS[host]["role"]
         assert machine["hostname"] == host
         networks = machine["networks"]
         assert {n["type"] for n in networks} == {"private_network"}
         # TOPOLOGY's addresses, on the networks the host is on in this mode.
         got = {n["ip"]: n for n in networks}
-        want = {lab.HOSTS[host][net]: net for net in lab.host_networks(host, mode)}
+        want = {
+            lab.topology.HOSTS[host][net]: net for net in lab.topology.host_networks(host, mode)
+        }
         assert sorted(got) == sorted(want), host
         if role == "real":
             assert list(want.values()) == ["private" if mode == "nat" else "public"]
@@ -97,7 +97,10 @@ def test_the_vagrantfile_defines_the_topologys_hosts_on_their_networks(
             if network == "management":  # reaches the Vagrant host, .1: one per director
                 assert lan == f"hapair-management-{host}" and "virtualbox__intnet" not in n
                 assert n["libvirt__forward_mode"] == "none"
-                assert lab.mgmt_root_address(host).rsplit(".", 1)[0] == address.rsplit(".", 1)[0]
+                assert (
+                    lab.topology.mgmt_root_address(host).rsplit(".", 1)[0]
+                    == address.rsplit(".", 1)[0]
+                )
             else:  # the VMs alone, on one network per lab network
                 assert lan == n["virtualbox__intnet"] == f"hapair-{network}"
                 assert n["libvirt__forward_mode"] == "veryisolated"
@@ -140,5 +143,5 @@ def test_the_directors_key_is_made_once_private(tmp_path: Path) -> None:
 def test_an_unknown_mode_stops_the_vagrantfile(tmp_path: Path) -> None:
     out = vagrant("bogus", tmp_path)
     assert out.returncode != 0 and out.stdout == ""
-    assert "scripts/lab.py topology --mode bogus failed" in out.stderr
+    assert "python3 -m lab topology --mode bogus failed" in out.stderr
     assert "invalid choice: 'bogus'" in out.stderr

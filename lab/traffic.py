@@ -1,7 +1,7 @@
 """Real traffic for the kernel tests: real servers, a client that counts which server
 answered, and a client that keeps long-lived connections talking across a failover.
 
-Run in a namespace (`ip netns exec NS python tests/traffic.py ...`):
+Run in a namespace (`ip netns exec NS python -m lab.traffic ...`):
 
   serve NAME             HTTP on port 80 (aiohttp; the body is NAME) and a line echo on
                          port 7 that answers "NAME <line>", on every address (under DR
@@ -24,10 +24,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve()
 PERIOD = 0.5  # seconds between a connection's lines
 
 
@@ -140,7 +138,7 @@ async def hold(addr: str, port: int, n: int, period: float = PERIOD) -> None:
 
 
 def _python_in(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, str(HERE), *args]
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "lab.traffic", *args]
 
 
 def _expect_line(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -1,7 +1,7 @@
 """Real receivers for alerts: an SMTP server (aiosmtpd) and an HTTP pager endpoint (aiohttp).
 
 Each keeps every copy it was handed and, like a real receiver should, each alert once by
-its id. Used in-process by the unit tests; `python tests/alert_sinks.py HOST SMTP_PORT
+its id. Used in-process by the unit tests; `python -m lab.alert_sinks HOST SMTP_PORT
 HTTP_PORT OUT` runs both (in a namespace) and appends each accepted alert to OUT as a
 JSON line: {"channel", "id", "event", "node", "severity", "summary"}.
 """

@@ -1,0 +1,97 @@
+"""Small tools of the lab: commands, namespaces, waiting, a director's status."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lab.topology import SLOWDOWN
+
+
+class LabError(Exception):
+    pass
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output; LabError with what it said when it fails. The
+    lab's and the tests' one way to run a command (`timeout` x SLOWDOWN)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * SLOWDOWN)
+    if check and proc.returncode != 0:
+        said = proc.stderr.strip() or proc.stdout
+        raise LabError(f"{' '.join(cmd)!r} exited {proc.returncode}: {said}")
+    return proc
+
+
+def run_in(where: str | None, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`cmd` on this machine (`where` None) or in network namespace `where`."""
+    return (
+        sh(*cmd, check=check)
+        if where is None
+        else sh("ip", "netns", "exec", where, *cmd, check=check)
+    )
+
+
+def ip_batch(lines: list[str], ns: str | None = None) -> None:
+    """Several `ip` commands in one process (`ip -batch`), in namespace `ns`."""
+    if not lines:
+        return
+    cmd = ["ip", "-batch", "-"] if ns is None else ["ip", "-n", ns, "-batch", "-"]
+    proc = subprocess.run(
+        cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60 * SLOWDOWN
+    )
+    if proc.returncode != 0:
+        raise LabError(f"ip {'-n ' + ns if ns else ''} -batch: {proc.stderr.strip()}")
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    """`predicate()`'s first true value; LabError after `timeout` seconds (x SLOWDOWN)."""
+    deadline = time.monotonic() + timeout * SLOWDOWN
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"not within {timeout * SLOWDOWN:.0f} s: {what}")
+        time.sleep(step)
+
+
+def has_ipvs() -> bool:
+    if not Path("/proc/net/ip_vs").exists():
+        subprocess.run(["modprobe", "-q", "ip_vs"], capture_output=True, check=False)
+    return Path("/proc/net/ip_vs").exists()
+
+
+def existing_namespaces() -> set[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def status_of(director: str, lab: Path) -> dict[str, Any] | None:
+    """What `hapair status --json` prints (the same control-socket request, in-process)."""
+    from hapair import control
+
+    try:
+        reply = control.request(lab / f"{director}.sock", {"cmd": "status"}, timeout=5 * SLOWDOWN)
+    except (control.NoAgent, OSError):
+        return None
+    result = reply.get("result") if reply.get("ok") else None
+    return result if isinstance(result, dict) else None
+
+
+def state_of(director: str, lab: Path) -> str | None:
+    s = status_of(director, lab)
+    return None if s is None else str(s["state"])
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in text)
