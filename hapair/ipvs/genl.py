@@ -89,7 +89,10 @@ class GenlSocket:
         self._sock.send(data)
         results: list[KernelError | None] = [None] * len(requests)
         while True:
-            for answer in nl.answers(self._sock.recv(_RECV_SIZE)):
+            data = self._sock.recv(_RECV_SIZE)
+            if nl.ended(data, last):  # the kernel handles requests in order
+                return results
+            for answer in nl.answers(data):
                 if first <= answer.seq <= last and answer.kind == nl.NLMSG_ERROR:
                     results[answer.seq - first] = answer.error
                     if answer.seq == last:  # the kernel handles requests in order
@@ -112,6 +115,8 @@ class GenlSocket:
         found: list[bytes] = []
         while True:
             data = self._sock.recv(_RECV_SIZE)
+            if nl.ended(data, seq):
+                return found
             if dump and (same := nl.uniform(data, seq)) is not None:
                 found += same  # a datagram of same-sized answers, read in one pass
                 continue

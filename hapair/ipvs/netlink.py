@@ -66,6 +66,18 @@ def answers(data: bytes) -> Iterator[Answer]:
         offset += (size + 3) & ~3
 
 
+_END = struct.Struct("=IHHIIi")  # nlmsghdr, then the code of DONE or ERROR
+
+
+def ended(data: bytes, seq: int) -> bool:
+    """True when `data` is one message alone that ends `seq`'s answers well: DONE of a
+    dump, or an acknowledgement (ERROR with code 0); read without building objects."""
+    if len(data) < _END.size:
+        return False
+    size, kind, _, mseq, _, code = _END.unpack_from(data)
+    return size == len(data) and mseq == seq and code == 0 and kind in (NLMSG_DONE, NLMSG_ERROR)
+
+
 def uniform(data: bytes, seq: int) -> list[bytes] | None:
     """The payloads of `data` when it holds only dump answers to `seq`, all of one size (a
     destination dump: one datagram of ten costs one call); else None."""

@@ -260,6 +260,14 @@ def test_answers_errors_with_the_kernels_text_and_a_truncated_tail() -> None:
     assert list(nl.answers(header(8, 30, 0, 1))) == []  # shorter than a header
 
 
+def test_the_end_of_a_request_is_seen_without_parsing() -> None:
+    done = header(20, nl.NLMSG_DONE, nl.NLM_F_MULTI, 4) + struct.pack("=i", 0)
+    assert nl.ended(done, 4) and nl.ended(error_message(4, 0), 4)
+    assert not nl.ended(done, 5)  # another request's
+    assert not nl.ended(error_message(4, errno.EEXIST), 4)  # a refusal: for answers()
+    assert not nl.ended(done + done, 4) and not nl.ended(done[:12], 4)
+
+
 def test_a_datagram_of_same_sized_answers_is_split_at_once() -> None:
     dests = [kernel_dest(f"10.0.0.{n}", 80, n) for n in range(1, 5)]
     data = b"".join(header(20 + len(p), 30, nl.NLM_F_MULTI, 9) + b"\0" * 4 + p for p in dests)
