@@ -83,8 +83,9 @@ class IpvsDriver:
             answers = []
             for key in keys:
                 try:
+                    what = functools.partial("reading {}".format, key)
                     answers += self._read(
-                        wire.GET_SERVICE, wire.service_attr(key), f"reading {key}", dump=False
+                        wire.GET_SERVICE, wire.service_attr(key), what, dump=False
                     )
                 except IpvsError as e:
                     if e.errno != errno_codes.ESRCH:
@@ -95,9 +96,8 @@ class IpvsDriver:
             service = self._services.read(payload)
             if service is not None:
                 key = service.key
-                dests = self._read(
-                    wire.GET_DEST, wire.service_attr(key), f"listing the destinations of {key}"
-                )
+                what = functools.partial("listing the destinations of {}".format, key)
+                dests = self._read(wire.GET_DEST, wire.service_attr(key), what)
                 self._dests.read(dests, key.family, service.dests)
                 table[key] = service
         return table
@@ -195,15 +195,19 @@ class IpvsDriver:
                     errors[n] = self._refused(requests[n], refusal)
         return errors
 
-    def _read(self, cmd: int, payload: bytes, what: str, *, dump: bool = True) -> list[bytes]:
+    def _read(
+        self, cmd: int, payload: bytes, what: str | Callable[[], str], *, dump: bool = True
+    ) -> list[bytes]:
+        """One read; `what` (for an error only) may be a function, made into text then."""
+        said = what if callable(what) else functools.partial(str, what)
         try:
             if self._sock is None:
                 raise OSError(errno_codes.EBADF, "the driver is not open")
             return self._sock.request(cmd, payload, dump=dump)
         except KernelError as e:
-            raise self._refused(_Request(cmd, bytes, lambda: what), e) from e
+            raise self._refused(_Request(cmd, bytes, said), e) from e
         except OSError as e:
-            raise IpvsError(f"{self._where()}{what}: {e.strerror or e}", e.errno) from e
+            raise IpvsError(f"{self._where()}{said()}: {e.strerror or e}", e.errno) from e
 
     def _refused(self, request: _Request, e: KernelError) -> IpvsError:
         hint = {errno_codes.ESRCH: " (no such service)", errno_codes.ENOENT: request.enoent}
