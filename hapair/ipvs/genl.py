@@ -3,8 +3,8 @@
 Blocking by design: the kernel handles a request inside the `send` that carries it and
 queues its answers before `send` returns, so a call waits on nothing but the kernel (the
 30 s timeout only guards a bug). Writes are pipelined: one `send` carries up to
-`BATCH` requests, only the last asks for an acknowledgement, and the kernel answers the
-others only when it refuses them, each error tied to its request by sequence number.
+`BATCH` requests and an acknowledged no-op after them; the kernel answers a request only
+when it refuses it, each error tied to its request by sequence number.
 """
 
 from __future__ import annotations
@@ -79,24 +79,28 @@ class GenlSocket:
         or None. OSError: the socket failed, and what was done is unknown."""
         if not 0 < len(requests) <= BATCH:
             raise ValueError(f"1 to {BATCH} requests at once, not {len(requests)}")
-        first = self._take(len(requests))
-        last = first + len(requests) - 1
-        flags = nl.NLM_F_REQUEST
+        first = self._take(len(requests) + 1)
+        end = first + len(requests)  # the acknowledged no-op after them
         data = b"".join(
-            nl.message(self.family, flags | (nl.NLM_F_ACK if n == last else 0), n, cmd, p)
+            nl.message(self.family, nl.NLM_F_REQUEST, n, cmd, p)
             for n, (cmd, p) in enumerate(requests, first)
         )
-        self._sock.send(data)
+        # The no-op, not the last request, asks for the ack: a handler that fails with
+        # EINTR gets no answer at all (IPVS's DEL_DAEMON does, when the sync thread it
+        # stops had not run yet), and the send would wait for one that never comes.
+        self._sock.send(data + nl.acked_noop(end))
         results: list[KernelError | None] = [None] * len(requests)
         while True:
             data = self._sock.recv(_RECV_SIZE)
-            if nl.ended(data, last):  # the kernel handles requests in order
+            if nl.ended(data, end):  # the kernel handles requests in order
                 return results
             for answer in nl.answers(data):
-                if first <= answer.seq <= last and answer.kind == nl.NLMSG_ERROR:
+                if answer.kind != nl.NLMSG_ERROR:
+                    continue
+                if first <= answer.seq < end:
                     results[answer.seq - first] = answer.error
-                    if answer.seq == last:  # the kernel handles requests in order
-                        return results
+                elif answer.seq == end:
+                    return results
 
     def _take(self, count: int) -> int:
         """The first of `count` fresh sequence numbers (32 bits on the wire)."""

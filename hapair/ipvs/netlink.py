@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 _NLM_F_ACK_TLVS = 0x200
 _NLMSGERR_ATTR_MSG = 1
@@ -41,6 +41,12 @@ def message(
     """One generic-netlink request (IPVS and the controller are both at version 1)."""
     size = ANSWER_AT + len(payload)
     return HDR.pack(size, msg_type, flags, seq, 0) + GENL.pack(cmd, version, 0) + payload
+
+
+def acked_noop(seq: int) -> bytes:
+    """A request that does nothing but be acknowledged: the kernel acks a control message
+    without handing it to any family (netlink_rcv_skb)."""
+    return HDR.pack(HDR.size, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
 
 
 @dataclass(frozen=True, slots=True)
