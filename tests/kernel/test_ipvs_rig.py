@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import time
 from collections.abc import Callable
 from ipaddress import ip_address
 
@@ -109,6 +110,19 @@ def test_daemon_options_reach_the_kernel(director: Netns) -> None:
     scenario()
     shown = ipvs_daemons(director)
     assert shown == [], shown
+
+
+def test_a_daemon_stopped_right_after_its_start_is_stopped(director: Netns) -> None:
+    """Stopped before its thread ever ran, the kernel's DEL_DAEMON fails with EINTR and
+    netlink answers nothing: the stop must still return, and the daemon be gone."""
+    with IpvsDriver(director.name) as ipvs:
+        for sync_id in range(1, 6):
+            started = time.monotonic()
+            ipvs.start_daemon(SyncDaemon(SyncState.MASTER, "eth1", sync_id))
+            ipvs.stop_daemon(SyncState.MASTER)
+            assert time.monotonic() - started < 10, "a stop that waited for an answer"
+            assert ipvs.list_daemons() == []
+    assert ipvs_daemons(director) == []
 
 
 def test_flush_empties_only_this_namespace(
