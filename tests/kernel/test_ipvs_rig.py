@@ -16,7 +16,9 @@ from ipvsadm import ipvs_daemons, ipvs_table
 from pyroute2 import AsyncIPVS, IPVSDest, IPVSService
 from topology import Netns
 
+from hapair.ipvs import wire
 from hapair.ipvs.driver import IpvsDriver, IpvsError, SyncDaemon, SyncState
+from hapair.ipvs.genl import GenlSocket
 from hapair.ipvs.table import ServiceKey
 
 pytestmark = pytest.mark.kernel
@@ -113,16 +115,21 @@ def test_daemon_options_reach_the_kernel(director: Netns) -> None:
 
 
 def test_a_daemon_stopped_right_after_its_start_is_stopped(director: Netns) -> None:
-    """Stopped before its thread ever ran, the kernel's DEL_DAEMON fails with EINTR and
-    netlink answers nothing: the stop must still return, and the daemon be gone."""
-    with IpvsDriver(director.name) as ipvs:
-        for sync_id in range(1, 6):
-            started = time.monotonic()
-            ipvs.start_daemon(SyncDaemon(SyncState.MASTER, "eth1", sync_id))
-            ipvs.stop_daemon(SyncState.MASTER)
-            assert time.monotonic() - started < 10, "a stop that waited for an answer"
-            assert ipvs.list_daemons() == []
-    assert ipvs_daemons(director) == []
+    """Start and stop in one send, so the stop may come before the new sync thread ever
+    ran: then the kernel's DEL_DAEMON fails with EINTR, for which netlink sends no answer
+    at all. The write must still return, and the daemon be gone (ipvsadm)."""
+    sock = GenlSocket.open(director.name)
+    try:
+        for sync_id in range(1, 11):
+            start = wire.daemon_payload(SyncDaemon(SyncState.MASTER, "eth1", sync_id))
+            stop = wire.daemon_state_payload(SyncState.MASTER)
+            began = time.monotonic()
+            refusals = sock.write([(wire.NEW_DAEMON, start), (wire.DEL_DAEMON, stop)])
+            assert time.monotonic() - began < 10, "a write that waited for an answer"
+            assert refusals == [None, None]
+            assert ipvs_daemons(director) == []
+    finally:
+        sock.close()
 
 
 def test_flush_empties_only_this_namespace(
