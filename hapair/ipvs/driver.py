@@ -4,7 +4,7 @@ table.py, through one generic-netlink socket per network namespace; it decides n
 Its methods block, on the kernel alone: it handles each request inside the system call
 that carries it (genl.py), so they are plain functions, called from the event loop.
 `dump` alone is async: reading a large table yields to the loop every few services.
-Writes go `genl.BATCH` to a send (`apply`), each refusal still tied to its change.
+Writes go `genl.BATCH` to a send (`batches`), each refusal still tied to its change.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import asyncio
 import errno as errno_codes
 import functools
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from hapair.ipvs import answers, wire
 from hapair.ipvs import reconcile as rc
-from hapair.ipvs import wire
 from hapair.ipvs.genl import BATCH, GenlSocket, NoIpvs
 from hapair.ipvs.netlink import KernelError
 from hapair.ipvs.table import Dest, DestKey, ServiceKey, Table, VirtualService
@@ -50,8 +50,8 @@ class IpvsDriver:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sock: GenlSocket | None = None
-        self._services = wire.ServiceReader()
-        self._dests = wire.DestReader()
+        self._services = answers.ServiceReader()
+        self._dests = answers.DestReader()
 
     def __enter__(self) -> IpvsDriver:
         try:
@@ -103,14 +103,26 @@ class IpvsDriver:
         return table
 
     def list_daemons(self) -> list[SyncDaemon]:
-        answers = self._read(wire.GET_DAEMON, b"", "listing sync daemons")
-        return [d for payload in answers if (d := wire.daemon_of(payload)) is not None]
+        said = self._read(wire.GET_DAEMON, b"", "listing sync daemons")
+        try:
+            return [d for payload in said if (d := answers.daemon_of(payload)) is not None]
+        except answers.BadAnswer as e:
+            raise IpvsError(f"{self._where()}listing sync daemons: {e}") from e
 
     # --- writing ---
 
     def apply(self, changes: Sequence[rc.Change]) -> list[IpvsError | None]:
-        """Each change's refusal, or None; they are sent `BATCH` to a system call."""
-        return self._write([_request_of(change) for change in changes])
+        """Each change's refusal, or None."""
+        return [error for batch in self.batches(changes) for _, error in batch]
+
+    def batches(
+        self, changes: Sequence[rc.Change]
+    ) -> Iterator[list[tuple[rc.Change, IpvsError | None]]]:
+        """Each change with its refusal (or None), `BATCH` changes to a system call: a
+        caller may let its event loop run between two batches."""
+        for start in range(0, len(changes), BATCH):
+            chunk = changes[start : start + BATCH]
+            yield list(zip(chunk, self._write([_request_of(c) for c in chunk]), strict=True))
 
     def add_service(self, service: VirtualService) -> None:
         """Create the service with its settings; its `dests` are not written (see add_dest)."""
@@ -169,30 +181,30 @@ class IpvsDriver:
             raise errors[0]
 
     def _write(self, requests: list[_Request]) -> list[IpvsError | None]:
+        """One send of at most `BATCH` requests; each one's refusal, or None."""
+        assert len(requests) <= BATCH
         errors: list[IpvsError | None] = [None] * len(requests)
-        for start in range(0, len(requests), BATCH):
-            chunk = requests[start : start + BATCH]
-            sent: list[int] = []  # indexes in `requests` of what goes on the wire
-            wires: list[tuple[int, bytes]] = []
-            for n, request in enumerate(chunk, start):
-                try:
-                    wires.append((request.cmd, request.payload()))
-                    sent.append(n)
-                except (ValueError, struct.error) as e:  # the model holds what IPVS cannot
-                    errors[n] = self._failed(request, e, errno_codes.EINVAL)
-            if not wires:
-                continue
+        sent: list[int] = []  # indexes in `requests` of what goes on the wire
+        wires: list[tuple[int, bytes]] = []
+        for n, request in enumerate(requests):
             try:
-                if self._sock is None:
-                    raise OSError(errno_codes.EBADF, "the driver is not open")
-                refusals = self._sock.write(wires)
-            except OSError as e:  # the socket itself: what was done is unknown
-                for n in sent:
-                    errors[n] = self._failed(requests[n], e.strerror or e, e.errno)
-                continue
-            for n, refusal in zip(sent, refusals, strict=True):
-                if refusal is not None:
-                    errors[n] = self._refused(requests[n], refusal)
+                wires.append((request.cmd, request.payload()))
+                sent.append(n)
+            except (ValueError, struct.error) as e:  # the model holds what IPVS cannot
+                errors[n] = self._failed(request, e, errno_codes.EINVAL)
+        if not wires:
+            return errors
+        try:
+            if self._sock is None:
+                raise OSError(errno_codes.EBADF, "the driver is not open")
+            refusals = self._sock.write(wires)
+        except OSError as e:  # the socket itself: what was done is unknown
+            for n in sent:
+                errors[n] = self._failed(requests[n], e.strerror or e, e.errno)
+            return errors
+        for n, refusal in zip(sent, refusals, strict=True):
+            if refusal is not None:
+                errors[n] = self._refused(requests[n], refusal)
         return errors
 
     def _read(

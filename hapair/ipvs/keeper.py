@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 
 from hapair.config.model import Sync
-from hapair.ipvs.genl import BATCH  # changes applied between two turns of the event loop
 from hapair.ipvs.reconcile import AddService, Change, DeleteService, EditService, diff
 from hapair.ipvs.table import ServiceKey, Table
 
@@ -65,11 +64,10 @@ class TableKeeper:
         outcome = Outcome()
         self.actual = await self.driver.dump()
         changes = diff(desired, self.actual, self.owned)
-        for start in range(0, len(changes), BATCH):
-            if start:
+        for n, batch in enumerate(self.driver.batches(changes)):
+            if n:
                 await asyncio.sleep(0)  # heartbeats go on during a long load
-            chunk = changes[start : start + BATCH]
-            for change, error in zip(chunk, self.driver.apply(chunk), strict=True):
+            for change, error in batch:
                 if error is None:
                     outcome.applied.append(change)
                 else:
@@ -138,10 +136,15 @@ class TableKeeper:
         if self.sync is None or not self.available:
             return
         try:
-            for daemon in self.driver.list_daemons():
-                self.driver.stop_daemon(daemon.state)
+            daemons = self.driver.list_daemons()
         except IpvsError as exc:
             log.error("IPVS sync daemon: %s", exc)
+            daemons = []
+        for daemon in daemons:  # each one, whatever became of the one before
+            try:
+                self.driver.stop_daemon(daemon.state)
+            except IpvsError as exc:
+                log.error("IPVS sync daemon: %s", exc)
         self.sync_role = None
 
 

@@ -13,8 +13,8 @@ from ipaddress import ip_address
 
 import pytest
 
+from hapair.ipvs import answers, wire
 from hapair.ipvs import netlink as nl
-from hapair.ipvs import wire
 from hapair.ipvs.genl import BATCH, GenlSocket
 from hapair.ipvs.table import Dest, DestKey, ServiceKey, VirtualService
 
@@ -152,7 +152,7 @@ def test_a_destination_request_carries_its_tunnel_only_when_tunnelled() -> None:
 
 
 def test_a_service_answer_is_read_and_its_statistics_ignored() -> None:
-    reader = wire.ServiceReader()
+    reader = answers.ServiceReader()
     first = reader.read(kernel_service(sched="mh", flags=0x2 | 0x1 | 0x8, timeout=60))
     assert first == VirtualService(
         ServiceKey("tcp", VIP, 80), "mh", persistence=60, netmask=32,
@@ -169,11 +169,11 @@ def test_a_service_answer_is_read_and_its_statistics_ignored() -> None:
 
 
 def test_a_non_contiguous_mask_reads_as_no_prefix() -> None:
-    service = wire.ServiceReader().read(kernel_service(netmask=bytes([255, 0, 255, 0])))
+    service = answers.ServiceReader().read(kernel_service(netmask=bytes([255, 0, 255, 0])))
     assert service is not None and service.netmask == -1
 
 
-def read(reader: wire.DestReader, answers: list[bytes]) -> dict[DestKey, Dest]:
+def read(reader: answers.DestReader, answers: list[bytes]) -> dict[DestKey, Dest]:
     dests: dict[DestKey, Dest] = {}
     reader.read(answers, 4, dests)
     return dests
@@ -192,20 +192,20 @@ def test_destinations_in_both_kernel_layouts_read_alike() -> None:
             for a, w in (("10.0.0.1", 3), ("10.0.0.2", 4))
         )
     }
-    assert read(wire.DestReader(), modern) == expected
-    assert read(wire.DestReader(), old) == expected  # no family attribute: the service's
-    assert [wire.dest_of(p, 4) for p in modern] == list(expected.values())
+    assert read(answers.DestReader(), modern) == expected
+    assert read(answers.DestReader(), old) == expected  # no family attribute: the service's
+    assert [answers.dest_of(p, 4) for p in modern] == list(expected.values())
 
 
 def test_a_destination_set_seen_before_is_a_copy_and_a_change_shows() -> None:
-    reader = wire.DestReader()
-    answers = [kernel_dest("10.0.0.1", 80, 3), kernel_dest("2001:db8::2", 80, 1)]
-    first = read(reader, answers)
-    again = read(reader, answers)
+    reader = answers.DestReader()
+    said = [kernel_dest("10.0.0.1", 80, 3), kernel_dest("2001:db8::2", 80, 1)]
+    first = read(reader, said)
+    again = read(reader, said)
     assert again == first
     again.clear()  # the caller's dict: the reader's stays whole
-    assert read(reader, answers) == first
-    heavier = read(reader, [kernel_dest("10.0.0.1", 80, 5), answers[1]])
+    assert read(reader, said) == first
+    heavier = read(reader, [kernel_dest("10.0.0.1", 80, 5), said[1]])
     assert [d.weight for d in heavier.values()] == [5, 1]
     assert list(first)[1] == DestKey(ip_address("2001:db8::2"), 80)
 
@@ -227,10 +227,12 @@ def test_sync_daemon_requests_and_answers() -> None:
         nla(1, u32(2)) + nla(2, b"eth1\0") + nla(3, u32(7)) + nla(4, u16(1472))
         + nla(7, u16(8848)) + nla(8, u8(1)) + nla(6, ip_address("ff02::51").packed),
     )  # fmt: skip
-    assert wire.daemon_of(answer) == wire.SyncDaemon(
+    assert answers.daemon_of(answer) == wire.SyncDaemon(
         wire.SyncState.BACKUP, "eth1", 7, 1472, ip_address("ff02::51"), 8848, 1
     )
-    assert wire.daemon_of(nla(1, b"")) is None
+    assert answers.daemon_of(nla(1, b"")) is None
+    with pytest.raises(answers.BadAnswer, match="state 3"):
+        answers.daemon_of(nla(3, nla(1, u32(3)) + nla(2, b"eth1\0") + nla(3, u32(7))))
 
 
 def header(size: int, kind: int, flags: int, seq: int) -> bytes:
