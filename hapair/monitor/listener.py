@@ -70,6 +70,7 @@ class Listener:
         self.request_timeout = REQUEST_TIMEOUT
         self.response_timeout = RESPONSE_TIMEOUT
         self.open = 0
+        self.most = 0  # the most connections open at once
         self.per_client: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()  # refused, handshake_failed, timed_out
         self._servers: list[asyncio.AbstractServer] = []
@@ -128,6 +129,7 @@ class Listener:
             transport.abort()
             return
         self.open += 1
+        self.most = max(self.most, self.open)
         self.per_client[client] += 1
         task = asyncio.create_task(self._handshake(transport, client))
         self._handshakes.add(task)

@@ -1,0 +1,87 @@
+"""The monitor's JSON API: /api/status and the operator's actions (drain, enable,
+disable, add, remove, release), each sent as a control request through the agent's one
+queue of inputs (`act`), as the control socket sends them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from hapair.control import parse_json
+from hapair.monitor.gate import IDENTITY, json_error
+from hapair.status import Status
+
+log = logging.getLogger("hapair.monitor")
+
+StatusOf = Callable[[], Status]
+Act = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+ACT_TIMEOUT = 10.0
+SERVER_ACTIONS = ("drain", "enable", "disable")
+
+
+class Api:
+    def __init__(self, status: StatusOf, act: Act) -> None:
+        self.status = status
+        self.act = act
+
+    def route(self, app: web.Application) -> None:
+        app.router.add_get("/api/status", self.api_status)
+        app.router.add_post("/api/release", self.api_release)
+        app.router.add_post("/api/servers/{service}", self.api_add)
+        app.router.add_post("/api/servers/{service}/{server}/{action}", self.api_server_action)
+        app.router.add_delete("/api/servers/{service}/{server}", self.api_remove)
+
+    async def api_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def api_server_action(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        if action not in SERVER_ACTIONS:
+            return json_error(404, f"no action {action!r}; expected one of drain, enable, disable")
+        return await self._act(request, {"cmd": action, **self._server_of(request)})
+
+    async def api_remove(self, request: web.Request) -> web.Response:
+        return await self._act(request, {"cmd": "remove", **self._server_of(request)})
+
+    async def api_add(self, request: web.Request) -> web.Response:
+        try:
+            body = parse_json(await request.read())
+        except ValueError as exc:
+            return json_error(
+                400, f'expected a JSON body: {{"server": "ADDR:PORT", "weight": N}} ({exc})'
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("server"), str):
+            return json_error(400, 'expected a JSON body: {"server": "ADDR:PORT", "weight": N}')
+        weight = body.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 65535:
+            return json_error(400, "weight must be a whole number from 0 to 65535")
+        service = request.match_info["service"]
+        return await self._act(
+            request, {"cmd": "add", "service": service, "server": body["server"], "weight": weight}
+        )
+
+    async def api_release(self, request: web.Request) -> web.Response:
+        return await self._act(request, {"cmd": "release"})
+
+    @staticmethod
+    def _server_of(request: web.Request) -> dict[str, str]:
+        return {"service": request.match_info["service"], "server": request.match_info["server"]}
+
+    async def _act(self, request: web.Request, command: dict[str, Any]) -> web.Response:
+        identity = request[IDENTITY]
+        what = " ".join(str(command[k]) for k in ("cmd", "service", "server") if k in command)
+        try:
+            async with asyncio.timeout(ACT_TIMEOUT):
+                reply = await self.act(command)
+        except TimeoutError:
+            return json_error(503, f"the agent did not answer within {ACT_TIMEOUT:g}s")
+        if not reply.get("ok"):
+            error = str(reply.get("error", "refused"))
+            log.info("monitor: %s: %s refused: %s", identity.user, what, error)
+            return json_error(409, error)
+        log.info("monitor: %s: %s", identity.user, what)
+        return web.json_response({"ok": True, "result": reply.get("result")})
