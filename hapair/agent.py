@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from hapair import control, host, logs
 from hapair.alerts import Alerter
 from hapair.config import Config, ConfigError, Problem, load
-from hapair.config.model import SerialLink
 from hapair.config.reload import restart_needed
 from hapair.core.election import Announce, Transition
 from hapair.core.health import Health
@@ -29,14 +28,13 @@ from hapair.core.refused import Refused
 from hapair.core.states import State
 from hapair.holder import VipHolder
 from hapair.inputs import Asked, Checked, Input, Received, Reload, Stop, Tick, WarmedUp
-from hapair.links import LinkError
-from hapair.links.serial import SerialHeartbeatLink
-from hapair.links.udp import UdpHeartbeatLink
+from hapair.links import open_links
 from hapair.services import Services, describe_change
 from hapair.status import ReloadStatus, Status, compose
 from hapair.track import start_checks
 
 if TYPE_CHECKING:
+    from hapair.links import Link
     from hapair.vipguard import VipGuard
 
 log = logging.getLogger("hapair")
@@ -57,13 +55,12 @@ class Agent:
         self.key = host.read_key(cfg.cluster.auth_key_file)
         self.epoch = host.next_epoch(cfg.node.name, cfg.node.state_dir)
         self.node: HaNode  # made when the links are up: see run()
-        self.links: dict[str, UdpHeartbeatLink | SerialHeartbeatLink] = {}
+        self.links: dict[str, Link] = {}
         self.health = Health()
         self.inbox: asyncio.Queue[Input] = asyncio.Queue()
         self.tasks: list[asyncio.Task[Any]] = []
         self.timer_late_max = 0.0
         self._wake = asyncio.Event()
-        self._warmup_task: asyncio.Task[None] | None = None
         self.alerter = Alerter(cfg.node.name, cfg.alerts, cfg.node.state_dir)
         self.services = Services(cfg, self.alerter)
         self.vips = VipHolder(cfg.vips)
@@ -75,18 +72,7 @@ class Agent:
         self.alerter.start()  # resends what an earlier run left in the spool
         await self.vips.remove_stale()
         await self.services.start()
-        for name, spec in zip(link_names(self.cfg), self.cfg.cluster.links, strict=True):
-            on = self._receiver(name)
-            self.links[name] = (
-                SerialHeartbeatLink(spec, on)
-                if isinstance(spec, SerialLink)
-                else UdpHeartbeatLink(spec, on)
-            )
-        for link in self.links.values():
-            try:
-                await link.start()
-            except LinkError as exc:
-                log.error("%s; the link stays down until it can be opened", exc)
+        self.links = await open_links(self.cfg, self._receiver)
         server = control.ControlServer(self.cfg.node.socket_path, self._handle_request)
         await server.start()
         for sig, event in (
@@ -130,27 +116,17 @@ class Agent:
     def _preload(self) -> None:
         """Import what the agent will need before the clock runs, not in it (aiohttp: 0.3 s
         here, 3-6 s in a slow VM, where the clock saw it as a stall)."""
-        from hapair import interfaces, probes
+        from hapair import interfaces
 
         del interfaces
         if self.cfg.monitor is not None:
             from hapair.monitor import server as monitor_server
 
             del monitor_server
-        probes.preload(
-            {
-                p.type
-                for s in self.services.effective()
-                for p in [s.probe, *(r.probe for r in s.real_servers)]
-                if p
-            }
-        )
+        self.services.preload()
 
-    def _receiver(self, name: str) -> Any:
-        def received(payload: bytes) -> None:
-            self.inbox.put_nowait(Received(name, payload))
-
-        return received
+    def _receiver(self, name: str, payload: bytes) -> None:
+        self.inbox.put_nowait(Received(name, payload))
 
     def _on_check(self, name: str, ok: bool, reason: str) -> None:
         self.inbox.put_nowait(Checked(name, ok, reason))
@@ -182,8 +158,7 @@ class Agent:
                 if not item.reply.done():
                     item.reply.set_result(answer)
             elif isinstance(item, WarmedUp):
-                if item.task is self._warmup_task:
-                    self._warmup_task = None
+                if self.services.warmed_up(item.task):
                     log.info("preemption allowed: %s", item.reason)
                     await self._carry_out(self.node.hold_preemption(None, now))
             elif isinstance(item, Reload):
@@ -220,28 +195,11 @@ class Agent:
 
     async def _warm_up(self) -> None:
         """With preemption and connection sync, a recovering node first learns the MASTER's
-        connections (core/warmup.py says how long), so taking the VIPs back drops none."""
-        if self._warmup_task is not None:
-            self._warmup_task.cancel()
-            self._warmup_task = None
-        keeper, sync = self.services.keeper, self.cfg.sync
-        if not self.cfg.cluster.preempt or keeper is None or keeper.sync_role != "backup":
-            return
-        if sync is None or sync.warmup <= 0:
-            return
-        from hapair.core.warmup import WarmUp
-
-        warmup = WarmUp(sync.warmup, self.loop.time())
-        await self._carry_out(self.node.hold_preemption(warmup.reason(), self.loop.time()))
-
-        async def learn() -> None:
-            while not warmup.observe(await keeper.connections(), self.loop.time()):
-                await asyncio.sleep(0.5)
-            self.inbox.put_nowait(WarmedUp(task, f"{warmup.count} connections learned"))
-
-        task = self._warmup_task = asyncio.create_task(learn(), name="warm-up")
-        self.tasks.append(task)
-        task.add_done_callback(self.tasks.remove)
+        connections before it takes the VIPs back (services.py watches them)."""
+        done = self.inbox.put_nowait
+        reason = self.services.warm_up(self.cfg.cluster.preempt, lambda t, r: done(WarmedUp(t, r)))
+        if reason is not None:
+            await self._carry_out(self.node.hold_preemption(reason, self.loop.time()))
 
     async def _clock(self) -> None:
         """A Tick at each of the core's deadlines. Waits with asyncio.timeout_at, not
@@ -266,14 +224,6 @@ class Agent:
 
     # Requests: the control socket and the monitor.
 
-    async def request(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A control request from the monitor, checked as the socket's are."""
-        try:
-            checked = control.check_request(request)
-        except ValueError as exc:
-            return control.refusal(f"bad request: {exc}")
-        return await self._handle_request(checked)
-
     async def _handle_request(self, request: control.Request) -> dict[str, Any]:
         """A checked request, handled in turn with every other input."""
         answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -292,22 +242,12 @@ class Agent:
         return await self.services.operator(request)
 
     async def _start_monitor(self) -> Any:
-        """The web monitor when [monitor] is set; without it (a missing users file, a
-        world-readable key) the agent goes on failing over, and says why."""
         if self.cfg.monitor is None:
             return None
-        from hapair.monitor.files import MonitorError
-        from hapair.monitor.server import MonitorServer
+        from hapair.monitor.server import start_monitor
 
-        monitor = MonitorServer(
-            self.cfg.monitor, lambda: self.status(self.loop.time()), self.request
-        )
-        try:
-            await monitor.start()
-        except MonitorError as exc:
-            log.error("web monitor not started: %s", exc)
-            return None
-        return monitor
+        status = lambda: self.status(self.loop.time())  # noqa: E731
+        return await start_monitor(self.cfg.monitor, status, control.checked(self._handle_request))
 
     def status(self, now: float) -> Status:
         return compose(
@@ -391,16 +331,7 @@ class Agent:
     def _reload_failed(self, why: str) -> None:
         log.error("reload of %s refused, running on as before:\n%s", self.config_path, why)
         self.last_reload = {"time": round(time.time(), 3), "ok": False, "error": why}
-        problems = why.strip().splitlines()
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        self.alerter.emit(
-            "reload_failed",
-            "",
-            f"reload of {self.config_path} refused, running on as before: "
-            + "; ".join(problems[:3])
-            + more,
-            {"config": str(self.config_path), "reason": why.strip()},
-        )
+        self.alerter.reload_failed(str(self.config_path), why)
 
 
 def run(config_path: Path) -> int:

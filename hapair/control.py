@@ -139,6 +139,22 @@ def check_request(request: Any) -> Request:
     return Request(cmd, _text(request, "service"), _text(request, "server"), weight)
 
 
+def checked(
+    handle: Callable[[Request], Awaitable[dict[str, Any]]],
+) -> Callable[[Any], Awaitable[dict[str, Any]]]:
+    """`handle` for requests that come as decoded JSON (the monitor's), checked as the
+    socket's are: a bad one is refused without reaching `handle`."""
+
+    async def ask(request: Any) -> dict[str, Any]:
+        try:
+            checked_request = check_request(request)
+        except ValueError as exc:
+            return refusal(f"bad request: {exc}")
+        return await handle(checked_request)
+
+    return ask
+
+
 def decode_request(line: bytes) -> Request | str:
     """A request line as a Request, or the reason it is refused. Never raises."""
     if len(line) > MAX_MESSAGE:

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from hapair.status import ProbeStatus, RealServerStatus, ServiceStatus, Transiti
 
 log = logging.getLogger("hapair")
 
+Learned = Callable[[asyncio.Task[None], str], None]  # a warm-up task, and why it ended
 RECONCILE_PERIOD = 5.0  # how soon a rule changed behind hapair's back is restored
 HISTORY = 10  # up/down transitions kept per real server, for the monitor
 
@@ -78,6 +79,7 @@ class Services:
         self._waiters: list[asyncio.Future[Outcome | None]] = []
         self._worker: asyncio.Task[None] | None = None
         self._pass: asyncio.Task[Outcome | None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
 
     # Start, reload, stop.
 
@@ -103,6 +105,7 @@ class Services:
 
     async def close(self) -> None:
         """A pass under way finishes first: no half-made table."""
+        self._stop_warmup()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -180,6 +183,43 @@ class Services:
             )
         return outcome
 
+    def warm_up(
+        self, preempt: bool, learned: Callable[[asyncio.Task[None], str], None]
+    ) -> str | None:
+        """With preemption and connection sync, a recovering node first learns the MASTER's
+        connections (core/warmup.py says how long), so taking the VIPs back drops none.
+        Why preemption must wait, or None; `learned(task, reason)` says when it may go on."""
+        self._stop_warmup()
+        keeper, sync = self.keeper, self.cfg.sync
+        if not preempt or keeper is None or keeper.sync_role != "backup":
+            return None
+        if sync is None or sync.warmup <= 0:
+            return None
+        from hapair.core.warmup import WarmUp
+
+        loop = asyncio.get_running_loop()
+        warmup = WarmUp(sync.warmup, loop.time())
+
+        async def learn() -> None:
+            while not warmup.observe(await keeper.connections(), loop.time()):
+                await asyncio.sleep(0.5)
+            learned(task, f"{warmup.count} connections learned")
+
+        task = self._warmup = asyncio.create_task(learn(), name="warm-up")
+        return warmup.reason()
+
+    def warmed_up(self, task: asyncio.Task[None]) -> bool:
+        """True once for the warm-up under way (an earlier, cancelled one is no news)."""
+        if task is not self._warmup:
+            return False
+        self._warmup = None
+        return True
+
+    def _stop_warmup(self) -> None:
+        if self._warmup is not None:
+            self._warmup.cancel()
+            self._warmup = None
+
     async def set_sync_role(self, role: str) -> None:
         if self.keeper is not None:
             self.keeper.set_sync_role(role)
@@ -204,6 +244,15 @@ class Services:
     @property
     def roster_path(self) -> Path:
         return self.cfg.node.state_dir / f"{self.cfg.node.name}.roster.json"
+
+    def preload(self) -> None:
+        """The probe types' modules, imported before the heartbeat clock runs."""
+        from hapair import probes
+
+        services = self.effective()
+        probes.preload(
+            {p.type for s in services for p in [s.probe, *(r.probe for r in s.real_servers)] if p}
+        )
 
     def effective(self) -> list[ServiceConfig]:
         """The configured services, with the operator's additions and removals."""

@@ -179,6 +179,18 @@ class Alerter:
             return None
         return self._raise(make_alert(self.node, event, subject, summary, time.time(), details))
 
+    def reload_failed(self, config: str, why: str) -> None:
+        """A reload refused: the first three problems in the alert, all of them in its data."""
+        problems = why.strip().splitlines()
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        detail = "; ".join(problems[:3]) + more
+        self.emit(
+            "reload_failed",
+            "",
+            f"reload of {config} refused, running on as before: {detail}",
+            {"config": config, "reason": why.strip()},
+        )
+
     def state_changed(self, old: str, new: str, reason: str) -> Alert | None:
         """A state change: an alert, and the state's notify script (never held back)."""
         alert = make_alert(

@@ -297,3 +297,17 @@ class MonitorServer:
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_TYPE})
+
+
+async def start_monitor(
+    settings: MonitorConfig, status: StatusOf, act: Act
+) -> MonitorServer | None:
+    """The web monitor, started; without it (a missing users file, a world-readable key)
+    the agent goes on failing over, and says why."""
+    monitor = MonitorServer(settings, status, act)
+    try:
+        await monitor.start()
+    except MonitorError as exc:
+        log.error("web monitor not started: %s", exc)
+        return None
+    return monitor
