@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,32 +44,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hapair {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
-        help="run the agent in the foreground",
-        description="Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
+        _run,
+        "run the agent in the foreground",
+        "Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
         "Exits 2 on a bad config, before touching the system.",
     )
     run.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
-    run.set_defaults(func=_run)
-
-    check = sub.add_parser(
+    check = _command(
+        sub,
         "check",
-        help="validate a config file",
-        description="Validate FILE without touching the system. Prints 'ok', or every "
+        _check,
+        "validate a config file",
+        "Validate FILE without touching the system. Prints 'ok', or every "
         "error as 'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
     )
     check.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
-    check.set_defaults(func=_check)
-
-    status = sub.add_parser(
+    status = _command(
+        sub,
         "status",
-        help="show the running agent's state",
-        description="Ask the running agent for its state. Exit 0; 3 when no agent answers.",
+        _status,
+        "show the running agent's state",
+        "Ask the running agent for its state. Exit 0; 3 when no agent answers.",
     )
     _socket_options(status)
     status.add_argument("--json", action="store_true", help="print the status JSON")
-    status.set_defaults(func=_status)
 
     ctl = sub.add_parser(
         "ctl",
@@ -91,34 +92,44 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--weight", type=int, default=1, metavar="N")
         _socket_options(a)
         a.set_defaults(func=_ctl)
-    release = actions.add_parser(
+    release = _command(
+        actions,
         "release",
-        help="a MASTER hands the VIPs to its peer now",
-        description="A MASTER hands the VIPs to its peer at once (planned maintenance).",
+        _ctl,
+        "a MASTER hands the VIPs to its peer now",
+        "A MASTER hands the VIPs to its peer at once (planned maintenance).",
     )
     _socket_options(release)
-    release.set_defaults(func=_ctl)
-
-    passwd = sub.add_parser(
+    passwd = _command(
+        sub,
         "passwd",
-        help="add or change a monitor user",
-        description="Add or change a monitor user. The password is read from standard "
+        _passwd,
+        "add or change a monitor user",
+        "Add or change a monitor user. The password is read from standard "
         "input (without echo on a terminal). Exit 0 ok, 2 bad input.",
     )
     passwd.add_argument("-f", "--file", type=Path, required=True, metavar="USERS_FILE")
     passwd.add_argument("user", metavar="USER")
     passwd.add_argument("--role", choices=("admin", "viewer"), default="admin")
-    passwd.set_defaults(func=_passwd)
-
-    cert = sub.add_parser(
+    cert = _command(
+        sub,
         "gen-cert",
-        help="write a self-signed certificate for a lab monitor",
-        description="Write a self-signed certificate and its key (mode 0600) for a lab monitor.",
+        _gen_cert,
+        "write a self-signed certificate for a lab monitor",
+        "Write a self-signed certificate and its key (mode 0600) for a lab monitor.",
     )
     cert.add_argument("cert", type=Path, metavar="CERT")
     cert.add_argument("key", type=Path, metavar="KEY")
     cert.add_argument("--cn", default="localhost", metavar="NAME")
-    cert.set_defaults(func=_gen_cert)
+    return p
+
+
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], text: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `func`."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=text, description=description)
+    p.set_defaults(func=func)
     return p
 
 

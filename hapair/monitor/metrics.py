@@ -117,61 +117,69 @@ class StatusCollector(Collector):
             )
 
     def _services(self, services: list[ServiceStatus]) -> Iterator[Metric]:
-        svc_labels, rs_labels = ["service"], ["service", "server"]
-        healthy_count = GaugeMetricFamily(
-            "hapair_service_healthy_servers", "real servers healthy", labels=svc_labels
-        )
-        quorum = GaugeMetricFamily(
-            "hapair_service_quorum_ok", "1 while the service has its quorum", labels=svc_labels
-        )
-        healthy = GaugeMetricFamily(
-            "hapair_real_server_healthy", "the probes' verdict: 1 up, 0 down", labels=rs_labels
-        )
-        weight = GaugeMetricFamily(
-            "hapair_real_server_weight", "weight in IPVS (0: drained)", labels=rs_labels
-        )
-        in_ipvs = GaugeMetricFamily(
-            "hapair_real_server_in_ipvs", "1 while in the IPVS table", labels=rs_labels
-        )
+        per_service = [(_family(name, text, ["service"]), value) for name, text, value in _SVC]
+        per_server = [
+            (_family(name, text, ["service", "server"]), value) for name, text, value in _RS
+        ]
         admin = GaugeMetricFamily(
             "hapair_real_server_admin",
             "1 for the operator's setting",
-            labels=[*rs_labels, "admin"],
-        )
-        probe_ok = GaugeMetricFamily(
-            "hapair_probe_success", "the last probe: 1 passed, 0 failed", labels=rs_labels
-        )
-        probe_latency = GaugeMetricFamily(
-            "hapair_probe_latency_seconds", "how long the last probe took", labels=rs_labels
-        )
-        active = GaugeMetricFamily(
-            "hapair_ipvs_active_connections", "IPVS ActiveConn", labels=rs_labels
-        )
-        inactive = GaugeMetricFamily(
-            "hapair_ipvs_inactive_connections", "IPVS InActConn", labels=rs_labels
+            labels=["service", "server", "admin"],
         )
         for svc in services:
             name = str(svc.get("name"))
-            healthy_count.add_metric([name], svc.get("healthy", 0))
-            quorum.add_metric([name], bool(svc.get("quorum_ok", True)))
+            for family, of_service in per_service:
+                family.add_metric([name], of_service(svc))
             for rs in svc.get("real_servers", []):
                 labels = [name, _server(rs)]
-                healthy.add_metric(labels, bool(rs.get("healthy")))
-                weight.add_metric(labels, rs.get("weight") or 0)
-                in_ipvs.add_metric(labels, bool(rs.get("in_ipvs")))
+                for family, of_server in per_server:
+                    value = of_server(rs)
+                    if value is not None:
+                        family.add_metric(labels, value)
                 for setting in ("enabled", "drained", "disabled"):
                     admin.add_metric([*labels, setting], rs.get("admin") == setting)
-                probe = rs.get("probe")
-                if probe:
-                    probe_ok.add_metric(labels, bool(probe.get("ok")))
-                    if probe.get("latency_ms") is not None:
-                        probe_latency.add_metric(labels, probe["latency_ms"] / 1000)
-                if rs.get("active_conns") is not None:
-                    active.add_metric(labels, rs["active_conns"])
-                if rs.get("inactive_conns") is not None:
-                    inactive.add_metric(labels, rs["inactive_conns"])
-        yield from (healthy_count, quorum, healthy, weight, in_ipvs, admin)
-        yield from (probe_ok, probe_latency, active, inactive)
+        yield from (family for family, _ in per_service)
+        yield from (family for family, _ in per_server[:3])
+        yield admin
+        yield from (family for family, _ in per_server[3:])
+
+
+def _family(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, labels=labels)
+
+
+def _latency(rs: RealServerStatus) -> float | None:
+    probe = rs.get("probe")
+    latency = probe.get("latency_ms") if probe else None
+    return None if latency is None else latency / 1000
+
+
+# (name, help, value): a service's gauges, then a real server's (None: no sample).
+_SVC: tuple[tuple[str, str, Callable[[ServiceStatus], float]], ...] = (
+    ("hapair_service_healthy_servers", "real servers healthy", lambda s: s.get("healthy", 0)),
+    (
+        "hapair_service_quorum_ok",
+        "1 while the service has its quorum",
+        lambda s: bool(s.get("quorum_ok", True)),
+    ),
+)
+_RS: tuple[tuple[str, str, Callable[[RealServerStatus], float | None]], ...] = (
+    (
+        "hapair_real_server_healthy",
+        "the probes' verdict: 1 up, 0 down",
+        lambda rs: bool(rs.get("healthy")),
+    ),
+    ("hapair_real_server_weight", "weight in IPVS (0: drained)", lambda rs: rs.get("weight") or 0),
+    ("hapair_real_server_in_ipvs", "1 while in the IPVS table", lambda rs: bool(rs.get("in_ipvs"))),
+    (
+        "hapair_probe_success",
+        "the last probe: 1 passed, 0 failed",
+        lambda rs: bool(p.get("ok")) if (p := rs.get("probe")) else None,
+    ),
+    ("hapair_probe_latency_seconds", "how long the last probe took", _latency),
+    ("hapair_ipvs_active_connections", "IPVS ActiveConn", lambda rs: rs.get("active_conns")),
+    ("hapair_ipvs_inactive_connections", "IPVS InActConn", lambda rs: rs.get("inactive_conns")),
+)
 
 
 class Metrics:
