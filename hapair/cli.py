@@ -44,24 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hapair {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = _command(
-        sub,
-        "run",
-        _run,
-        "run the agent in the foreground",
-        "Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
-        "Exits 2 on a bad config, before touching the system.",
-    )
-    run.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
-    check = _command(
-        sub,
-        "check",
-        _check,
-        "validate a config file",
-        "Validate FILE without touching the system. Prints 'ok', or every "
-        "error as 'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
-    )
-    check.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+    for name, func, text, description in (
+        (
+            "run",
+            _run,
+            "run the agent in the foreground",
+            "Run the agent until SIGTERM/SIGINT; SIGHUP reloads the config. "
+            "Exits 2 on a bad config, before touching the system.",
+        ),
+        (
+            "check",
+            _check,
+            "validate a config file",
+            "Validate FILE without touching the system. Prints 'ok', or every "
+            "error as 'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
+        ),
+    ):
+        on_file = _command(sub, name, func, text, description)
+        on_file.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
     status = _command(
         sub,
         "status",
