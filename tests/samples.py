@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from hapair.status import Status
@@ -148,3 +149,16 @@ def conforms(value: Any, kind: Any = Status, where: str = "status") -> list[str]
     else:
         ok = isinstance(value, kind)
     return [] if ok else [f"{where}: {value!r} is not {kind.__name__}"]
+
+
+def config(key_file: Path, **sections: Any) -> dict[str, Any]:
+    """The smallest valid config (lvs1, one UDP link on eth1) as `validate` takes it, with
+    `sections` added or put in the place of its own."""
+    return {
+        "node": {"name": "lvs1", "priority": 150},
+        "cluster": {
+            "id": 1,
+            "auth_key_file": str(key_file),
+            "links": [{"type": "udp", "interface": "eth1", "group": "239.0.0.1"}],
+        },
+    } | sections

@@ -39,6 +39,25 @@ def with_dests(service: VirtualService, *dests: Dest) -> VirtualService:
     return service
 
 
+def sh_web() -> VirtualService:
+    """A service with every setting (sh and its flags, persistence, netmask) and three
+    destinations, one of each forwarding method."""
+    return with_dests(
+        svc(
+            "tcp",
+            "10.0.0.100",
+            80,
+            scheduler="sh",
+            persistence=300,
+            netmask=24,
+            flags=frozenset({"sh-fallback", "sh-port"}),
+        ),
+        dest("10.0.0.1", 80, weight=3, forward="dr", upper_threshold=100, lower_threshold=10),
+        dest("10.0.0.2", 8080, weight=0, forward="nat"),
+        dest("10.0.0.3", 80, weight=2, forward="tun"),
+    )
+
+
 def listing(ns: Netns, *options: str) -> list[str]:
     """`ipvsadm -Ln [options]` without its 3 header lines, whitespace squeezed."""
     lines = ns.run("ipvsadm", "-Ln", *options).stdout.splitlines()[3:]
@@ -73,18 +92,7 @@ def ns(netns_factory: Callable[[str], Netns]) -> Netns:
 def test_every_form_reaches_the_kernel_and_dumps_back(ns: Netns) -> None:
     services = [
         with_dests(
-            svc(
-                "tcp",
-                "10.0.0.100",
-                80,
-                scheduler="sh",
-                persistence=300,
-                netmask=24,
-                flags=frozenset({"sh-fallback", "sh-port"}),
-            ),
-            dest("10.0.0.1", 80, weight=3, forward="dr", upper_threshold=100, lower_threshold=10),
-            dest("10.0.0.2", 8080, weight=0, forward="nat"),
-            dest("10.0.0.3", 80, weight=2, forward="tun"),
+            sh_web(),
             dest("10.0.0.4", 80, forward="tun", tunnel="gue", tunnel_port=6080),
             dest("10.0.0.6", 80, forward="tun", tunnel="gre"),
         ),
@@ -171,20 +179,7 @@ def test_rules_written_by_ipvsadm_dump_faithfully(ns: Netns) -> None:
         ns.run("ipvsadm", *cmd.split())
 
     expected = [
-        with_dests(
-            svc(
-                "tcp",
-                "10.0.0.100",
-                80,
-                scheduler="sh",
-                persistence=300,
-                netmask=24,
-                flags=frozenset({"sh-fallback", "sh-port"}),
-            ),
-            dest("10.0.0.1", 80, weight=3, forward="dr", upper_threshold=100, lower_threshold=10),
-            dest("10.0.0.2", 8080, weight=0, forward="nat"),
-            dest("10.0.0.3", 80, weight=2, forward="tun"),
-        ),
+        sh_web(),
         with_dests(
             svc(
                 "udp",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from samples import config
 
 from hapair.config import validate
 from hapair.ipvs.reconcile import (
@@ -54,15 +55,10 @@ def apply(table: Table, changes: list[Change]) -> Table:
 @pytest.fixture
 def cfg(key_file: Path) -> Any:
     return validate(
-        {
-            "node": {"name": "lvs1", "priority": 150},
-            "cluster": {
-                "id": 1,
-                "auth_key_file": str(key_file),
-                "links": [{"type": "udp", "interface": "eth1", "group": "239.0.0.1"}],
-            },
-            "vips": [{"address": "10.0.0.100/24", "interface": "eth0"}],
-            "services": [
+        config(
+            key_file,
+            vips=[{"address": "10.0.0.100/24", "interface": "eth0"}],
+            services=[
                 {
                     "name": "web",
                     "protocol": "tcp",
@@ -99,7 +95,7 @@ def cfg(key_file: Path) -> Any:
                     "real_servers": [{"address": "10.0.0.21"}],
                 },
             ],
-        }
+        )
     )
 
 

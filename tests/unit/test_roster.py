@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import config
 
 from hapair.config import validate
 from hapair.core.refused import Refused
@@ -19,14 +20,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def services(key_file: Path) -> Any:
     return validate(
-        {
-            "node": {"name": "a", "priority": 100},
-            "cluster": {
-                "id": 1,
-                "auth_key_file": str(key_file),
-                "links": [{"type": "udp", "interface": "eth1", "group": "239.1.1.1"}],
-            },
-            "services": [
+        config(
+            key_file,
+            services=[
                 {
                     "name": "web",
                     "protocol": "tcp",
@@ -41,7 +37,7 @@ def services(key_file: Path) -> Any:
                     "real_servers": [{"address": "10.0.0.21"}],
                 },
             ],
-        }
+        )
     ).services
 
 
