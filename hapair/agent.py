@@ -99,7 +99,7 @@ class Agent:
         try:
             await self._handle_inputs()
         finally:
-            server.close()
+            await server.close()
             if monitor is not None:
                 await monitor.stop()
             for task in self.tasks:

@@ -183,6 +183,7 @@ class ControlServer:
         self.per_process: Counter[int] = Counter()
         self.refused = 0  # connections answered BUSY
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # one a client being served
 
     async def start(self) -> None:
         path = self.path
@@ -199,14 +200,22 @@ class ControlServer:
             os.umask(old)
         path.chmod(0o600)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """No new clients; those being served are cut off and gone when this returns (an
+        answer the agent will never give is not waited for)."""
         if self._server is not None:
             self._server.close()
             self._server = None
         with contextlib.suppress(OSError):
             self.path.unlink()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             pid = _peer_pid(writer)
             if self.clients >= MAX_CLIENTS or self.per_process[pid] >= MAX_PER_PROCESS:
@@ -226,6 +235,7 @@ class ControlServer:
             log.debug("control client: %s: %s", type(exc).__name__, exc)
         finally:
             writer.close()
+            self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         overlong = False

@@ -123,7 +123,7 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        self.call(self.server.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -259,3 +259,33 @@ def test_the_client_retries_a_full_listen_backlog(tmp_path: Path) -> None:
     finally:
         server.join(5)
         listener.close()
+
+
+def test_close_ends_every_client_being_served(tmp_path: Path) -> None:
+    """A client whose answer never comes (the agent stopping) is cut off by close(), and
+    close() returns only once its task is gone: no task outlives the event loop."""
+
+    async def scenario() -> tuple[bytes, int, list[str]]:
+        never: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        async def handle(request: Request) -> dict[str, Any]:
+            return await never
+
+        server = ControlServer(tmp_path / "c.sock", handle)
+        await server.start()
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "c.sock"))
+        writer.write(b'{"cmd":"status"}\n')
+        await writer.drain()
+        await asyncio.sleep(0.2)  # being served: waiting for the answer
+        waiting = len(server._tasks)
+        await asyncio.wait_for(server.close(), 5)
+        left = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return reply, waiting, left
+
+    reply, waiting, left = asyncio.run(scenario())
+    assert waiting == 1
+    assert left == []
+    assert reply == b""  # cut off, no answer
+    assert not (tmp_path / "c.sock").exists()
