@@ -4,9 +4,10 @@ A network namespace with a veth pair; on v0, a node with one UDP multicast heart
 link and one VIP (no peer: it becomes MASTER). For each run: the agent is started, the
 first heartbeat is captured on the wire (an AF_PACKET socket on the veth's other end),
 the node idles for --idle seconds, and the proportional set size (PSS, from
-/proc/PID/smaps_rollup) of each of its processes is read, then it is stopped. keepalived
-with one VRRP instance on the same veth is measured the same way (its first VRRP
-advertisement, its two processes).
+/proc/PID/smaps_rollup) of each of its processes is read, with what they would weigh alone
+(anonymous memory and each file's pages once: PSS moves with whatever else maps the same
+libraries), then it is stopped. keepalived with one VRRP instance on the same veth is
+measured the same way (its first VRRP advertisement, its two processes).
 
 Targets (issue: a lean footprint): the VIP guard <= 8 MB PSS, the whole node <= 40 MB
 PSS, the first heartbeat <= 0.4 s after exec.
@@ -45,6 +46,31 @@ def pss_mb(pid: int) -> float:
         if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def alone_mb(pids: list[int]) -> float:
+    """What `pids` would weigh with nothing else on the machine mapping their files: their
+    anonymous memory, plus each file's resident pages once. PSS splits a file's pages among
+    every process that maps them, so the same node measured 40.3 and 48.2 MB PSS in one day
+    as other Pythons came and went (2026-12-02); this figure does not move with them."""
+    anon = 0
+    files: dict[str, int] = {}
+    for pid in pids:
+        name, rss, mine = "", 0, {}
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head, _, rest = line.partition(" ")
+            if not head.endswith(":"):  # a mapping's first line: range perms offset dev inode path
+                name = rest.split(maxsplit=4)[4].strip() if len(rest.split()) > 4 else ""
+            elif head == "Rss:":
+                rss = int(rest.split()[0])
+            elif head == "Anonymous:":
+                anonymous = int(rest.split()[0])
+                anon += anonymous
+                if name and not name.startswith("["):
+                    mine[name] = mine.get(name, 0) + rss - anonymous
+        for name, kb in mine.items():
+            files[name] = max(files.get(name, 0), kb)
+    return (anon + sum(files.values())) / 1024
 
 
 def family(pid: int) -> list[int]:
@@ -146,7 +172,7 @@ vrrp_instance fp {
 Sizes = dict[int, tuple[str, float]]  # pid -> (comm, PSS in MB)
 
 
-def measure(ns: str, argv: list[str], what: str, idle: float) -> tuple[float, Sizes]:
+def measure(ns: str, argv: list[str], what: str, idle: float) -> tuple[float, Sizes, float]:
     proc: list[subprocess.Popen[bytes]] = []
 
     def start() -> None:
@@ -165,6 +191,7 @@ def measure(ns: str, argv: list[str], what: str, idle: float) -> tuple[float, Si
         sizes: Sizes = {
             pid: (Path(f"/proc/{pid}/comm").read_text().strip(), pss_mb(pid)) for pid in pids
         }
+        alone = alone_mb(pids)
     finally:
         for p in proc:
             p.send_signal(signal.SIGTERM)
@@ -173,7 +200,7 @@ def measure(ns: str, argv: list[str], what: str, idle: float) -> tuple[float, Si
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    return first, sizes
+    return first, sizes, alone
 
 
 def main() -> int:
@@ -198,7 +225,7 @@ def main() -> int:
             sh("ip", "-n", ns, *cmd)
         config = hapair_config(tmp)
         hapair = [sys.executable, "-m", "hapair", "run", "-c", str(config)]
-        rows: dict[str, list[tuple[float, Sizes]]] = {"hapair": []}
+        rows: dict[str, list[tuple[float, Sizes, float]]] = {"hapair": []}
         keepalived = shutil.which("keepalived")
         if keepalived:
             rows["keepalived"] = []
@@ -209,20 +236,27 @@ def main() -> int:
             if keepalived:
                 rows["keepalived"].append(measure(ns, k_argv, "vrrp", args.idle))
         for name, runs in rows.items():
-            firsts = [first for first, _ in runs]
-            totals = [sum(mb for _, mb in sizes.values()) for _, sizes in runs]
+            firsts = [first for first, _, _ in runs]
+            totals = [sum(mb for _, mb in sizes.values()) for _, sizes, _ in runs]
             print(
                 f"{name}: first packet {statistics.median(firsts):.3f} s after exec (median of "
                 f"{len(runs)}, worst {max(firsts):.3f}); PSS in all {statistics.median(totals):.1f}"
                 f" MB (median), by process of the last run: "
                 + ", ".join(f"{comm} {mb:.1f} MB" for comm, mb in runs[-1][1].values())
+                + f"; alone {statistics.median(alone for _, _, alone in runs):.1f} MB (median; "
+                "anonymous memory and each file's pages once, as if nothing else shared them)"
             )
-        node = statistics.median(sum(mb for _, mb in s.values()) for _, s in rows["hapair"])
+        node = statistics.median(sum(mb for _, mb in s.values()) for _, s, _ in rows["hapair"])
         guard = max(
-            (mb for _, s in rows["hapair"] for comm, mb in s.values() if comm == "hapair-vipguard"),
+            (
+                mb
+                for _, s, _ in rows["hapair"]
+                for comm, mb in s.values()
+                if comm == "hapair-vipguard"
+            ),
             default=0.0,
         )
-        first = statistics.median(f for f, _ in rows["hapair"])
+        first = statistics.median(f for f, _, _ in rows["hapair"])
         for what, value, target in (
             ("VIP guard PSS", guard, 8.0),
             ("node PSS", node, 40.0),
@@ -233,7 +267,7 @@ def main() -> int:
             )
         if keepalived:
             k_node = statistics.median(
-                sum(mb for _, mb in s.values()) for _, s in rows["keepalived"]
+                sum(mb for _, mb in s.values()) for _, s, _ in rows["keepalived"]
             )
             print(f"node PSS hapair / keepalived: {node / k_node:.2f}x")
         return 0

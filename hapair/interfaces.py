@@ -13,9 +13,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
-from pyroute2.iproute.linux import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from hapair.rtnl import RTMGRP_LINK, AsyncIPRoute, NetlinkError
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,8 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from pyroute2.iproute.linux import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-
 from hapair.config.model import Vip
+from hapair.rtnl import IFA_F_NODAD, AsyncIPRoute, NetlinkError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,100 @@
+"""What the agent's start path imports for a config without [monitor] and [alerts]: not the
+libraries only those use (aiohttp, aiosmtplib), never scapy, and pyroute2 without its
+package init (hapair/rtnl.py); each of them costs the idle node megabytes (bench/footprint).
+Each test runs in a fresh interpreter, as the agent does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+CONFIG = """
+[node]
+name = "n1"
+priority = 100
+control_socket = "{tmp}/n1.sock"
+state_dir = "{tmp}"
+
+[cluster]
+id = 7
+auth_key_file = "{tmp}/authkey"
+
+[[cluster.links]]
+type = "udp"
+interface = "lo"
+group = "239.0.0.7"
+port = 6997
+
+[[vips]]
+address = "10.7.0.100/24"
+interface = "lo"
+"""
+
+# The agent's start up to its first heartbeat, less what needs root: the CLI's check of
+# the config, the agent's modules, its objects, the VIP and interface adapters and what
+# it imports before its clock runs (Agent._preload).
+START = """
+import asyncio, sys
+from pathlib import Path
+from hapair import cli
+config = Path(sys.argv[1])
+assert cli._load(config) is not None
+from hapair import agent, holder, interfaces, vip
+from hapair.config import load
+
+async def start():
+    agent.Agent(load(config), config)._preload()
+
+asyncio.run(start())
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def _modules_at_start(tmp_path: Path) -> set[str]:
+    key = tmp_path / "authkey"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    config = tmp_path / "n1.toml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", START, str(config)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    ).stdout
+    return set(out.split())
+
+
+def test_start_without_monitor_or_alerts_imports_no_library_they_need(tmp_path: Path) -> None:
+    modules = _modules_at_start(tmp_path)
+    top = {name.partition(".")[0] for name in modules}
+    assert "hapair.agent" in modules and "hapair.vip" in modules
+    assert not {"aiohttp", "aiosmtplib", "scapy"} & top, sorted(top)
+
+
+def test_start_imports_pyroute2_without_its_package_init(tmp_path: Path) -> None:
+    modules = _modules_at_start(tmp_path)
+    assert "pyroute2.iproute.linux" in modules
+    assert not {"pyroute2.ndb", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"} & modules
+
+
+def test_the_whole_of_pyroute2_is_there_for_who_asks() -> None:
+    """After hapair.rtnl, `from pyroute2 import X` (the kernel tests' IPVS) works as ever."""
+    code = (
+        "import sys, hapair.rtnl\n"
+        "assert 'pyroute2.ndb' not in sys.modules\n"
+        "import pyroute2\n"
+        "from pyroute2 import AsyncIPVS, IPRoute, NDB\n"
+        "from pyroute2.netlink.exceptions import NetlinkError\n"
+        "assert hapair.rtnl.NetlinkError is NetlinkError\n"
+        "assert hapair.rtnl.AsyncIPRoute is pyroute2.AsyncIPRoute\n"
+        "assert pyroute2.__version__\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
