@@ -391,7 +391,7 @@ def main(argv: list[str]) -> int:
             c.add_argument(
                 "--act",
                 choices=("1", "2"),
-                help="only act 1 (this machine's kernel, real timing, no IPVS: a minute) or"
+                help="only act 1 (this machine's kernel, real timing, no IPVS: seconds) or"
                 " only act 2 (IPVS, sync, connections: in the QEMU guest without IPVS here)",
             )
     sub.add_parser("down")

@@ -481,7 +481,10 @@ def run(pair: HostPair | None = None) -> HostActResult:
     say(f"lvs1 (priority 150), lvs2 (100) and the client in namespaces {run_id(pair.pid)}-*;")
     say(f"heartbeats every {ms['interval']} on UDP multicast and a serial line, deadtime")
     say(f"{ms['deadtime']}, preempt on. No IPVS: a VIP-only pair, each director answering")
-    say(f"the client itself on {VIP} (a UDP echo); the client asks every 5 ms.")
+    say(
+        f"the client itself on {VIP} (a UDP echo); the client asks every"
+        f" {_bench().PERIOD * 1000:g} ms."
+    )
     try:
         pair.build()
         pair.step(
