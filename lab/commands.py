@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lab
+from lab import host_act
 from lab.build import Lab, down, leftovers
 from lab.measure import (
     ArpWatch,
@@ -32,7 +34,16 @@ from lab.measure import (
 )
 from lab.provision import SERVICE_UNITS, provision
 from lab.roles import poll_http, serve_all, serve_host
-from lab.shell import LabError, has_ipvs, log_tail, say, state_of, status_of, wait_for
+from lab.shell import (
+    LabError,
+    existing_namespaces,
+    has_ipvs,
+    log_tail,
+    say,
+    state_of,
+    status_of,
+    wait_for,
+)
 from lab.topology import (
     DIRECTORS,
     HOSTS,
@@ -45,6 +56,7 @@ from lab.topology import (
     ROOT,
     SLOWDOWN,
     VIP,
+    all_namespaces,
     ns_name,
     timing,
     topology_json,
@@ -321,6 +333,42 @@ def mail_about(lab: Path, text: str, skip: int) -> bool:
     )
 
 
+def demo_act1(two_acts: bool) -> host_act.HostActResult:
+    """Act 1 (lab/host_act.py), under its header; a summary of its figures at its end."""
+    say("=" * 78)
+    say(
+        f"Act 1{' of 2' if two_acts else ''}: THIS MACHINE'S OWN KERNEL (Linux"
+        f" {platform.release()}), REAL TIMING: hapair's speed"
+    )
+    say("=" * 78)
+    result = host_act.run()
+    if result.ok:
+        say()
+        say("Act 1 in short (this machine's kernel; interval 50 ms, deadtime 150 ms):")
+        say(f"  unplanned failover (lvs1 killed):      outage {result.unplanned_ms:5.0f} ms")
+        say(f"  failback (lvs1 back, preempts):        outage {result.failback_ms:5.0f} ms")
+        say(f"  planned handover (hapair ctl release): outage {result.planned_ms:5.0f} ms")
+        say(
+            f"  (the client's longest reply gap with nothing failing: {result.baseline_ms:.0f} ms;"
+            f" first figure {result.first_figure_s:.1f} s into the act)"
+        )
+    return result
+
+
+def act2_header(two_acts: bool) -> None:
+    act = "Act 2 of 2" if two_acts else "Act 2"
+    say()
+    say("=" * 78)
+    if has_ipvs():
+        say(f"{act}: IPVS, CONNECTION SYNC AND THE CONNECTIONS, on this machine's kernel")
+        say("=" * 78)
+        return
+    say(f"{act}: IPVS, CONNECTION SYNC AND THE CONNECTIONS, in an EMULATED GUEST at 10x-SLOW")
+    say("TIMING (deadtime 3 s, not 150 ms): its figures show that the failover works and")
+    say("keeps connections, not how fast hapair is (act 1 shows that). Several minutes.")
+    say("=" * 78)
+
+
 def rerun_in_guest(argv: list[str]) -> None:
     say("lab: this machine's kernel has no IPVS; running the lab in a QEMU guest with")
     say("     Debian's kernel (scripts/run-in-kernel, software emulation: ~10x slower).")
@@ -340,6 +388,12 @@ def main(argv: list[str]) -> int:
         c.add_argument("--mode", choices=MODES, default="dr")
         if name == "demo":
             c.add_argument("--connections", type=int, default=200)
+            c.add_argument(
+                "--act",
+                choices=("1", "2"),
+                help="only act 1 (this machine's kernel, real timing, no IPVS: seconds) or"
+                " only act 2 (IPVS, sync, connections: in the QEMU guest without IPVS here)",
+            )
     sub.add_parser("down")
     sub.add_parser("status")
     t = sub.add_parser("topology")
@@ -417,11 +471,32 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     if args.cmd == "down":
-        done = down(LAB_DIR)
+        done = down(LAB_DIR) + host_act.sweep()
         say("lab: " + ("; ".join(done) if done else "nothing to take down"))
         return 0
     if args.cmd == "status":
         return cmd_status(LAB_DIR)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    if args.cmd == "demo" and (args.act == "1" or (args.act is None and not IN_GUEST)):
+        if args.act is None and has_ipvs() and existing_namespaces() & set(all_namespaces()):
+            say("lab: a lab is already up: run 'scripts/lab down' first")
+            return 1
+        try:
+            act1 = demo_act1(two_acts=args.act is None)
+        except KeyboardInterrupt:
+            say("lab: interrupted; everything was taken down")
+            return 130
+        if args.act == "1":
+            return 0 if act1.ok else 1
+        if not act1.ok:
+            say("lab: act 1 failed; act 2 not started")
+            return 1
+    if args.cmd == "demo" and not IN_GUEST:
+        act2_header(two_acts=args.act is None)
     if not has_ipvs():
         if IN_GUEST:
             say("lab: no IPVS even in the guest kernel (modprobe ip_vs failed)")
@@ -434,11 +509,6 @@ def main(argv: list[str]) -> int:
         say("     guest with Debian's kernel; for a lab that stays up, use a machine or VM")
         say("     whose kernel has IPVS.")
         return 1
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
     try:
         if args.cmd == "up":
             return cmd_up(args.mode, LAB_DIR)

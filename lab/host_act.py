@@ -1,0 +1,572 @@
+"""Act 1 of `scripts/lab demo`: the lab's two directors and its client on this machine's own
+kernel, at real timing (heartbeats every 50 ms, deadtime 150 ms).
+
+No IPVS is needed: the pair is a VIP-only one (the lab's director config, `director_config`,
+without its services, sync, sysctl, alerts and monitor), and each director answers the
+client itself on the VIP with bench/failover's UDP echo service (its node name in every
+reply). bench/failover's client sends a numbered request to the VIP every 5 ms and notes
+when each reply came and from whom (client and echo service SCHED_FIFO, as in the bench,
+so that the machine's other load does not pose as outage). Three moves of the VIP, each
+measured as the reply gap the switch falls in (the last reply before the first reply from
+the new MASTER, to that reply):
+
+  unplanned  lvs1 (MASTER) dies: its agent and echo service SIGKILLed, every link down a
+             few ms later, its namespace deleted; lvs2 takes over after the deadtime;
+  failback   lvs1 comes back as a fresh machine and preempts (a handover: lvs2 lets go
+             first, then lvs1 takes the VIP);
+  planned    `hapair ctl release` on lvs1: lvs2 takes the VIP at once.
+
+Its namespaces are `act1-<pid>-<host>` (pid: this process), its files are in
+/run/hapair-act1-<pid>, and every process it starts carries HAPAIR_LAB_RUN=act1-<pid> in its
+environment: several runs can share a machine with each other, with a lab that is up and with
+the tests. Everything is removed at the end, on an error and on Ctrl-C; `scripts/lab down`
+removes what a run that was killed left behind (`sweep`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from lab.config import DirectorFiles, director_config
+from lab.shell import (
+    LabError,
+    existing_namespaces,
+    ip_batch,
+    log_tail,
+    say,
+    sh,
+    status_of,
+    wait_for,
+)
+from lab.topology import BRIDGES, DIRECTORS, HOSTS, PREFIXLEN, PYTHON, ROOT, TOPOLOGY, VIP
+
+PREFIX = "act1-"
+RUN_DIR = Path("/run")
+MARK = "HAPAIR_LAB_RUN"  # in the environment of every process a run starts
+NETWORKS = ("public", "heartbeat")
+HOSTS_HERE = ["client", *DIRECTORS]
+TIMING = {"interval": 0.05, "deadtime": 0.15, "warntime": 0.1, "initdead": 1.0}
+ECHO_PORT = 7  # UDP: each director's echo service on the VIP
+NO_REPLY = 10.0  # s without a reply from the new MASTER: the act fails
+
+
+def _bench() -> ModuleType:
+    """bench/failover.py (a script, not a package): its client and echo service."""
+    name = "hapair_bench_failover"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "failover.py")
+    if spec is None or spec.loader is None:
+        raise LabError(f"cannot load {ROOT / 'bench' / 'failover.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_id(pid: int) -> str:
+    return f"{PREFIX}{pid}"
+
+
+def run_dir(pid: int) -> Path:
+    return RUN_DIR / f"hapair-{run_id(pid)}"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def _tables(v: Any) -> bool:
+    return isinstance(v, dict) or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+    )
+
+
+def to_toml(doc: dict[str, Any], path: str = "") -> str:
+    """`doc` (what tomllib reads) as TOML text: keys, then tables and arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not _tables(v)]
+    for k, v in doc.items():
+        name = f"{path}.{k}" if path else k
+        if isinstance(v, dict):
+            lines += ["", f"[{name}]", to_toml(v, name)]
+        elif _tables(v):
+            for item in v:
+                lines += ["", f"[[{name}]]", to_toml(item, name)]
+    return "\n".join(lines)
+
+
+def vip_only_config(name: str, files: DirectorFiles, serial: str) -> str:
+    """The lab's config of director `name` (both heartbeat links, the VIP on eth0, preempt)
+    as a VIP-only pair at real timing: no services, sync, sysctl, alerts or monitor."""
+    full = tomllib.loads(director_config(name, "dr", files, dict(TOPOLOGY["interfaces"]), serial))
+    doc = {k: full[k] for k in ("node", "cluster", "vips")}
+    doc["cluster"] |= {k: f"{v * 1000:.0f}ms" for k, v in TIMING.items()}
+    doc["vips"] = [v for v in doc["vips"] if v["address"].split("/")[0] == VIP]
+    head = f"# written by scripts/lab demo, act 1: {name}, a VIP-only pair at real timing\n"
+    return head + to_toml(doc) + "\n"
+
+
+@dataclass
+class Outage:
+    ms: float  # the reply gap the switch fell in
+    last: float  # s from the trigger to the client's last reply before it
+    first: float  # s from the trigger to the first reply from the new MASTER
+
+
+@dataclass
+class HostActResult:
+    kernel: str = platform.release()
+    unplanned_ms: float | None = None
+    failback_ms: float | None = None
+    planned_ms: float | None = None
+    baseline_ms: float | None = None  # the client's longest reply gap with nothing failing
+    first_figure_s: float | None = None  # from the act's start to the first outage printed
+    leftovers: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        figures = (self.unplanned_ms, self.failback_ms, self.planned_ms)
+        return all(f is not None for f in figures) and not self.leftovers and not self.error
+
+
+@dataclass
+class HostPair:
+    """lvs1, lvs2 and the client in namespaces of this run, on the lab's public and
+    heartbeat networks, with the lab's addresses and interface names."""
+
+    pid: int = field(default_factory=os.getpid)
+    namespaces: set[str] = field(default_factory=set)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    replies: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, node)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    generation: int = 0
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def dir(self) -> Path:
+        return run_dir(self.pid)
+
+    def ns(self, host: str) -> str:
+        return f"{run_id(self.pid)}-{host}"
+
+    def step(self, text: str) -> None:
+        say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+    # building
+
+    def build(self) -> None:
+        self.dir.mkdir(mode=0o700)
+        key = self.dir / "authkey"
+        key.write_bytes(secrets.token_bytes(32))
+        key.chmod(0o600)
+        self.spawn(
+            "socat",
+            None,
+            "socat",
+            f"pty,raw,echo=0,link={self.dir / 'tty-lvs1'}",
+            f"pty,raw,echo=0,link={self.dir / 'tty-lvs2'}",
+        )
+        self.wire(HOSTS_HERE, bridges=True)
+        checks = []
+        for d in DIRECTORS:
+            files = DirectorFiles.lab(d, self.dir)
+            files.state_dir.mkdir()
+            files.config.write_text(vip_only_config(d, files, str(self.dir / f"tty-{d}")))
+            check = [PYTHON, "-m", "hapair", "check", "-c", str(files.config)]
+            checks.append(subprocess.Popen(check, stdout=subprocess.PIPE, text=True))
+        for d, proc in zip(DIRECTORS, checks, strict=True):
+            out, _ = proc.communicate(timeout=60)
+            if proc.returncode != 0 or out.strip() != "ok":
+                raise LabError(f"hapair check -c {self.dir / (d + '.toml')}: {out.strip()}")
+        wait_for("the serial cable (socat)", lambda: (self.dir / "tty-lvs2").exists(), 10)
+
+    def wire(self, hosts: list[str], bridges: bool = False) -> None:
+        """Fresh namespaces for `hosts` on their networks (`bridges`: the bridges first), one
+        `ip -batch` per namespace."""
+        self.generation += 1
+        made = [self.ns(BRIDGES[n]) for n in NETWORKS] if bridges else []
+        made += [self.ns(h) for h in hosts]
+        self.namespaces.update(made)
+        ip_batch([f"netns add {n}" for n in made])
+        inside = {h: ["link set lo up"] for h in hosts}
+        for network in NETWORKS:
+            batch = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
+            batch = batch if bridges else []
+            ifname = TOPOLOGY["interfaces"][network]
+            for h in (h for h in hosts if network in HOSTS[h]):
+                port = f"{h}-{self.generation}"
+                batch += [
+                    f"link add {port} type veth peer name {ifname} netns {self.ns(h)}",
+                    f"link set {port} master br0 up",
+                ]
+                inside[h] += [
+                    f"addr add {HOSTS[h][network]}/{PREFIXLEN} dev {ifname}",
+                    f"link set {ifname} up",
+                ]
+            ip_batch(batch, self.ns(BRIDGES[network]))
+        for h in hosts:
+            ip_batch(inside[h], self.ns(h))
+
+    def spawn(
+        self, key: str, host: str | None, *cmd: str, pipe: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """A process in `host`'s namespace (None: here) in a session of its own (Ctrl-C
+        reaches this process alone, which takes it down), its output in <key>.log."""
+        argv = list(cmd) if host is None else ["ip", "netns", "exec", self.ns(host), *cmd]
+        env = os.environ | {"HAPAIR_LOG": "INFO", MARK: run_id(self.pid)}
+        with open(self.dir / f"{key}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipe else log,
+                stderr=log if pipe else subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self.procs[key] = proc
+        self.started.append(proc)
+        return proc
+
+    def start_director(self, d: str) -> None:
+        bench = _bench()
+        self.spawn(f"echo-{d}", d, *bench.RT, PYTHON, "-c", bench.RESPONDER, d, str(ECHO_PORT))
+        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
+
+    def start_client(self) -> None:
+        bench = _bench()
+        period = str(bench.PERIOD)
+        cmd = [*bench.RT, PYTHON, "-c", bench.CLIENT, VIP, str(ECHO_PORT), period]
+        client = self.spawn("client", "client", *cmd, pipe=True)
+        threading.Thread(target=self._read_client, args=(client,), daemon=True).start()
+
+    def _read_client(self, client: subprocess.Popen[bytes]) -> None:
+        assert client.stdout is not None
+        for line in client.stdout:
+            _, t, node = line.decode().split()
+            with self.lock:
+                self.replies.append((float(t), node))
+
+    # observing
+
+    def alive(self, key: str) -> None:
+        proc = self.procs[key]
+        if proc.poll() is not None:
+            tail = log_tail(self.dir / f"{key}.log")
+            raise LabError(f"{key} exited {proc.returncode}:\n{tail}")
+
+    def recent(self, seconds: float) -> list[tuple[float, str]]:
+        since = time.monotonic() - seconds
+        with self.lock:
+            return [r for r in self.replies[-2000:] if r[0] >= since]
+
+    def wait_steady(self, master: str, backup: str, timeout: float = 30) -> None:
+        """`master` MASTER, `backup` BACKUP hearing it on both links, the client answered by
+        `master` alone for the last 0.3 s."""
+
+        def steady() -> bool:
+            for key in (master, backup, f"echo-{master}", f"echo-{backup}", "client"):
+                self.alive(key)
+            sm, sb = status_of(master, self.dir), status_of(backup, self.dir)
+            if not sm or not sb or (sm["state"], sb["state"]) != ("MASTER", "BACKUP"):
+                return False
+            if not sb["peer"]["alive"] or not all(lk["alive"] for lk in sb["peer"]["links"]):
+                return False
+            recent = self.recent(0.3)
+            return len(recent) >= 20 and {n for _, n in recent} == {master}
+
+        wait_for(
+            f"{master} MASTER, {backup} BACKUP, the client answered by {master}", steady, timeout
+        )
+
+    def baseline(self, seconds: float = 2.0) -> float:
+        """The client's longest reply gap in `seconds` with nothing failing, in ms."""
+        time.sleep(seconds)
+        times = [t for t, _ in self.recent(seconds)]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0) * 1000
+
+    def outage(self, t0: float, new: str, timeout: float = NO_REPLY) -> Outage:
+        """The reply gap the switch to `new` fell in, for a move triggered at `t0`."""
+
+        def first_new() -> float | None:
+            self.alive("client")
+            with self.lock:
+                return next((t for t, n in self.replies[-8000:] if t >= t0 and n == new), None)
+
+        first: float = wait_for(f"a reply from {new}", first_new, timeout, 0.02)
+        with self.lock:
+            before = [t for t, _ in self.replies[-8000:] if t0 - 1.0 <= t < first]
+        if not before:
+            raise LabError("no replies before the move")
+        return Outage((first - before[-1]) * 1000, before[-1] - t0, first - t0)
+
+    def master_since(self, d: str, after: float) -> float:
+        """Wall time `d` became MASTER (its status), once it is, after `after`."""
+
+        def since() -> float | None:
+            s = status_of(d, self.dir)
+            ok = s and s["state"] == "MASTER" and float(s["since"]) >= after - 0.01
+            return float(s["since"]) if s and ok else None
+
+        value: float = wait_for(f"{d} MASTER", since, 10, 0.02)
+        return value
+
+    # the failures
+
+    def kill(self, d: str) -> tuple[float, float, float]:
+        """Director `d` dies at once: its agent and echo service SIGKILLed, then every link
+        down (an `ip -batch` started beforehand), then its namespace deleted. Returns (wall
+        and monotonic time of the kill, s until the links were down)."""
+        down = subprocess.Popen(
+            ["ip", "-n", self.ns(d), "-o", "-batch", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert down.stdin is not None and down.stdout is not None and down.stderr is not None
+        try:
+            down.stdin.write("link show lo\n")
+            down.stdin.flush()
+            if not down.stdout.readline():
+                raise LabError(f"ip -batch in {d}: {down.stderr.read().strip()}")
+            wall, t0 = time.time(), time.monotonic()
+            self.procs[d].kill()
+            self.procs[f"echo-{d}"].kill()
+            down.stdin.write("link set eth0 down\nlink set eth1 down\n")
+            down.stdin.close()
+            if down.wait(30) != 0:
+                raise LabError(f"ip -batch in {d}: {down.stderr.read().strip()}")
+            dark = time.monotonic() - t0
+        finally:
+            if down.poll() is None:
+                down.kill()
+            down.wait()
+            down.stdout.close()
+            down.stderr.close()
+        self.procs[d].wait(10)
+        self.procs[f"echo-{d}"].wait(10)
+        sh("ip", "netns", "del", self.ns(d))
+        self.namespaces.discard(self.ns(d))
+        return wall, t0, dark
+
+    # tearing down
+
+    def down(self) -> list[str]:
+        """Kill what this run started, delete its namespaces and its directory; returns what
+        is left of it (nothing, unless something refused to go)."""
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        remove(self.pid)
+        return leftovers(self.pid)
+
+
+def marked(run: str) -> list[int]:
+    """Processes with MARK=`run` in their environment."""
+    found = []
+    needle = f"{MARK}={run}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def namespaces_of(pid: int) -> list[str]:
+    return sorted(n for n in existing_namespaces() if n.startswith(f"{run_id(pid)}-"))
+
+
+def remove(pid: int) -> list[str]:
+    """Take away everything of run `pid`: its processes (by their mark), its namespaces, its
+    directory. Idempotent; returns what it did."""
+    done = []
+    pids = marked(run_id(pid))
+    if pids:
+        done.append(f"killed {len(pids)} process(es)")
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        time.sleep(0.05)
+    for name in namespaces_of(pid):
+        sh("ip", "netns", "del", name, check=False)
+        done.append(f"deleted namespace {name}")
+    if run_dir(pid).exists():
+        shutil.rmtree(run_dir(pid), ignore_errors=True)
+        done.append(f"removed {run_dir(pid)}")
+    return done
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def leftovers(pid: int) -> list[str]:
+    """What of run `pid` still exists: processes, namespaces, its directory."""
+    left = [f"process {p}" for p in marked(run_id(pid)) if not _zombie(p)]
+    left += namespaces_of(pid)
+    if run_dir(pid).exists():
+        left.append(str(run_dir(pid)))
+    return left
+
+
+def sweep() -> list[str]:
+    """Remove what runs that are gone (killed before they could clean up) left behind."""
+    owners = {int(n.split("-")[1]) for n in existing_namespaces() if _ours(n)}
+    owners |= {
+        int(p.name.split("-")[2])
+        for p in RUN_DIR.glob(f"hapair-{PREFIX}*")
+        if p.name.split("-")[2].isdigit()
+    }
+    done = []
+    for pid in sorted(owners):
+        if not Path(f"/proc/{pid}").exists():
+            done += remove(pid)
+    return done
+
+
+def _ours(name: str) -> bool:
+    parts = name.split("-")
+    return name.startswith(PREFIX) and len(parts) >= 3 and parts[1].isdigit()
+
+
+def timeline(*rows: tuple[float, str]) -> None:
+    for at, what in sorted(rows):
+        say(f"  {at * 1000:+7.0f} ms  {what}")
+
+
+def run(pair: HostPair | None = None) -> HostActResult:
+    """Act 1, start to end; everything of it is gone when it returns or raises (Ctrl-C)."""
+    pair = pair or HostPair()
+    result = HostActResult()
+    ms = {k: f"{v * 1000:.0f} ms" for k, v in TIMING.items()}
+    say(f"lvs1 (priority 150), lvs2 (100) and the client in namespaces {run_id(pair.pid)}-*;")
+    say(f"heartbeats every {ms['interval']} on UDP multicast and a serial line, deadtime")
+    say(f"{ms['deadtime']}, preempt on. No IPVS: a VIP-only pair, each director answering")
+    say(
+        f"the client itself on {VIP} (a UDP echo); the client asks every"
+        f" {_bench().PERIOD * 1000:g} ms."
+    )
+    try:
+        pair.build()
+        pair.step(
+            "built: namespaces, public and heartbeat bridges, serial cable;"
+            " both configs pass `hapair check`"
+        )
+        pair.start_client()
+        for d in DIRECTORS:
+            pair.start_director(d)
+        pair.wait_steady("lvs1", "lvs2")
+        pair.step("lvs1 MASTER holding the VIP, lvs2 BACKUP hearing it on both links")
+        result.baseline_ms = pair.baseline()
+        pair.step(
+            f"the client's longest reply gap in 2 s with nothing failing:"
+            f" {result.baseline_ms:.0f} ms"
+        )
+
+        say()
+        wall, t0, dark = pair.kill("lvs1")
+        pair.step(
+            f"UNPLANNED: lvs1 killed (agent and echo service SIGKILLed, links down"
+            f" {dark * 1000:.0f} ms later, namespace deleted)"
+        )
+        cut = pair.outage(t0, "lvs2")
+        took = pair.master_since("lvs2", wall) - wall
+        timeline(
+            (cut.last, "the client's last reply (from lvs1)"),
+            (took, f"lvs2 MASTER (its status; {ms['deadtime']} after lvs1's last heartbeat)"),
+            (cut.first, "the client's first reply from lvs2"),
+        )
+        result.unplanned_ms = cut.ms
+        result.first_figure_s = time.monotonic() - pair.t0
+        say(f"  act 1 unplanned failover: client-visible outage {cut.ms:.0f} ms")
+
+        say()
+        pair.wire(["lvs1"])
+        t0 = time.monotonic()
+        wall = time.time()
+        pair.start_director("lvs1")
+        pair.step(
+            "FAILBACK: lvs1 back as a fresh machine (new namespace, the same config); it preempts"
+        )
+        cut = pair.outage(t0, "lvs1", 30)
+        took = pair.master_since("lvs1", wall) - wall
+        timeline(
+            (took, "lvs1 MASTER (its status; t = 0: its agent started)"),
+            (cut.last, "the client's last reply from lvs2"),
+            (cut.first, "the client's first reply from lvs1"),
+        )
+        result.failback_ms = cut.ms
+        say(f"  act 1 failback: client-visible outage {cut.ms:.0f} ms")
+        pair.wait_steady("lvs1", "lvs2")
+
+        say()
+        ctl = [PYTHON, "-m", "hapair", "ctl", "release", "-c", str(pair.dir / "lvs1.toml")]
+        wall, t0 = time.time(), time.monotonic()
+        out = subprocess.run(ctl, capture_output=True, text=True, timeout=30, check=False)
+        if out.returncode != 0:
+            raise LabError(f"hapair ctl release: exit {out.returncode}: {out.stderr.strip()}")
+        pair.step(f"PLANNED: `hapair ctl release` on lvs1: {out.stdout.strip()}")
+        cut = pair.outage(t0, "lvs2")
+        took = pair.master_since("lvs2", wall) - wall
+        timeline(
+            (took, "lvs2 MASTER (its status; t = 0: the command started, Python's start-up)"),
+            (cut.last, "the client's last reply from lvs1"),
+            (cut.first, "the client's first reply from lvs2"),
+        )
+        result.planned_ms = cut.ms
+        say(f"  act 1 planned handover: client-visible outage {cut.ms:.0f} ms")
+    except (LabError, subprocess.TimeoutExpired, OSError) as exc:
+        result.error = str(exc)
+        say(f"lab: act 1 FAILED: {exc}")
+        for d in DIRECTORS:
+            say(f"  --- {d} log (last lines)\n{log_tail(pair.dir / f'{d}.log')}")
+    finally:
+        say()
+        # Ctrl-C again must not stop the teardown half-way.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            result.leftovers = pair.down()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        left = result.leftovers
+        pair.step("taken down: " + (f"LEFT OVER: {left}" if left else "nothing left"))
+    return result
