@@ -31,17 +31,17 @@ async def open_links(cfg: Config, received: Callable[[str, bytes], None]) -> dic
     retries by itself, so the others carry the heartbeats meanwhile."""
     from hapair.config.model import SerialLink
     from hapair.core.node import link_names
-    from hapair.links.serial import SerialHeartbeatLink
     from hapair.links.udp import UdpHeartbeatLink
 
     links: dict[str, Link] = {}
     for name, spec in zip(link_names(cfg), cfg.cluster.links, strict=True):
         on = partial(received, name)
-        links[name] = (
-            SerialHeartbeatLink(spec, on)
-            if isinstance(spec, SerialLink)
-            else UdpHeartbeatLink(spec, on)
-        )
+        if isinstance(spec, SerialLink):
+            from hapair.links.serial import SerialHeartbeatLink  # pyserial only if needed
+
+            links[name] = SerialHeartbeatLink(spec, on)
+        else:
+            links[name] = UdpHeartbeatLink(spec, on)
     for link in links.values():
         try:
             await link.start()
