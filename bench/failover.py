@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.config import director_toml, serial_link, udp_link, vip
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 HAPAIR = str(ROOT / ".venv" / "bin" / "hapair")
@@ -406,39 +408,26 @@ class Lab:
 
 
 def write_config(d: Director, key: Path, tty: Path) -> None:
-    d.config.write_text(f"""# written by bench/failover
-[node]
-name = "{d.name}"
-priority = {d.priority}
-control_socket = "{d.socket}"
-state_dir = "{d.config.parent}"
-
-[cluster]
-id = {CLUSTER_ID}
-auth_key_file = "{key}"
-interval = "50ms"
-deadtime = "150ms"
-warntime = "100ms"
-initdead = "1s"
-preempt = false
-
-[[cluster.links]]
-type = "udp"
-interface = "eth1"
-group = "{GROUP}"
-port = {HB_PORT}
-
-[[cluster.links]]
-type = "serial"
-device = "{tty}"
-baud = 115200
-
-[[vips]]
-address = "{VIP}/24"
-interface = "eth0"
-garp_repeat = 3
-garp_interval = "50ms"
-""")
+    d.config.write_text(
+        director_toml(
+            name=d.name,
+            priority=d.priority,
+            socket=d.socket,
+            state_dir=d.config.parent,
+            cluster_id=CLUSTER_ID,
+            auth_key_file=key,
+            cluster={
+                "interval": "50ms",
+                "deadtime": "150ms",
+                "warntime": "100ms",
+                "initdead": "1s",
+                "preempt": False,
+            },
+            links=[udp_link("eth1", GROUP, HB_PORT), serial_link(tty)],
+            vips=[vip(f"{VIP}/24", "eth0")],
+            comment="written by bench/failover",
+        )
+    )
 
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from hapair import control
+from lab.config import director_toml, service
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -219,46 +220,26 @@ def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
     key = tmp / "authkey"
     with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(os.urandom(32))
-    text = [
-        "# written by bench/probes",
-        "[node]",
-        'name = "probebench"',
-        "priority = 100",
-        f'control_socket = "{tmp / "agent.sock"}"',
-        f'state_dir = "{tmp}"',
-        "realtime_priority = 0",
-        "",
-        "[cluster]",
-        "id = 77",
-        f'auth_key_file = "{key}"',
-        'interval = "1s"',
-        'deadtime = "3s"',
-        "",
-        "[[cluster.links]]  # nobody listens: the agent stays alone, as a MASTER",
-        'type = "udp"',
-        'interface = "lo"',
-        'peer = "127.0.0.2"',
-        "port = 7694",
-    ]
-    for port in layout.ports:
-        text += [
-            "",
-            "[[services]]",
-            f'name = "p{port}"',
-            'protocol = "tcp"',
-            f'address = "{SERVICE_ADDRESS}"',
-            f"port = {port}",
-            'forward = "dr"',
-            "",
-            "[services.probe]",
-            'type = "tcp"',
-            f'interval = "{interval:g}s"',
-            'timeout = "1s"',
-        ]
-        for address in layout.addresses:
-            text += ["", "[[services.real_servers]]", f'address = "{address}"']
+    probe = {"type": "tcp", "interval": f"{interval:g}s", "timeout": "1s"}
+    text = director_toml(
+        name="probebench",
+        priority=100,
+        socket=tmp / "agent.sock",
+        state_dir=tmp,
+        node={"realtime_priority": 0},
+        cluster_id=77,
+        auth_key_file=key,
+        cluster={"interval": "1s", "deadtime": "3s"},
+        # nobody listens: the agent stays alone, as a MASTER
+        links=[{"type": "udp", "interface": "lo", "peer": "127.0.0.2", "port": 7694}],
+        services=[
+            service(f"p{port}", SERVICE_ADDRESS, port, "dr", layout.addresses, probe=probe)
+            for port in layout.ports
+        ],
+        comment="written by bench/probes",
+    )
     path = tmp / "hapair.toml"
-    path.write_text("\n".join(text) + "\n")
+    path.write_text(text)
     check = subprocess.run([HAPAIR, "check", "-c", str(path)], capture_output=True, text=True)
     if check.returncode != 0:
         raise BenchError(f"hapair check refused the bench's config: {check.stdout[:500]}")
@@ -286,7 +267,7 @@ def keepalived_config(tmp: Path, layout: Layout, interval: float) -> Path:
             ]
         text.append("}")
     path = tmp / "keepalived.conf"
-    path.write_text("\n".join(text) + "\n")
+    path.write_text(text)
     return path
 
 

@@ -8,14 +8,13 @@ client's ARP entry for the VIP; `hapair status` only for the state names.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from topology import Bridge, Netns
 
 from hapair import control
+from lab.config import director_toml, serial_link, udp_link, vip
 from lab.measure import ArpWatch
 
 __all__ = ["lab_factory"]
@@ -194,46 +194,32 @@ def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05
 
 
 def write_config(
-    path: Path, name: str, priority: int, key: Path, tty: Path, extra: str = "", **cluster: object
+    path: Path,
+    name: str,
+    priority: int,
+    key: Path,
+    tty: Path,
+    extra: str | Mapping[str, Any] = "",
+    **cluster: object,
 ) -> None:
-    """A director's config; `extra` (TOML) is appended: services, sync, tracks."""
-    settings = {
-        "interval": INTERVAL,
-        "deadtime": DEADTIME,
-        "initdead": 2.0,
-        "preempt": True,
-    } | cluster
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
-    path.write_text(f"""
-[node]
-name = "{name}"
-priority = {priority}
-control_socket = "{path.with_suffix(".sock")}"
-state_dir = "{path.parent}"
-
-[cluster]
-id = 77
-auth_key_file = "{key}"
-{lines}
-
-[[cluster.links]]
-type = "udp"
-interface = "eth1"
-group = "{GROUP}"
-port = 6694
-
-[[cluster.links]]
-type = "serial"
-device = "{tty}"
-baud = 115200
-
-[[vips]]
-address = "{VIP}/24"
-interface = "eth0"
-garp_repeat = 3
-garp_interval = "50ms"
-{extra}
-""")
+    """A director's config; `extra`: more of it (services, sync, tracks), as TOML text
+    (appended) or as top-level sections (lab.config.director_toml's `sections`)."""
+    path.write_text(
+        director_toml(
+            name=name,
+            priority=priority,
+            socket=path.with_suffix(".sock"),
+            state_dir=path.parent,
+            cluster_id=77,
+            auth_key_file=key,
+            cluster={"interval": INTERVAL, "deadtime": DEADTIME, "initdead": 2.0, "preempt": True}
+            | cluster,
+            links=[udp_link("eth1", GROUP, 6694), serial_link(tty)],
+            vips=[vip(f"{VIP}/24", "eth0")],
+            sections=extra if isinstance(extra, Mapping) else None,
+            extra=extra if isinstance(extra, str) else "",
+        )
+    )
 
 
 @pytest.fixture
