@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.config import director_toml, serial_link, udp_link, vip
+from lab.shell import LabError, netns_add, sh, status_at, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -123,40 +124,12 @@ RT = ["chrt", "-f", "20"] if shutil.which("chrt") else []
 
 
 class BenchError(Exception):
-    """The bench itself broke (not a missed target)."""
+    """The bench itself broke (not a missed target; so does a LabError: a command failed,
+    or a wait ran out)."""
 
 
 class Interrupted(Exception):
     pass
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)!r} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(step)
-
-
-def status_of(socket_path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
-    """What `hapair status --json` prints (the same control-socket request, in-process)."""
-    from hapair import control
-
-    try:
-        reply = control.request(socket_path, {"cmd": "status"}, timeout=timeout)
-    except control.NoAgent:
-        return None
-    return reply.get("result") if reply.get("ok") else None
 
 
 @dataclass
@@ -196,7 +169,7 @@ class Director:
         return self.proc is not None and self.proc.poll() is None
 
     def status(self) -> dict[str, Any] | None:
-        return status_of(self.socket) if self.running() else None
+        return status_at(self.socket) if self.running() else None
 
     def state(self) -> str | None:
         s = self.status()
@@ -222,9 +195,8 @@ class Lab:
 
     def netns(self, hint: str) -> str:
         name = f"{self.prefix}-{hint}"
-        sh("ip", "netns", "add", name)
+        netns_add(name)
         self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
     def attach(self, bridge_ns: str, port: str, ns: str, ifname: str, cidr: str) -> None:
@@ -273,7 +245,10 @@ class Lab:
             f"pty,raw,echo=0,link={self.tmp / 'tty2'}",
         )
         wait_for(
-            "the socat pty pair", lambda: all((self.tmp / f"tty{i}").exists() for i in (1, 2)), 10
+            "the socat pty pair",
+            lambda: all((self.tmp / f"tty{i}").exists() for i in (1, 2)),
+            10,
+            0.05,
         )
         for i, priority in ((1, 150), (2, 100)):
             name = f"dir{i}"
@@ -633,7 +608,7 @@ def hog(lab: Lab, seconds: float) -> None:
     try:
         while time.monotonic() < end:
             tick = time.monotonic()
-            statuses = {d.name: status_of(d.socket, timeout=5) for d in lab.dirs}
+            statuses = {d.name: status_at(d.socket) for d in lab.dirs}
             samples += 1
             states = {n: (s["state"] if s else None) for n, s in statuses.items()}
             for n, s in statuses.items():
@@ -745,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["SIGTERM"] = series(lab, "SIGTERM", sigterm, args.runs)
             report(results, base)
             agent_log_summary(lab, start_wall)
-    except BenchError as exc:
+    except (BenchError, LabError) as exc:
         print(f"bench/failover: broke: {exc}", file=sys.stderr)
         for d in lab.dirs:
             with contextlib.suppress(OSError):

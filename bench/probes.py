@@ -65,6 +65,7 @@ from typing import Any
 
 from hapair import control
 from lab.config import director_toml, service
+from lab.shell import LabError, netns_add
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -391,9 +392,8 @@ class Run:
 
     def netns(self, suffix: str) -> str:
         name = f"{self.tag}-{suffix}"
-        sh("ip", "netns", "add", name)
+        netns_add(name)
         self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
     def listener(self, netns: str, layout: Layout) -> Listener:
@@ -434,13 +434,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def sh(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[:500]}")
-    return p
 
 
 def start_hapair(
@@ -879,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             result.update(guest_via_rig(args))
         report(result)
         return 0
-    except BenchError as e:
+    except (BenchError, LabError) as e:
         print(f"bench/probes: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

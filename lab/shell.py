@@ -50,6 +50,12 @@ def ip_batch(lines: list[str], ns: str | None = None) -> None:
         raise LabError(f"ip {'-n ' + ns if ns else ''} -batch: {proc.stderr.strip()}")
 
 
+def netns_add(name: str) -> None:
+    """A new network namespace `name`, its loopback up."""
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+
+
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
     """`predicate()`'s first true value; LabError after `timeout` seconds (x SLOWDOWN)."""
     deadline = time.monotonic() + timeout * SLOWDOWN
@@ -74,11 +80,17 @@ def existing_namespaces() -> set[str]:
 
 
 def status_of(director: str, lab: Path) -> dict[str, Any] | None:
-    """What `hapair status --json` prints (the same control-socket request, in-process)."""
+    """What `hapair status --json` prints for `director` of the lab in directory `lab`."""
+    return status_at(lab / f"{director}.sock")
+
+
+def status_at(socket: Path) -> dict[str, Any] | None:
+    """What `hapair status --json` prints (the same control-socket request, in-process) for
+    the agent on control socket `socket`; None when no agent answers there."""
     from hapair import control
 
     try:
-        reply = control.request(lab / f"{director}.sock", {"cmd": "status"}, timeout=5 * SLOWDOWN)
+        reply = control.request(socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
     except (control.NoAgent, OSError):
         return None
     result = reply.get("result") if reply.get("ok") else None

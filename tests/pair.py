@@ -24,8 +24,10 @@ from hypothesis import HealthCheck, settings
 from topology import Bridge, Netns
 
 from hapair import control
+from lab import shell
 from lab.config import director_toml, serial_link, udp_link, vip
 from lab.measure import ArpWatch
+from lab.topology import SLOWDOWN  # inside the QEMU guest: waits stretch, assertions do not
 
 __all__ = ["lab_factory"]
 
@@ -40,10 +42,6 @@ AGAINST_A_PAIR = settings(
     derandomize=True,
     suppress_health_check=list(HealthCheck),
     database=None,
-)
-# Inside the QEMU guest everything is ~10x slower: waits stretch, assertions do not.
-SLOWDOWN = float(
-    os.environ.get("HAPAIR_SLOWDOWN", "10" if os.environ.get("HAPAIR_IN_GUEST") == "1" else "1")
 )
 
 
@@ -183,13 +181,13 @@ class Lab:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:
-    """Seconds until `predicate()` held; fails the test after `timeout` (x SLOWDOWN)."""
-    timeout *= SLOWDOWN
+    """Seconds until `predicate()` held (lab.shell.wait_for: `timeout` x SLOWDOWN); fails
+    the test (AssertionError) when it did not."""
     start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {predicate}")
-        time.sleep(step)
+    try:
+        shell.wait_for(repr(predicate), predicate, timeout, step)
+    except shell.LabError as exc:
+        raise AssertionError(str(exc)) from None
     return time.monotonic() - start
 
 

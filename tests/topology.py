@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lab.shell import sh
+from lab.shell import netns_add, sh
 
 __all__ = [
     "Bridge",
@@ -124,9 +124,8 @@ def netns_factory(topology_sweep: None) -> Iterator[Callable[[str], Netns]]:
 
     def make(hint: str = "ns") -> Netns:
         ns = Netns(f"{RUN_PREFIX}-{hint}-{next(_serial)}")
-        sh("ip", "netns", "add", ns.name)
-        made.append(ns)
-        ns.ip("link", "set", "lo", "up")
+        made.append(ns)  # deleted after the test, also when it is made only in part
+        netns_add(ns.name)
         return ns
 
     yield make

@@ -16,7 +16,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from topology import Bridge, Netns
 
 import lab.topology
 from hapair import control
-from lab.shell import sh
+from lab.shell import LabError, sh, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -146,14 +145,6 @@ def kill_all_in(ns: Netns) -> None:
     for pid in sh("ip", "netns", "pids", ns.name, check=False).stdout.split():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-    return value
 
 
 def addresses(ns: Netns, dev: str) -> list[str]:
@@ -288,7 +279,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
     vip = f"{lab.topology.VIP}/24"
     try:
         wait_for("lvs1 MASTER, lvs2 BACKUP", lambda: states() == ("MASTER", "BACKUP"), 30)
-    except AssertionError:
+    except LabError:
         raise AssertionError(f"states {states()}\n{logs()}") from None
     assert vip in addresses(lvs1.ns, lvs1.interfaces["public"])
     assert vip not in addresses(lvs2.ns, lvs2.interfaces["public"])
