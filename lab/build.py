@@ -249,12 +249,15 @@ class Lab:
                 return None
             return s1
 
-        return wait_for("lvs1 MASTER and lvs2 BACKUP, hearing each other", steady, 60, 0.3)
+        s1: dict[str, Any] = wait_for(
+            "lvs1 MASTER and lvs2 BACKUP, hearing each other", steady, 60, 0.3
+        )
+        return s1
 
     # keeping track, for `down` from another process
 
     def save(self) -> None:
-        state = {"mode": self.mode, "socat": None}
+        state: dict[str, Any] = {"mode": self.mode, "socat": None}
         if "socat" in self.procs:
             state["socat"] = self.procs["socat"].pid
         (self.dir / "state.json").write_text(json.dumps(state))
