@@ -60,7 +60,16 @@ from pathlib import Path
 from typing import Any
 
 from lab.config import director_toml, serial_link, udp_link, vip
-from lab.shell import LabError, netns_add, sh, status_at, wait_for
+from lab.shell import (
+    LabError,
+    agent_command,
+    ip_batch,
+    netns_add,
+    serial_cable,
+    sh,
+    status_at,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -146,18 +155,7 @@ class Director:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns,
-                    PYTHON,
-                    "-m",
-                    "hapair",
-                    "run",
-                    "-c",
-                    str(self.config),
-                ],
+                agent_command(self.ns, self.config, PYTHON),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -239,11 +237,7 @@ class Lab:
             bridges[hint] = ns
         client_ns = self.netns("cli")
         self.attach(bridges["pub"], "p0", client_ns, "eth0", "10.99.0.10/24")
-        self.spawn(
-            "socat",
-            f"pty,raw,echo=0,link={self.tmp / 'tty1'}",
-            f"pty,raw,echo=0,link={self.tmp / 'tty2'}",
-        )
+        self.spawn(*serial_cable(self.tmp / "tty1", self.tmp / "tty2"))
         wait_for(
             "the socat pty pair",
             lambda: all((self.tmp / f"tty{i}").exists() for i in (1, 2)),
@@ -439,30 +433,18 @@ class Run:
 def unplanned(lab: Lab, down_first: bool = False) -> Run:
     master, backup = lab.master()
     assert master.proc is not None and master.responder is not None
-    down = ["ip", "-n", master.ns, "-batch", "-"]  # one process takes both interfaces down
+    down = ["link set eth0 down", "link set eth1 down"]  # one `ip` takes both down
     wall, t0 = time.time(), time.monotonic()
     if down_first:
         # The brief's literal order. The agent sees its VIP interface go down and may
         # hand over (FAULT) before the SIGKILL lands: that is not a dead node.
-        subprocess.run(
-            down,
-            input="link set eth0 down\nlink set eth1 down\n",
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        ip_batch(down, master.ns)
     # The node dies at once: its agent (heartbeats on both links stop) and its service
     # (the client's replies stop) in the same microsecond, then its interfaces go dark.
     master.proc.kill()
     master.responder.kill()
     if not down_first:
-        subprocess.run(
-            down,
-            input="link set eth0 down\nlink set eth1 down\n",
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        ip_batch(down, master.ns)
     master.proc.wait(10)
     master.responder.wait(10)
     outage, window, where = lab.outage(t0, backup.name)

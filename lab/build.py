@@ -24,6 +24,7 @@ from lab.shell import (
     ip_batch,
     log_tail,
     say,
+    serial_cable,
     sh,
     status_of,
     wait_for,
@@ -95,13 +96,7 @@ class Lab:
         key = self.dir / "authkey"
         key.write_bytes(secrets.token_bytes(32))
         key.chmod(0o600)
-        self.spawn(
-            "socat",
-            None,
-            "socat",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs1'}",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs2'}",
-        )
+        self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
         self.save()
         self.bridges = [b for b in BRIDGES if b != "private" or self.mode == "nat"]
         self.wire(["client", "ops", *REALS, *DIRECTORS], bridges=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.topology import SLOWDOWN
+from lab.topology import PYTHON, SLOWDOWN
 
 
 class LabError(Exception):
@@ -36,6 +36,17 @@ def run_in(where: str | None, *cmd: str, check: bool = True) -> subprocess.Compl
         if where is None
         else sh("ip", "netns", "exec", where, *cmd, check=check)
     )
+
+
+def agent_command(ns: str, config: Path, python: str = PYTHON) -> list[str]:
+    """The command that runs an agent (`hapair run -c config`) in network namespace `ns`."""
+    return ["ip", "netns", "exec", ns, python, "-m", "hapair", "run", "-c", str(config)]
+
+
+def serial_cable(tty1: Path, tty2: Path) -> list[str]:
+    """The command that makes the serial heartbeat cable between two directors: a socat
+    pty pair, its ends linked at `tty1` and `tty2`."""
+    return ["socat", f"pty,raw,echo=0,link={tty1}", f"pty,raw,echo=0,link={tty2}"]
 
 
 def ip_batch(lines: list[str], ns: str | None = None) -> None:

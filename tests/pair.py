@@ -63,18 +63,7 @@ class Director:
         assert self.proc is None or self.proc.poll() is not None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns.name,
-                    sys.executable,
-                    "-m",
-                    "hapair",
-                    "run",
-                    "-c",
-                    str(self.config),
-                ],
+                shell.agent_command(self.ns.name, self.config),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.nofile is None else self._limit_files,
@@ -146,12 +135,7 @@ class Lab:
     def cable(self) -> None:
         """(Re)connect the serial cable between the directors."""
         self.socat = subprocess.Popen(
-            [
-                "socat",
-                "pty,raw,echo=0,link=" + str(self.tmp / "tty1"),
-                "pty,raw,echo=0,link=" + str(self.tmp / "tty2"),
-            ],
-            stderr=subprocess.DEVNULL,
+            shell.serial_cable(self.tmp / "tty1", self.tmp / "tty2"), stderr=subprocess.DEVNULL
         )
         wait_for(lambda: (self.tmp / "tty1").exists() and (self.tmp / "tty2").exists(), 10)
 
