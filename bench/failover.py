@@ -61,7 +61,9 @@ from typing import Any
 
 from lab.config import director_toml, serial_link, udp_link, vip
 from lab.shell import (
+    Bridge,
     LabError,
+    Netns,
     agent_command,
     ip_batch,
     netns_add,
@@ -197,26 +199,6 @@ class Lab:
         self.namespaces.append(name)
         return name
 
-    def attach(self, bridge_ns: str, port: str, ns: str, ifname: str, cidr: str) -> None:
-        sh(
-            "ip",
-            "-n",
-            bridge_ns,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            ns,
-        )
-        sh("ip", "-n", bridge_ns, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
-
     def spawn(self, *cmd: str, **kw: Any) -> subprocess.Popen[bytes]:
         kw.setdefault("stdin", subprocess.DEVNULL)
         kw.setdefault("stdout", subprocess.DEVNULL)
@@ -229,14 +211,11 @@ class Lab:
         key = self.tmp / "authkey"
         key.write_bytes(secrets.token_bytes(32))
         key.chmod(0o600)
-        bridges = {}
-        for hint in ("pub", "hb"):
-            ns = self.netns(hint)
-            sh("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", ns, "link", "set", "br0", "up")
-            bridges[hint] = ns
+        public, heartbeat = (
+            Bridge(Netns(self.netns(hint)), "br0").create() for hint in ("pub", "hb")
+        )
         client_ns = self.netns("cli")
-        self.attach(bridges["pub"], "p0", client_ns, "eth0", "10.99.0.10/24")
+        public.attach(Netns(client_ns), "eth0", "10.99.0.10/24")
         self.spawn(*serial_cable(self.tmp / "tty1", self.tmp / "tty2"))
         wait_for(
             "the socat pty pair",
@@ -247,8 +226,8 @@ class Lab:
         for i, priority in ((1, 150), (2, 100)):
             name = f"dir{i}"
             ns = self.netns(name)
-            self.attach(bridges["pub"], f"p{i}", ns, "eth0", f"10.99.0.{i}/24")
-            self.attach(bridges["hb"], f"p{i}", ns, "eth1", f"10.98.0.{i}/24")
+            public.attach(Netns(ns), "eth0", f"10.99.0.{i}/24")
+            heartbeat.attach(Netns(ns), "eth1", f"10.98.0.{i}/24")
             config = self.tmp / f"{name}.toml"
             d = Director(
                 name, ns, priority, config, self.tmp / f"{name}.log", self.tmp / f"{name}.sock"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,58 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Complet
         said = proc.stderr.strip() or proc.stdout
         raise LabError(f"{' '.join(cmd)!r} exited {proc.returncode}: {said}")
     return proc
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace, by name: commands in it, links out of it."""
+
+    name: str
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def veth(self, ifname: str, peer: Netns, peer_ifname: str) -> None:
+        """Connect this namespace to `peer` with a veth pair; both ends up, no address."""
+        self.ip(
+            "link", "add", ifname, "type", "veth", "peer", "name", peer_ifname, "netns", peer.name
+        )
+        self.ip("link", "set", ifname, "up")
+        peer.ip("link", "set", peer_ifname, "up")
+
+
+@dataclass
+class Bridge:
+    """A bridge named `name` inside `netns`, or in the root namespace if `netns` is None."""
+
+    netns: Netns | None
+    name: str
+    ports: list[str] = field(default_factory=list)
+
+    def attach(self, ns: Netns, ifname: str, cidr: str | None = None) -> str:
+        """Add a veth from this bridge into `ns` as `ifname`, up (with `cidr`); return its port."""
+        port = f"{self.name[:11]}p{len(self.ports) + 1}"
+        self.ports.append(port)
+        self.ip("link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns.name)
+        self.ip("link", "set", port, "master", self.name, "up")
+        if cidr is not None:
+            ns.ip("addr", "add", cidr, "dev", ifname)
+        ns.ip("link", "set", ifname, "up")
+        return port
+
+    def create(self) -> Bridge:
+        """Make the bridge, up; no ports yet."""
+        self.ip("link", "add", self.name, "type", "bridge")
+        self.ip("link", "set", self.name, "up")
+        return self
+
+    def ip(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.netns.ip(*args) if self.netns else sh("ip", *args)
 
 
 def run_in(where: str | None, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
