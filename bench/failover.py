@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.config import director_toml, serial_link, udp_link, vip
+from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
 from lab.shell import (
     Bridge,
     LabError,
@@ -208,9 +208,7 @@ class Lab:
         return proc
 
     def build(self) -> None:
-        key = self.tmp / "authkey"
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
+        key = write_authkey(self.tmp / "authkey")
         public, heartbeat = (
             Bridge(Netns(self.netns(hint)), "br0").create() for hint in ("pub", "hb")
         )

@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any
 
 from hapair import control
-from lab.config import director_toml, service
-from lab.shell import LabError, netns_add
+from lab.config import director_toml, service, write_authkey
+from lab.shell import LabError, netns_add, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -211,16 +211,14 @@ class Listener:
         with contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-        stop(self.proc)
+        stop(self.proc, 30)
 
 
 # --- the probers --------------------------------------------------------------------------
 
 
 def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
-    key = tmp / "authkey"
-    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(os.urandom(32))
+    key = write_authkey(tmp / "authkey")
     probe = {"type": "tcp", "interval": f"{interval:g}s", "timeout": "1s"}
     text = director_toml(
         name="probebench",
@@ -415,7 +413,7 @@ class Run:
 
     def close(self) -> None:
         for proc in self.procs:
-            stop(proc)
+            stop(proc, 30)
         for listener in self.listeners:
             listener.close()
         for ns in self.namespaces:
@@ -424,16 +422,6 @@ class Run:
             print(f"bench/probes: kept {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_hapair(
@@ -605,7 +593,7 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
             said = [line for line in log.splitlines() if "IPVS" in line]
             print(f"  agent log ({len(said)} line(s) on IPVS): {said[0][:150]}", flush=True)
         problem = check_rate(f, args.interval)
-        stop(side.proc)
+        stop(side.proc, 30)
         # The baseline, after hapair (not beside it: two probers would share the cores).
         floor = start_floor(run, run.netns("f"), layout, args.interval)
         t0 = time.monotonic()
@@ -613,12 +601,12 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, min(args.warmup, 5) - (time.monotonic() - t0)))
         (ff,) = measure([floor], args.window, layout.count)
         print(ff.line(args.interval), flush=True)
-        stop(floor.proc)
+        stop(floor.proc, 30)
         if args.profile:
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns, layout, args.interval, prof, side.listener)
             time.sleep(args.warmup + args.window)  # slower under cProfile: no rate check
-            stop(pside.proc)
+            stop(pside.proc, 30)
             print_profile(prof, "host part")
         return {"host": f.as_json(), "host_problem": problem, "host_floor": ff.as_json()}
     except BaseException:
@@ -665,7 +653,7 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         for line in syscalls:
             print(line, flush=True)
         # The baseline, same boot: the floor prober in hapair's place beside keepalived.
-        stop(sides[0].proc)
+        stop(sides[0].proc, 30)
         floor = start_floor(run, run.netns("f"), layout, args.interval)
         t0 = time.monotonic()
         wait_steady([floor, sides[1]], layout.count / args.interval, 300)
@@ -675,11 +663,11 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
             print(f.line(args.interval), flush=True)
         if args.profile:  # the agent alone, under cProfile, after the measurement
             for side in [*sides, floor]:
-                stop(side.proc)
+                stop(side.proc, 30)
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns_h, layout, args.interval, prof, sides[0].listener)
             time.sleep(args.guest_warmup + args.guest_window)
-            stop(pside.proc)
+            stop(pside.proc, 30)
             print_profile(prof, "guest part, alone")
         return {
             "guest": [f.as_json() for f in result],

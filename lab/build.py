@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.config import DirectorFiles, director_config
+from lab.config import DirectorFiles, director_config, write_authkey
 from lab.provision import monitor_login
 from lab.roles import real_server_network
 from lab.shell import (
@@ -93,9 +92,7 @@ class Lab:
         self.built = True
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
-        key = self.dir / "authkey"
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
+        write_authkey(self.dir / "authkey")
         self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
         self.save()
         self.bridges = [b for b in BRIDGES if b != "private" or self.mode == "nat"]

@@ -4,6 +4,8 @@ tests and the benches."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,14 @@ class DirectorFiles:
             users=etc / "users",
             password=etc / "monitor-password",
         )
+
+
+def write_authkey(path: Path) -> Path:
+    """A new cluster auth key at `path`: 32 random bytes, mode 0600 from the start."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(secrets.token_bytes(32))
+    return path
 
 
 def director_config(

@@ -120,6 +120,18 @@ def netns_add(name: str) -> None:
     sh("ip", "-n", name, "link", "set", "lo", "up")
 
 
+def stop(proc: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """Stop `proc` if it still runs: SIGTERM, SIGKILL after `timeout` s; its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
     """`predicate()`'s first true value; LabError after `timeout` seconds (x SLOWDOWN)."""
     deadline = time.monotonic() + timeout * SLOWDOWN

@@ -25,7 +25,7 @@ from topology import Bridge, Netns
 
 from hapair import control
 from lab import shell
-from lab.config import director_toml, serial_link, udp_link, vip
+from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
 from lab.measure import ArpWatch
 from lab.topology import SLOWDOWN  # inside the QEMU guest: waits stretch, assertions do not
 
@@ -93,14 +93,8 @@ class Director:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+            self.proc.send_signal(signal.SIGCONT)  # a stopped agent cannot act on SIGTERM
+        return shell.stop(self.proc, timeout)
 
     def status(self) -> dict[str, object] | None:
         """The agent's status over its control socket (what `hapair status --json` prints;
@@ -213,9 +207,7 @@ def lab_factory(
     labs: list[Lab] = []
 
     def make(extra: str = "", **cluster: object) -> Lab:
-        key = tmp_path / "authkey"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+        key = write_authkey(tmp_path / "authkey")
         public, heartbeat = bridge_factory("pub"), bridge_factory("hb")
         client = netns_factory("client")
         public.attach(client, "eth0", "10.77.0.10/24")

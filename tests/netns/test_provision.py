@@ -27,7 +27,8 @@ from topology import Bridge, Netns
 
 import lab.topology
 from hapair import control
-from lab.shell import LabError, sh, wait_for
+from lab.config import write_authkey
+from lab.shell import LabError, sh, stop, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -104,10 +105,7 @@ def machines(
 
 @pytest.fixture
 def authkey(tmp_path: Path) -> Path:
-    path = tmp_path / "pair-key"
-    path.write_bytes(os.urandom(32))
-    path.chmod(0o600)
-    return path
+    return write_authkey(tmp_path / "pair-key")
 
 
 @pytest.fixture
@@ -130,13 +128,7 @@ def processes() -> Iterator[Callable[[Machine, list[str], Path], subprocess.Pope
 
     yield start
     for _, proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
     for machine, _ in started:
         kill_all_in(machine.ns)
 
