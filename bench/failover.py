@@ -59,6 +59,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
+from lab.shell import (
+    Bridge,
+    LabError,
+    Netns,
+    agent_command,
+    ip_batch,
+    netns_add,
+    serial_cable,
+    sh,
+    status_at,
+    wait_for,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 HAPAIR = str(ROOT / ".venv" / "bin" / "hapair")
@@ -121,40 +135,12 @@ RT = ["chrt", "-f", "20"] if shutil.which("chrt") else []
 
 
 class BenchError(Exception):
-    """The bench itself broke (not a missed target)."""
+    """The bench itself broke (not a missed target; so does a LabError: a command failed,
+    or a wait ran out)."""
 
 
 class Interrupted(Exception):
     pass
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)!r} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise BenchError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(step)
-
-
-def status_of(socket_path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
-    """What `hapair status --json` prints (the same control-socket request, in-process)."""
-    from hapair import control
-
-    try:
-        reply = control.request(socket_path, {"cmd": "status"}, timeout=timeout)
-    except control.NoAgent:
-        return None
-    return reply.get("result") if reply.get("ok") else None
 
 
 @dataclass
@@ -171,18 +157,7 @@ class Director:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns,
-                    PYTHON,
-                    "-m",
-                    "hapair",
-                    "run",
-                    "-c",
-                    str(self.config),
-                ],
+                agent_command(self.ns, self.config, PYTHON),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -194,7 +169,7 @@ class Director:
         return self.proc is not None and self.proc.poll() is None
 
     def status(self) -> dict[str, Any] | None:
-        return status_of(self.socket) if self.running() else None
+        return status_at(self.socket) if self.running() else None
 
     def state(self) -> str | None:
         s = self.status()
@@ -220,30 +195,9 @@ class Lab:
 
     def netns(self, hint: str) -> str:
         name = f"{self.prefix}-{hint}"
-        sh("ip", "netns", "add", name)
+        netns_add(name)
         self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
-
-    def attach(self, bridge_ns: str, port: str, ns: str, ifname: str, cidr: str) -> None:
-        sh(
-            "ip",
-            "-n",
-            bridge_ns,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            ns,
-        )
-        sh("ip", "-n", bridge_ns, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
 
     def spawn(self, *cmd: str, **kw: Any) -> subprocess.Popen[bytes]:
         kw.setdefault("stdin", subprocess.DEVNULL)
@@ -254,30 +208,24 @@ class Lab:
         return proc
 
     def build(self) -> None:
-        key = self.tmp / "authkey"
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-        bridges = {}
-        for hint in ("pub", "hb"):
-            ns = self.netns(hint)
-            sh("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", ns, "link", "set", "br0", "up")
-            bridges[hint] = ns
-        client_ns = self.netns("cli")
-        self.attach(bridges["pub"], "p0", client_ns, "eth0", "10.99.0.10/24")
-        self.spawn(
-            "socat",
-            f"pty,raw,echo=0,link={self.tmp / 'tty1'}",
-            f"pty,raw,echo=0,link={self.tmp / 'tty2'}",
+        key = write_authkey(self.tmp / "authkey")
+        public, heartbeat = (
+            Bridge(Netns(self.netns(hint)), "br0").create() for hint in ("pub", "hb")
         )
+        client_ns = self.netns("cli")
+        public.attach(Netns(client_ns), "eth0", "10.99.0.10/24")
+        self.spawn(*serial_cable(self.tmp / "tty1", self.tmp / "tty2"))
         wait_for(
-            "the socat pty pair", lambda: all((self.tmp / f"tty{i}").exists() for i in (1, 2)), 10
+            "the socat pty pair",
+            lambda: all((self.tmp / f"tty{i}").exists() for i in (1, 2)),
+            10,
+            0.05,
         )
         for i, priority in ((1, 150), (2, 100)):
             name = f"dir{i}"
             ns = self.netns(name)
-            self.attach(bridges["pub"], f"p{i}", ns, "eth0", f"10.99.0.{i}/24")
-            self.attach(bridges["hb"], f"p{i}", ns, "eth1", f"10.98.0.{i}/24")
+            public.attach(Netns(ns), "eth0", f"10.99.0.{i}/24")
+            heartbeat.attach(Netns(ns), "eth1", f"10.98.0.{i}/24")
             config = self.tmp / f"{name}.toml"
             d = Director(
                 name, ns, priority, config, self.tmp / f"{name}.log", self.tmp / f"{name}.sock"
@@ -406,39 +354,26 @@ class Lab:
 
 
 def write_config(d: Director, key: Path, tty: Path) -> None:
-    d.config.write_text(f"""# written by bench/failover
-[node]
-name = "{d.name}"
-priority = {d.priority}
-control_socket = "{d.socket}"
-state_dir = "{d.config.parent}"
-
-[cluster]
-id = {CLUSTER_ID}
-auth_key_file = "{key}"
-interval = "50ms"
-deadtime = "150ms"
-warntime = "100ms"
-initdead = "1s"
-preempt = false
-
-[[cluster.links]]
-type = "udp"
-interface = "eth1"
-group = "{GROUP}"
-port = {HB_PORT}
-
-[[cluster.links]]
-type = "serial"
-device = "{tty}"
-baud = 115200
-
-[[vips]]
-address = "{VIP}/24"
-interface = "eth0"
-garp_repeat = 3
-garp_interval = "50ms"
-""")
+    d.config.write_text(
+        director_toml(
+            name=d.name,
+            priority=d.priority,
+            socket=d.socket,
+            state_dir=d.config.parent,
+            cluster_id=CLUSTER_ID,
+            auth_key_file=key,
+            cluster={
+                "interval": "50ms",
+                "deadtime": "150ms",
+                "warntime": "100ms",
+                "initdead": "1s",
+                "preempt": False,
+            },
+            links=[udp_link("eth1", GROUP, HB_PORT), serial_link(tty)],
+            vips=[vip(f"{VIP}/24", "eth0")],
+            comment="written by bench/failover",
+        )
+    )
 
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -475,30 +410,18 @@ class Run:
 def unplanned(lab: Lab, down_first: bool = False) -> Run:
     master, backup = lab.master()
     assert master.proc is not None and master.responder is not None
-    down = ["ip", "-n", master.ns, "-batch", "-"]  # one process takes both interfaces down
+    down = ["link set eth0 down", "link set eth1 down"]  # one `ip` takes both down
     wall, t0 = time.time(), time.monotonic()
     if down_first:
         # The brief's literal order. The agent sees its VIP interface go down and may
         # hand over (FAULT) before the SIGKILL lands: that is not a dead node.
-        subprocess.run(
-            down,
-            input="link set eth0 down\nlink set eth1 down\n",
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        ip_batch(down, master.ns)
     # The node dies at once: its agent (heartbeats on both links stop) and its service
     # (the client's replies stop) in the same microsecond, then its interfaces go dark.
     master.proc.kill()
     master.responder.kill()
     if not down_first:
-        subprocess.run(
-            down,
-            input="link set eth0 down\nlink set eth1 down\n",
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        ip_batch(down, master.ns)
     master.proc.wait(10)
     master.responder.wait(10)
     outage, window, where = lab.outage(t0, backup.name)
@@ -644,7 +567,7 @@ def hog(lab: Lab, seconds: float) -> None:
     try:
         while time.monotonic() < end:
             tick = time.monotonic()
-            statuses = {d.name: status_of(d.socket, timeout=5) for d in lab.dirs}
+            statuses = {d.name: status_at(d.socket) for d in lab.dirs}
             samples += 1
             states = {n: (s["state"] if s else None) for n, s in statuses.items()}
             for n, s in statuses.items():
@@ -756,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["SIGTERM"] = series(lab, "SIGTERM", sigterm, args.runs)
             report(results, base)
             agent_log_summary(lab, start_wall)
-    except BenchError as exc:
+    except (BenchError, LabError) as exc:
         print(f"bench/failover: broke: {exc}", file=sys.stderr)
         for d in lab.dirs:
             with contextlib.suppress(OSError):

@@ -64,6 +64,8 @@ from pathlib import Path
 from typing import Any
 
 from hapair import control
+from lab.config import director_toml, service, write_authkey
+from lab.shell import LabError, netns_add, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -209,56 +211,34 @@ class Listener:
         with contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-        stop(self.proc)
+        stop(self.proc, 30)
 
 
 # --- the probers --------------------------------------------------------------------------
 
 
 def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
-    key = tmp / "authkey"
-    with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(os.urandom(32))
-    text = [
-        "# written by bench/probes",
-        "[node]",
-        'name = "probebench"',
-        "priority = 100",
-        f'control_socket = "{tmp / "agent.sock"}"',
-        f'state_dir = "{tmp}"',
-        "realtime_priority = 0",
-        "",
-        "[cluster]",
-        "id = 77",
-        f'auth_key_file = "{key}"',
-        'interval = "1s"',
-        'deadtime = "3s"',
-        "",
-        "[[cluster.links]]  # nobody listens: the agent stays alone, as a MASTER",
-        'type = "udp"',
-        'interface = "lo"',
-        'peer = "127.0.0.2"',
-        "port = 7694",
-    ]
-    for port in layout.ports:
-        text += [
-            "",
-            "[[services]]",
-            f'name = "p{port}"',
-            'protocol = "tcp"',
-            f'address = "{SERVICE_ADDRESS}"',
-            f"port = {port}",
-            'forward = "dr"',
-            "",
-            "[services.probe]",
-            'type = "tcp"',
-            f'interval = "{interval:g}s"',
-            'timeout = "1s"',
-        ]
-        for address in layout.addresses:
-            text += ["", "[[services.real_servers]]", f'address = "{address}"']
+    key = write_authkey(tmp / "authkey")
+    probe = {"type": "tcp", "interval": f"{interval:g}s", "timeout": "1s"}
+    text = director_toml(
+        name="probebench",
+        priority=100,
+        socket=tmp / "agent.sock",
+        state_dir=tmp,
+        node={"realtime_priority": 0},
+        cluster_id=77,
+        auth_key_file=key,
+        cluster={"interval": "1s", "deadtime": "3s"},
+        # nobody listens: the agent stays alone, as a MASTER
+        links=[{"type": "udp", "interface": "lo", "peer": "127.0.0.2", "port": 7694}],
+        services=[
+            service(f"p{port}", SERVICE_ADDRESS, port, "dr", layout.addresses, probe=probe)
+            for port in layout.ports
+        ],
+        comment="written by bench/probes",
+    )
     path = tmp / "hapair.toml"
-    path.write_text("\n".join(text) + "\n")
+    path.write_text(text)
     check = subprocess.run([HAPAIR, "check", "-c", str(path)], capture_output=True, text=True)
     if check.returncode != 0:
         raise BenchError(f"hapair check refused the bench's config: {check.stdout[:500]}")
@@ -286,7 +266,7 @@ def keepalived_config(tmp: Path, layout: Layout, interval: float) -> Path:
             ]
         text.append("}")
     path = tmp / "keepalived.conf"
-    path.write_text("\n".join(text) + "\n")
+    path.write_text(text)
     return path
 
 
@@ -410,9 +390,8 @@ class Run:
 
     def netns(self, suffix: str) -> str:
         name = f"{self.tag}-{suffix}"
-        sh("ip", "netns", "add", name)
+        netns_add(name)
         self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
     def listener(self, netns: str, layout: Layout) -> Listener:
@@ -434,7 +413,7 @@ class Run:
 
     def close(self) -> None:
         for proc in self.procs:
-            stop(proc)
+            stop(proc, 30)
         for listener in self.listeners:
             listener.close()
         for ns in self.namespaces:
@@ -443,23 +422,6 @@ class Run:
             print(f"bench/probes: kept {self.tmp}", file=sys.stderr)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def sh(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()[:500]}")
-    return p
 
 
 def start_hapair(
@@ -631,7 +593,7 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
             said = [line for line in log.splitlines() if "IPVS" in line]
             print(f"  agent log ({len(said)} line(s) on IPVS): {said[0][:150]}", flush=True)
         problem = check_rate(f, args.interval)
-        stop(side.proc)
+        stop(side.proc, 30)
         # The baseline, after hapair (not beside it: two probers would share the cores).
         floor = start_floor(run, run.netns("f"), layout, args.interval)
         t0 = time.monotonic()
@@ -639,12 +601,12 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, min(args.warmup, 5) - (time.monotonic() - t0)))
         (ff,) = measure([floor], args.window, layout.count)
         print(ff.line(args.interval), flush=True)
-        stop(floor.proc)
+        stop(floor.proc, 30)
         if args.profile:
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns, layout, args.interval, prof, side.listener)
             time.sleep(args.warmup + args.window)  # slower under cProfile: no rate check
-            stop(pside.proc)
+            stop(pside.proc, 30)
             print_profile(prof, "host part")
         return {"host": f.as_json(), "host_problem": problem, "host_floor": ff.as_json()}
     except BaseException:
@@ -691,7 +653,7 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         for line in syscalls:
             print(line, flush=True)
         # The baseline, same boot: the floor prober in hapair's place beside keepalived.
-        stop(sides[0].proc)
+        stop(sides[0].proc, 30)
         floor = start_floor(run, run.netns("f"), layout, args.interval)
         t0 = time.monotonic()
         wait_steady([floor, sides[1]], layout.count / args.interval, 300)
@@ -701,11 +663,11 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
             print(f.line(args.interval), flush=True)
         if args.profile:  # the agent alone, under cProfile, after the measurement
             for side in [*sides, floor]:
-                stop(side.proc)
+                stop(side.proc, 30)
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns_h, layout, args.interval, prof, sides[0].listener)
             time.sleep(args.guest_warmup + args.guest_window)
-            stop(pside.proc)
+            stop(pside.proc, 30)
             print_profile(prof, "guest part, alone")
         return {
             "guest": [f.as_json() for f in result],
@@ -898,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
             result.update(guest_via_rig(args))
         report(result)
         return 0
-    except BenchError as e:
+    except (BenchError, LabError) as e:
         print(f"bench/probes: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.config import DirectorFiles, director_config
+from lab.config import DirectorFiles, director_config, write_authkey
 from lab.provision import monitor_login
 from lab.roles import real_server_network
 from lab.shell import (
@@ -24,6 +23,7 @@ from lab.shell import (
     ip_batch,
     log_tail,
     say,
+    serial_cable,
     sh,
     status_of,
     wait_for,
@@ -92,16 +92,8 @@ class Lab:
         self.built = True
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
-        key = self.dir / "authkey"
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-        self.spawn(
-            "socat",
-            None,
-            "socat",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs1'}",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs2'}",
-        )
+        write_authkey(self.dir / "authkey")
+        self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
         self.save()
         self.bridges = [b for b in BRIDGES if b != "private" or self.mode == "nat"]
         self.wire(["client", "ops", *REALS, *DIRECTORS], bridges=True)
@@ -249,12 +241,15 @@ class Lab:
                 return None
             return s1
 
-        return wait_for("lvs1 MASTER and lvs2 BACKUP, hearing each other", steady, 60, 0.3)
+        s1: dict[str, Any] = wait_for(
+            "lvs1 MASTER and lvs2 BACKUP, hearing each other", steady, 60, 0.3
+        )
+        return s1
 
     # keeping track, for `down` from another process
 
     def save(self) -> None:
-        state = {"mode": self.mode, "socat": None}
+        state: dict[str, Any] = {"mode": self.mode, "socat": None}
         if "socat" in self.procs:
             state["socat"] = self.procs["socat"].pid
         (self.dir / "state.json").write_text(json.dumps(state))

@@ -3,8 +3,13 @@ tests and the benches."""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.topology import (
     CLUSTER_ID,
@@ -70,94 +75,208 @@ class DirectorFiles:
         )
 
 
+def write_authkey(path: Path) -> Path:
+    """A new cluster auth key at `path`: 32 random bytes, mode 0600 from the start."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(secrets.token_bytes(32))
+    return path
+
+
 def director_config(
     name: str, mode: str, files: DirectorFiles, interfaces: dict[str, str], serial: str | None
 ) -> str:
-    """Director `name`'s config; `interfaces`: {network: its interface there}; `serial`: the
-    device of the serial heartbeat cable, or None for UDP heartbeats alone."""
+    """Director `name`'s config for the lab (namespaces, guests, `provision`); `interfaces`:
+    {network: its interface there}; `serial`: the device of the serial heartbeat cable, or
+    None for UDP heartbeats alone."""
     host, t = HOSTS[name], timing()
     probe_interval, probe_timeout = (5, 4) if IN_GUEST else (2, 1)
-    services = ""
-    for svc, port, scheduler, probe in TOPOLOGY["services"]:
-        services += f"""
-[[services]]
-name = "{svc}"
-protocol = "tcp"
-address = "{VIP}"
-port = {port}
-scheduler = "{scheduler}"
-forward = "{mode}"
-probe = {{ type = "{probe}", interval = "{probe_interval}s", timeout = "{probe_timeout}s" }}
-"""
-        for rs in REALS:
-            services += f'\n[[services.real_servers]]\naddress = "{real_address(mode, rs)}"\n'
+    probe = {"type": "", "interval": f"{probe_interval}s", "timeout": f"{probe_timeout}s"}
+    services = [
+        service(
+            svc,
+            VIP,
+            port,
+            mode,
+            [real_address(mode, rs) for rs in REALS],
+            scheduler,
+            probe | {"type": kind},
+        )
+        for svc, port, scheduler, kind in TOPOLOGY["services"]
+    ]
     public, heartbeat = interfaces["public"], interfaces["heartbeat"]
-    gateway = ""
+    vips = [vip(f"{VIP}/{PREFIXLEN}", public)]
     if mode == "nat":
-        gateway = f"""
-[[vips]]
-address = "{NAT_GATEWAY}/{PREFIXLEN}"
-interface = "{interfaces["private"]}"
-garp_repeat = 3
-garp_interval = "50ms"
-"""
-    cable = ""
+        vips.append(vip(f"{NAT_GATEWAY}/{PREFIXLEN}", interfaces["private"]))
+    links = [udp_link(heartbeat, GROUP, HB_PORT)]
     if serial is not None:
-        cable = f"""
-[[cluster.links]]
-type = "serial"
-device = "{serial}"
-baud = 115200
-"""
+        links.append(serial_link(serial))
     sink = HOSTS["ops"]["public"]
-    return f"""# written by scripts/lab for the {mode} lab
-[node]
-name = "{name}"
-priority = {host["priority"]}
-control_socket = "{files.socket}"
-state_dir = "{files.state_dir}"
+    return director_toml(
+        name=name,
+        priority=host["priority"],
+        socket=files.socket,
+        state_dir=files.state_dir,
+        cluster_id=CLUSTER_ID,
+        auth_key_file=files.authkey,
+        cluster={
+            "interval": f"{t['interval']}s",
+            "deadtime": f"{t['deadtime']}s",
+            "initdead": f"{t['initdead']}s",
+            "preempt": True,
+        },
+        links=links,
+        vips=vips,
+        services=services,
+        sections={
+            "sync": {"interface": heartbeat, "sync_id": CLUSTER_ID, "warmup": f"{t['warmup']}s"},
+            "sysctl": {"ip_forward": mode == "nat", "sync_threshold": [3, 10]},
+            "alerts": {
+                "min_interval": "0s",
+                "email": {
+                    "smtp": f"{sink}:{SMTP_SINK_PORT}",
+                    "from": f"hapair@{name}.lab",
+                    "to": ["oncall@example.org"],
+                },
+                "pager": {"url": f"http://{sink}:{PAGER_PORT}/alert"},
+            },
+            "monitor": {
+                "listen": f"{host['management']}:{MONITOR_PORT}",
+                "tls_cert": files.tls_cert,
+                "tls_key": files.tls_key,
+                "users_file": files.users,
+            },
+        },
+        comment=f"written by scripts/lab for the {mode} lab",
+    )
 
-[cluster]
-id = {CLUSTER_ID}
-auth_key_file = "{files.authkey}"
-interval = "{t["interval"]}s"
-deadtime = "{t["deadtime"]}s"
-initdead = "{t["initdead"]}s"
-preempt = true
 
-[[cluster.links]]
-type = "udp"
-interface = "{heartbeat}"
-group = "{GROUP}"
-port = {HB_PORT}
-{cable}
-[[vips]]
-address = "{VIP}/{PREFIXLEN}"
-interface = "{public}"
-garp_repeat = 3
-garp_interval = "50ms"
-{gateway}
-[sync]
-interface = "{heartbeat}"
-sync_id = {CLUSTER_ID}
-warmup = "{t["warmup"]}s"
+# --- the builder: a director's config as data, written as TOML ----------------------------
 
-[sysctl]
-ip_forward = {"true" if mode == "nat" else "false"}
-sync_threshold = [3, 10]
 
-[alerts]
-min_interval = "0s"
-[alerts.email]
-smtp = "{sink}:{SMTP_SINK_PORT}"
-from = "hapair@{name}.lab"
-to = ["oncall@example.org"]
-[alerts.pager]
-url = "http://{sink}:{PAGER_PORT}/alert"
+def director_toml(
+    *,
+    name: str,
+    priority: int,
+    socket: Path | str,
+    state_dir: Path | str,
+    cluster_id: int,
+    auth_key_file: Path | str,
+    cluster: Mapping[str, Any],
+    links: Sequence[Mapping[str, Any]],
+    vips: Sequence[Mapping[str, Any]] = (),
+    services: Sequence[Mapping[str, Any]] = (),
+    node: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    extra: str = "",
+    comment: str = "",
+) -> str:
+    """A director's config (TOML): [node] (`node`: keys beyond name, priority, control
+    socket and state directory), [cluster] (`cluster`: its timing and preempt) with its
+    `links`, the `vips`, the `services`; `sections`: more top-level tables (sync, sysctl,
+    alerts, monitor, ...; a list there extends the one above, e.g. more vips); `extra`:
+    TOML text appended as it is; `comment`: the first line's."""
+    doc: dict[str, Any] = {
+        "node": {
+            "name": name,
+            "priority": priority,
+            "control_socket": socket,
+            "state_dir": state_dir,
+            **(node or {}),
+        },
+        "cluster": {
+            "id": cluster_id,
+            "auth_key_file": auth_key_file,
+            **cluster,
+            "links": list(links),
+        },
+    }
+    if vips:
+        doc["vips"] = list(vips)
+    if services:
+        doc["services"] = list(services)
+    for key, value in (sections or {}).items():
+        doc[key] = doc.get(key, []) + list(value) if isinstance(value, list) else value
+    head = f"# {comment}\n" if comment else ""
+    return head + to_toml(doc) + extra
 
-[monitor]
-listen = "{host["management"]}:{MONITOR_PORT}"
-tls_cert = "{files.tls_cert}"
-tls_key = "{files.tls_key}"
-users_file = "{files.users}"
-{services}"""
+
+def vip(address: str, interface: str) -> dict[str, Any]:
+    """A [[vips]] entry (`address` with its prefix length), announced with 3 gratuitous
+    ARPs 50 ms apart."""
+    return {"address": address, "interface": interface, "garp_repeat": 3, "garp_interval": "50ms"}
+
+
+def udp_link(interface: str, group: str, port: int) -> dict[str, Any]:
+    """A [[cluster.links]] UDP heartbeat link to multicast `group`."""
+    return {"type": "udp", "interface": interface, "group": group, "port": port}
+
+
+def serial_link(device: str | Path) -> dict[str, Any]:
+    """A [[cluster.links]] serial heartbeat link (115200 baud)."""
+    return {"type": "serial", "device": device, "baud": 115200}
+
+
+def service(
+    name: str,
+    address: str,
+    port: int,
+    forward: str,
+    real_servers: Iterable[str | Mapping[str, Any]],
+    scheduler: str | None = None,
+    probe: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A TCP [[services]] entry; `real_servers`: addresses, or tables (address, weight)."""
+    svc: dict[str, Any] = {"name": name, "protocol": "tcp", "address": address, "port": port}
+    if scheduler is not None:
+        svc["scheduler"] = scheduler
+    svc["forward"] = forward
+    if probe is not None:
+        svc["probe"] = dict(probe)
+    svc["real_servers"] = [
+        {"address": rs} if isinstance(rs, str) else dict(rs) for rs in real_servers
+    ]
+    return svc
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """`doc` as TOML: a mapping is a table, a list of mappings an array of tables; strings
+    and paths are basic strings, lists of scalars arrays."""
+    out: list[str] = []
+    _table(out, "", doc)
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_array_of_tables(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(map(_is_table, value))
+
+
+def _table(out: list[str], path: str, table: Mapping[str, Any]) -> None:
+    for key, value in table.items():
+        if not _is_table(value) and not _is_array_of_tables(value):
+            out.append(f"{key} = {_value(value)}")
+    for key, value in table.items():
+        inner = f"{path}.{key}" if path else key
+        if _is_table(value):
+            out += ["", f"[{inner}]"]
+            _table(out, inner, value)
+        elif _is_array_of_tables(value):
+            for item in value:
+                out += ["", f"[[{inner}]]"]
+                _table(out, inner, item)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_value, value)) + "]"
+    raise TypeError(f"no TOML for {value!r}")

@@ -161,7 +161,8 @@ def holding(
     itself did not ask (a busy machine stalled it) says nothing about the directors."""
     asked = [t for t in asked if start <= t < end]
     answers = [(t, who) for t, who in answers if start <= t < end + period]
-    dual, holders = 0.0, []
+    dual = 0.0
+    holders: list[list[str]] = []
     for t0, t1 in itertools.pairwise([*asked, end]):
         who = sorted({w for t, w in answers if t0 <= t < t1})
         if len(who) > 1:

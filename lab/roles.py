@@ -55,7 +55,7 @@ async def serve_ops(alerts: Path) -> list[Any]:
             f.write(json.dumps(item | {"received": time.time()}) + "\n")
 
     sink = HOSTS["ops"]["public"]
-    sinks = [
+    sinks: list[SmtpSink | PagerSink] = [
         SmtpSink(sink, SMTP_SINK_PORT, on_alert=record),
         PagerSink(sink, PAGER_PORT, on_alert=record),
     ]

@@ -91,7 +91,7 @@ def mgmt_link(director: str) -> str:
 
 
 def mgmt_root_address(director: str) -> str:
-    return HOSTS[director]["management"].rsplit(".", 1)[0] + ".1"
+    return str(HOSTS[director]["management"]).rsplit(".", 1)[0] + ".1"
 
 
 def real_address(mode: str, host: str) -> str:

@@ -150,7 +150,7 @@ def _expect_line(proc: subprocess.Popen[str], timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     if not result or not result[0]:
-        raise AssertionError(f"no answer from {proc.args} within {timeout}s")
+        raise AssertionError(f"no answer from {proc.args!r} within {timeout}s")
     return result[0]
 
 

@@ -8,14 +8,13 @@ client's ARP entry for the VIP; `hapair status` only for the state names.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,10 @@ from hypothesis import HealthCheck, settings
 from topology import Bridge, Netns
 
 from hapair import control
+from lab import shell
+from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
 from lab.measure import ArpWatch
+from lab.topology import SLOWDOWN  # inside the QEMU guest: waits stretch, assertions do not
 
 __all__ = ["lab_factory"]
 
@@ -40,10 +42,6 @@ AGAINST_A_PAIR = settings(
     derandomize=True,
     suppress_health_check=list(HealthCheck),
     database=None,
-)
-# Inside the QEMU guest everything is ~10x slower: waits stretch, assertions do not.
-SLOWDOWN = float(
-    os.environ.get("HAPAIR_SLOWDOWN", "10" if os.environ.get("HAPAIR_IN_GUEST") == "1" else "1")
 )
 
 
@@ -65,18 +63,7 @@ class Director:
         assert self.proc is None or self.proc.poll() is not None
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns.name,
-                    sys.executable,
-                    "-m",
-                    "hapair",
-                    "run",
-                    "-c",
-                    str(self.config),
-                ],
+                shell.agent_command(self.ns.name, self.config),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.nofile is None else self._limit_files,
@@ -106,14 +93,8 @@ class Director:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+            self.proc.send_signal(signal.SIGCONT)  # a stopped agent cannot act on SIGTERM
+        return shell.stop(self.proc, timeout)
 
     def status(self) -> dict[str, object] | None:
         """The agent's status over its control socket (what `hapair status --json` prints;
@@ -148,12 +129,7 @@ class Lab:
     def cable(self) -> None:
         """(Re)connect the serial cable between the directors."""
         self.socat = subprocess.Popen(
-            [
-                "socat",
-                "pty,raw,echo=0,link=" + str(self.tmp / "tty1"),
-                "pty,raw,echo=0,link=" + str(self.tmp / "tty2"),
-            ],
-            stderr=subprocess.DEVNULL,
+            shell.serial_cable(self.tmp / "tty1", self.tmp / "tty2"), stderr=subprocess.DEVNULL
         )
         wait_for(lambda: (self.tmp / "tty1").exists() and (self.tmp / "tty2").exists(), 10)
 
@@ -183,57 +159,43 @@ class Lab:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05) -> float:
-    """Seconds until `predicate()` held; fails the test after `timeout` (x SLOWDOWN)."""
-    timeout *= SLOWDOWN
+    """Seconds until `predicate()` held (lab.shell.wait_for: `timeout` x SLOWDOWN); fails
+    the test (AssertionError) when it did not."""
     start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {predicate}")
-        time.sleep(step)
+    try:
+        shell.wait_for(repr(predicate), predicate, timeout, step)
+    except shell.LabError as exc:
+        raise AssertionError(str(exc)) from None
     return time.monotonic() - start
 
 
 def write_config(
-    path: Path, name: str, priority: int, key: Path, tty: Path, extra: str = "", **cluster: object
+    path: Path,
+    name: str,
+    priority: int,
+    key: Path,
+    tty: Path,
+    extra: str | Mapping[str, Any] = "",
+    **cluster: object,
 ) -> None:
-    """A director's config; `extra` (TOML) is appended: services, sync, tracks."""
-    settings = {
-        "interval": INTERVAL,
-        "deadtime": DEADTIME,
-        "initdead": 2.0,
-        "preempt": True,
-    } | cluster
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
-    path.write_text(f"""
-[node]
-name = "{name}"
-priority = {priority}
-control_socket = "{path.with_suffix(".sock")}"
-state_dir = "{path.parent}"
-
-[cluster]
-id = 77
-auth_key_file = "{key}"
-{lines}
-
-[[cluster.links]]
-type = "udp"
-interface = "eth1"
-group = "{GROUP}"
-port = 6694
-
-[[cluster.links]]
-type = "serial"
-device = "{tty}"
-baud = 115200
-
-[[vips]]
-address = "{VIP}/24"
-interface = "eth0"
-garp_repeat = 3
-garp_interval = "50ms"
-{extra}
-""")
+    """A director's config; `extra`: more of it (services, sync, tracks), as TOML text
+    (appended) or as top-level sections (lab.config.director_toml's `sections`)."""
+    path.write_text(
+        director_toml(
+            name=name,
+            priority=priority,
+            socket=path.with_suffix(".sock"),
+            state_dir=path.parent,
+            cluster_id=77,
+            auth_key_file=key,
+            cluster={"interval": INTERVAL, "deadtime": DEADTIME, "initdead": 2.0, "preempt": True}
+            | cluster,
+            links=[udp_link("eth1", GROUP, 6694), serial_link(tty)],
+            vips=[vip(f"{VIP}/24", "eth0")],
+            sections=extra if isinstance(extra, Mapping) else None,
+            extra=extra if isinstance(extra, str) else "",
+        )
+    )
 
 
 @pytest.fixture
@@ -245,9 +207,7 @@ def lab_factory(
     labs: list[Lab] = []
 
     def make(extra: str = "", **cluster: object) -> Lab:
-        key = tmp_path / "authkey"
-        key.write_bytes(os.urandom(32))
-        key.chmod(0o600)
+        key = write_authkey(tmp_path / "authkey")
         public, heartbeat = bridge_factory("pub"), bridge_factory("hb")
         client = netns_factory("client")
         public.attach(client, "eth0", "10.77.0.10/24")

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from lab.shell import sh
+from lab.shell import Bridge, Netns, netns_add, sh
 
 __all__ = [
     "Bridge",
@@ -35,50 +33,6 @@ def unique_name(kind: str) -> str:
     name = f"{RUN_PREFIX}{kind}{next(_serial)}"
     assert len(name) <= 15, name
     return name
-
-
-@dataclass(frozen=True)
-class Netns:
-    name: str
-
-    def run(
-        self, *cmd: str, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "-n", self.name, *args, check=check)
-
-    def veth(self, ifname: str, peer: Netns, peer_ifname: str) -> None:
-        """Connect this namespace to `peer` with a veth pair; both ends up, no address."""
-        self.ip(
-            "link", "add", ifname, "type", "veth", "peer", "name", peer_ifname, "netns", peer.name
-        )
-        self.ip("link", "set", ifname, "up")
-        peer.ip("link", "set", peer_ifname, "up")
-
-
-@dataclass
-class Bridge:
-    """A bridge named `name` inside `netns`, or in the root namespace if `netns` is None."""
-
-    netns: Netns | None
-    name: str
-    ports: list[str] = field(default_factory=list)
-
-    def attach(self, ns: Netns, ifname: str, cidr: str | None = None) -> str:
-        """Add a veth from this bridge into `ns` as `ifname`, up (with `cidr`); return its port."""
-        port = f"{self.name[:11]}p{len(self.ports) + 1}"
-        self.ports.append(port)
-        self.ip("link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns.name)
-        self.ip("link", "set", port, "master", self.name, "up")
-        if cidr is not None:
-            ns.ip("addr", "add", cidr, "dev", ifname)
-        ns.ip("link", "set", ifname, "up")
-        return port
-
-    def ip(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.netns.ip(*args) if self.netns else sh("ip", *args)
 
 
 def reachable(src: Netns, addr: str, timeout: float = 3.0) -> bool:
@@ -124,9 +78,8 @@ def netns_factory(topology_sweep: None) -> Iterator[Callable[[str], Netns]]:
 
     def make(hint: str = "ns") -> Netns:
         ns = Netns(f"{RUN_PREFIX}-{hint}-{next(_serial)}")
-        sh("ip", "netns", "add", ns.name)
-        made.append(ns)
-        ns.ip("link", "set", "lo", "up")
+        made.append(ns)  # deleted after the test, also when it is made only in part
+        netns_add(ns.name)
         return ns
 
     yield make
@@ -148,9 +101,7 @@ def bridge_factory(
             root_bridges.append(bridge)
         else:
             bridge = Bridge(netns_factory(hint), "br0")
-        bridge.ip("link", "add", bridge.name, "type", "bridge")
-        bridge.ip("link", "set", bridge.name, "up")
-        return bridge
+        return bridge.create()
 
     yield make
     # Delete the root-namespace ends explicitly: a deleted namespace is torn down

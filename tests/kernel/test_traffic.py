@@ -15,12 +15,14 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from ipvsadm import ipvs_table
 from pair import SLOWDOWN, VIP, Director, Lab, started, wait_for
 from topology import Bridge, Netns
 
+from lab.config import service, vip
 from lab.traffic import Holder, Servers, request_spread
 
 pytestmark = pytest.mark.kernel
@@ -30,48 +32,23 @@ WEIGHTS = {"rs1": 3, "rs2": 2, "rs3": 1}
 GATEWAY = "10.88.0.254"  # NAT: the real servers' route back, a VIP of its own
 
 
-def config(mode: str) -> str:
-    servers = "".join(
-        f"""
-[[services.real_servers]]
-address = "{address(mode, name)}"
-weight = {{weight_{name}}}
-"""
-        for name in WEIGHTS
-    )
-    service = """
-[[services]]
-name = "{name}"
-protocol = "tcp"
-address = "{vip}"
-port = {port}
-scheduler = "{scheduler}"
-forward = "{mode}"
-"""
-    web = service.format(name="web", vip=VIP, port=80, scheduler="wrr", mode=mode)
-    web += servers.format(**{f"weight_{n}": w for n, w in WEIGHTS.items()})
-    echo = service.format(name="echo", vip=VIP, port=7, scheduler="rr", mode=mode)
-    echo += servers.format(**{f"weight_{n}": 1 for n in WEIGHTS})
-    nat = f"""
-[[vips]]
-address = "{GATEWAY}/24"
-interface = "eth2"
-garp_repeat = 3
-garp_interval = "50ms"
-"""
-    return f"""
-{nat if mode == "nat" else ""}
-[sync]
-interface = "eth1"
-sync_id = 77
-warmup = "{20 * SLOWDOWN}s"
+def config(mode: str) -> dict[str, Any]:
+    """The pair's services (web: wrr by WEIGHTS, echo: rr), connection sync and, in NAT,
+    the real servers' gateway: top-level sections for the pair's director config."""
 
-[sysctl]
-ip_forward = {"true" if mode == "nat" else "false"}
-sync_threshold = [3, 10]
-{web}
-{echo}
-"""
+    def svc(name: str, port: int, scheduler: str, weights: dict[str, int]) -> dict[str, Any]:
+        reals = [{"address": address(mode, rs), "weight": w} for rs, w in weights.items()]
+        return service(name, VIP, port, mode, reals, scheduler)
+
+    gateway = {"vips": [vip(f"{GATEWAY}/24", "eth2")]} if mode == "nat" else {}
+    return gateway | {
+        "sync": {"interface": "eth1", "sync_id": 77, "warmup": f"{20 * SLOWDOWN}s"},
+        "sysctl": {"ip_forward": mode == "nat", "sync_threshold": [3, 10]},
+        "services": [
+            svc("web", 80, "wrr", WEIGHTS),
+            svc("echo", 7, "rr", dict.fromkeys(WEIGHTS, 1)),
+        ],
+    }
 
 
 def address(mode: str, name: str) -> str:

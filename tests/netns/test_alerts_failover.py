@@ -18,6 +18,8 @@ import pytest
 from pair import Lab, started, wait_for
 from topology import Netns
 
+from lab import shell
+
 pytestmark = pytest.mark.netns
 
 SINK = "10.77.0.50"  # on the directors' public network
@@ -45,16 +47,8 @@ def start_sinks(lab: Lab, ns: Netns, received: Path) -> None:
     lab.public.attach(ns, "eth0", f"{SINK}/24")
     argv = [sys.executable, "-m", "lab.alert_sinks", SINK, "2525", "8080", str(received)]
     proc = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv], stdout=subprocess.PIPE)
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    lab.extra.append(stop)  # undone at the lab's teardown, after the agents stopped
+    # Stopped at the lab's teardown, after the agents stopped.
+    lab.extra.append(lambda: shell.stop(proc))
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
 

@@ -16,7 +16,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from topology import Bridge, Netns
 
 import lab.topology
 from hapair import control
-from lab.shell import sh
+from lab.config import write_authkey
+from lab.shell import LabError, sh, stop, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -105,10 +105,7 @@ def machines(
 
 @pytest.fixture
 def authkey(tmp_path: Path) -> Path:
-    path = tmp_path / "pair-key"
-    path.write_bytes(os.urandom(32))
-    path.chmod(0o600)
-    return path
+    return write_authkey(tmp_path / "pair-key")
 
 
 @pytest.fixture
@@ -131,13 +128,7 @@ def processes() -> Iterator[Callable[[Machine, list[str], Path], subprocess.Pope
 
     yield start
     for _, proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
     for machine, _ in started:
         kill_all_in(machine.ns)
 
@@ -146,14 +137,6 @@ def kill_all_in(ns: Netns) -> None:
     for pid in sh("ip", "netns", "pids", ns.name, check=False).stdout.split():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-    return value
 
 
 def addresses(ns: Netns, dev: str) -> list[str]:
@@ -288,7 +271,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
     vip = f"{lab.topology.VIP}/24"
     try:
         wait_for("lvs1 MASTER, lvs2 BACKUP", lambda: states() == ("MASTER", "BACKUP"), 30)
-    except AssertionError:
+    except LabError:
         raise AssertionError(f"states {states()}\n{logs()}") from None
     assert vip in addresses(lvs1.ns, lvs1.interfaces["public"])
     assert vip not in addresses(lvs2.ns, lvs2.interfaces["public"])
