@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
+from lab.echo import CLIENT, PERIOD, RESPONDER, RT
 from lab.shell import (
     Bridge,
     LabError,
@@ -82,56 +83,11 @@ GROUP = "239.0.0.99"
 HB_PORT = 6699
 ECHO_PORT = 7099
 CLUSTER_ID = 99
-PERIOD = 0.005  # the client's request period
 TARGETS = {"unplanned": 250.0, "ctl release": 50.0, "SIGTERM": 50.0}
 NO_REPLY_TIMEOUT = 10.0  # no reply from the new master this long: an infinite outage
 SETTLE = 0.5  # after the first reply from the new master, watch this long for more gaps
 
-RESPONDER = """
-import socket, sys
-name = sys.argv[1].encode()
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[2])))
-while True:
-    data, addr = s.recvfrom(64)
-    s.sendto(data[:8] + name, addr)
-"""
-
-CLIENT = """
-import select, socket, struct, sys, time
-vip, port, period = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
-seq, nxt, flushed, out = 0, time.monotonic(), 0.0, []
-while True:
-    now = time.monotonic()
-    if now >= nxt:
-        try:
-            s.sendto(struct.pack("!Q", seq), (vip, port))
-        except OSError:
-            pass  # e.g. the VIP's ARP entry failed: keep trying
-        seq += 1
-        nxt = max(nxt + period, now)
-    select.select([s], [], [], max(0.0, nxt - time.monotonic()))
-    while True:
-        try:
-            data = s.recv(64)
-        except OSError:
-            break
-        t = time.monotonic()
-        out.append(f"{struct.unpack('!Q', data[:8])[0]} {t:.6f} {data[8:].decode()}\\n")
-    if out and now - flushed > 0.02:
-        sys.stdout.write("".join(out))
-        sys.stdout.flush()
-        out.clear()
-        flushed = now
-"""
-
 HOG = "while True: pass"
-
-# The instrument (client and echo service) runs SCHED_FIFO so that the host's other load
-# does not show up as outage; the agents run as deployed (SCHED_FIFO by default).
-RT = ["chrt", "-f", "20"] if shutil.which("chrt") else []
 
 
 class BenchError(Exception):

@@ -280,9 +280,9 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         back = wait_for("lvs1 MASTER again", lvs1_master, t["warmup"] + 30, 0.3)
         found = re.findall(r"preemption allowed: (\d+)", (lab.dir / "lvs1.log").read_text())
         result.learned = int(found[-1]) if found else None
-        count = "?" if result.learned is None else str(result.learned)
+        how_many = "?" if result.learned is None else str(result.learned)
         lab.step(
-            f"lvs1 MASTER again, once its kernel had learned {count} connections from lvs2"
+            f"lvs1 MASTER again, once its kernel had learned {how_many} connections from lvs2"
             " (the held ones and recent requests'); lvs2 BACKUP"
         )
         wait_for("answers through lvs1", lambda: poller.answered_since(back), 20)

@@ -1,14 +1,14 @@
 """Act 1 of `scripts/lab demo`: the lab's two directors and its client on this machine's own
 kernel, at real timing (heartbeats every 50 ms, deadtime 150 ms).
 
-No IPVS is needed: the pair is a VIP-only one (the lab's director config, `director_config`,
-without its services, sync, sysctl, alerts and monitor), and each director answers the
-client itself on the VIP with bench/failover's UDP echo service (its node name in every
-reply). bench/failover's client sends a numbered request to the VIP every 5 ms and notes
-when each reply came and from whom (client and echo service SCHED_FIFO, as in the bench,
-so that the machine's other load does not pose as outage). Three moves of the VIP, each
-measured as the reply gap the switch falls in (the last reply before the first reply from
-the new MASTER, to that reply):
+No IPVS is needed: the pair is a VIP-only one (the lab's director config,
+`director_config`, without its services, sync, sysctl, alerts and monitor), and each
+director answers the client itself on the VIP with lab/echo.py's UDP echo service (its
+node name in every reply), bench/failover's instrument too. Its client sends a numbered
+request to the VIP every 5 ms and notes when each reply came and from whom (client and
+echo service SCHED_FIFO, as in the bench, so that the machine's other load does not pose
+as outage). Three moves of the VIP, each measured as the reply gap the switch falls in
+(the last reply before the first reply from the new MASTER, to that reply):
 
   unplanned  lvs1 (MASTER) dies: its agent and echo service SIGKILLed, every link down a
              few ms later, its namespace deleted; lvs2 takes over after the deadtime;
@@ -26,36 +26,32 @@ removes what a run that was killed left behind (`sweep`).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
-import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-from lab.config import DirectorFiles, director_config
+from lab.config import DirectorFiles, director_config, to_toml, write_authkey
+from lab.echo import CLIENT, PERIOD, RESPONDER, RT
 from lab.shell import (
     LabError,
     existing_namespaces,
     ip_batch,
     log_tail,
     say,
+    serial_cable,
     sh,
     status_of,
     wait_for,
 )
-from lab.topology import BRIDGES, DIRECTORS, HOSTS, PREFIXLEN, PYTHON, ROOT, TOPOLOGY, VIP
+from lab.topology import BRIDGES, DIRECTORS, HOSTS, PREFIXLEN, PYTHON, TOPOLOGY, VIP
 
 PREFIX = "act1-"
 RUN_DIR = Path("/run")
@@ -67,57 +63,12 @@ ECHO_PORT = 7  # UDP: each director's echo service on the VIP
 NO_REPLY = 10.0  # s without a reply from the new MASTER: the act fails
 
 
-def _bench() -> ModuleType:
-    """bench/failover.py (a script, not a package): its client and echo service."""
-    name = "hapair_bench_failover"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "failover.py")
-    if spec is None or spec.loader is None:
-        raise LabError(f"cannot load {ROOT / 'bench' / 'failover.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_id(pid: int) -> str:
     return f"{PREFIX}{pid}"
 
 
 def run_dir(pid: int) -> Path:
     return RUN_DIR / f"hapair-{run_id(pid)}"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a TOML basic string: JSON's escapes are TOML's
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
-
-
-def _tables(v: Any) -> bool:
-    return isinstance(v, dict) or (
-        isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-    )
-
-
-def to_toml(doc: dict[str, Any], path: str = "") -> str:
-    """`doc` (what tomllib reads) as TOML text: keys, then tables and arrays of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not _tables(v)]
-    for k, v in doc.items():
-        name = f"{path}.{k}" if path else k
-        if isinstance(v, dict):
-            lines += ["", f"[{name}]", to_toml(v, name)]
-        elif _tables(v):
-            for item in v:
-                lines += ["", f"[[{name}]]", to_toml(item, name)]
-    return "\n".join(lines)
 
 
 def vip_only_config(name: str, files: DirectorFiles, serial: str) -> str:
@@ -183,16 +134,8 @@ class HostPair:
 
     def build(self) -> None:
         self.dir.mkdir(mode=0o700)
-        key = self.dir / "authkey"
-        key.write_bytes(secrets.token_bytes(32))
-        key.chmod(0o600)
-        self.spawn(
-            "socat",
-            None,
-            "socat",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs1'}",
-            f"pty,raw,echo=0,link={self.dir / 'tty-lvs2'}",
-        )
+        write_authkey(self.dir / "authkey")
+        self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
         self.wire(HOSTS_HERE, bridges=True)
         checks = []
         for d in DIRECTORS:
@@ -255,14 +198,11 @@ class HostPair:
         return proc
 
     def start_director(self, d: str) -> None:
-        bench = _bench()
-        self.spawn(f"echo-{d}", d, *bench.RT, PYTHON, "-c", bench.RESPONDER, d, str(ECHO_PORT))
+        self.spawn(f"echo-{d}", d, *RT, PYTHON, "-c", RESPONDER, d, str(ECHO_PORT))
         self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
 
     def start_client(self) -> None:
-        bench = _bench()
-        period = str(bench.PERIOD)
-        cmd = [*bench.RT, PYTHON, "-c", bench.CLIENT, VIP, str(ECHO_PORT), period]
+        cmd = [*RT, PYTHON, "-c", CLIENT, VIP, str(ECHO_PORT), str(PERIOD)]
         client = self.spawn("client", "client", *cmd, pipe=True)
         threading.Thread(target=self._read_client, args=(client,), daemon=True).start()
 
@@ -481,10 +421,7 @@ def run(pair: HostPair | None = None) -> HostActResult:
     say(f"lvs1 (priority 150), lvs2 (100) and the client in namespaces {run_id(pair.pid)}-*;")
     say(f"heartbeats every {ms['interval']} on UDP multicast and a serial line, deadtime")
     say(f"{ms['deadtime']}, preempt on. No IPVS: a VIP-only pair, each director answering")
-    say(
-        f"the client itself on {VIP} (a UDP echo); the client asks every"
-        f" {_bench().PERIOD * 1000:g} ms."
-    )
+    say(f"the client itself on {VIP} (a UDP echo); the client asks every {PERIOD * 1000:g} ms.")
     try:
         pair.build()
         pair.step(
