@@ -3,7 +3,9 @@
     scripts/lab up [--mode dr|nat|tun]   build it and leave it running (needs IPVS)
     scripts/lab status                   `hapair status` of both directors
     scripts/lab down                     remove everything (idempotent)
-    scripts/lab demo [--mode ...]        up, a measured failover and failback, down
+    scripts/lab demo [--mode ...] [--act N]   act 1: a VIP-only pair on this kernel, at
+                                         real timing; act 2: up, a measured failover and
+                                         failback (IPVS, sync, connections), down
     scripts/lab topology [--mode ...]    the topology below as JSON (the Vagrantfile reads it)
     scripts/lab provision HOST [--mode ...]  make THIS machine lab host HOST (a Vagrant VM)
 
