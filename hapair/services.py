@@ -183,9 +183,7 @@ class Services:
             )
         return outcome
 
-    def warm_up(
-        self, preempt: bool, learned: Callable[[asyncio.Task[None], str], None]
-    ) -> str | None:
+    def warm_up(self, preempt: bool, learned: Learned) -> str | None:
         """With preemption and connection sync, a recovering node first learns the MASTER's
         connections (core/warmup.py says how long), so taking the VIPs back drops none.
         Why preemption must wait, or None; `learned(task, reason)` says when it may go on."""
