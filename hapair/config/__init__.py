@@ -6,6 +6,9 @@ problem found, each as `path.to.field: message`. Loading never changes the syste
 
 from __future__ import annotations
 
+import hapair.config.no_plugins  # noqa: F401  (first: before pydantic)
+
+# isort: split
 import copy
 import tomllib
 from collections.abc import Iterator

@@ -85,6 +85,56 @@ def test_start_imports_pyroute2_without_its_package_init(tmp_path: Path) -> None
     assert not {"pyroute2.ndb", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"} & modules
 
 
+def test_start_imports_neither_plugin_discovery_nor_unittest(tmp_path: Path) -> None:
+    """pydantic's plugin loader (importlib.metadata, with zipfile and email) and pyroute2's
+    import of unittest.mock: megabytes the agent never uses (hapair/config/no_plugins.py,
+    hapair/rtnl.py)."""
+    modules = _modules_at_start(tmp_path)
+    assert "pydantic" in modules and "pyroute2.netlink.rtnl.iprsocket" in modules
+    unused = {"importlib.metadata", "unittest", "unittest.mock", "email", "zipfile"}
+    assert not unused & modules, sorted(unused & modules)
+
+
+def test_pyroute2_mock_is_real_when_used_and_unittest_is_whole() -> None:
+    """The one Mock pyroute2 makes at import becomes a unittest.mock.Mock when used, and
+    unittest, imported after hapair.rtnl, is the real package."""
+    code = (
+        "import sys, hapair.rtnl\n"
+        "assert 'unittest' not in sys.modules\n"
+        "from pyroute2.netlink.rtnl import iprsocket\n"
+        "queue = iprsocket.NotLocal.msg_queue\n"
+        "queue.put(1)\n"
+        "queue.put.assert_called_once_with(1)\n"
+        "queue.size = 3\n"
+        "assert queue.size == 3 and queue() is queue()\n"
+        "import unittest, unittest.mock\n"
+        "assert isinstance(queue._mock(), unittest.mock.Mock)\n"
+        "assert unittest.TestCase and unittest.mock.patch and unittest.mock.MagicMock\n"
+        "assert iprsocket.mock.Mock is not unittest.mock.Mock\n"
+        "assert iprsocket.mock.patch is unittest.mock.patch\n"
+        "socket = iprsocket.IPRSocket()\n"
+        "socket.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_pydantic_finds_no_plugins_and_validates_as_ever() -> None:
+    code = (
+        "import sys, hapair.config\n"
+        "from pydantic.plugin import _loader\n"
+        "assert tuple(_loader.get_plugins()) == ()\n"
+        "assert 'importlib.metadata' not in sys.modules\n"
+        "from hapair.config import ConfigError, validate\n"
+        "try:\n"
+        "    validate({'node': {'name': 'n1'}})\n"
+        "except ConfigError as exc:\n"
+        "    assert 'node.priority' in str(exc), str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('accepted a node without a priority')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
 def test_the_whole_of_pyroute2_is_there_for_who_asks() -> None:
     """After hapair.rtnl, `from pyroute2 import X` (the kernel tests' IPVS) works as ever."""
     code = (
