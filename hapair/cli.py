@@ -24,10 +24,19 @@ if TYPE_CHECKING:
 OK, REFUSED, BAD_INPUT, NO_AGENT = 0, 1, 2, 3
 
 
+class _Exit(Exception):
+    """Ends the command with this exit code (what went wrong is printed already)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except _Exit as exc:
+        return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `hapair status | head`: the reader had what it wanted
@@ -182,41 +191,37 @@ def _socket(args: argparse.Namespace) -> Path | None:
         return None
 
 
-def _status(args: argparse.Namespace) -> int:
+def _ask(args: argparse.Namespace, message: dict[str, Any], no_agent: int, refused: str) -> Any:
+    """The agent's result for `message`. Without one, prints why and ends the command:
+    `no_agent` when no agent answers, REFUSED when it refuses (`refused` before its reason)."""
     path = _socket(args)
     if path is None:
-        return NO_AGENT
+        raise _Exit(no_agent)
     try:
-        reply = control.request(path, {"cmd": "status"})
+        reply = control.request(path, message)
     except control.NoAgent as exc:
         print(f"hapair: {exc}", file=sys.stderr)
-        return NO_AGENT
+        raise _Exit(no_agent) from None
     if not reply.get("ok"):
-        print(f"hapair: {reply.get('error', 'refused')}", file=sys.stderr)
-        return REFUSED
-    status = cast("Status", reply.get("result", {}))  # the agent's, as it sent it
+        print(f"hapair: {refused}{reply.get('error', 'no reason given')}", file=sys.stderr)
+        raise _Exit(REFUSED)
+    return reply.get("result")
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _ask(args, {"cmd": "status"}, NO_AGENT, "")
+    status = cast("Status", answer or {})  # the agent's, as it sent it
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return OK
 
 
 def _ctl(args: argparse.Namespace) -> int:
-    path = _socket(args)
-    if path is None:
-        return REFUSED
     message: dict[str, Any] = {"cmd": args.action}
     if args.action != "release":
         message.update(service=args.service, server=args.server)
     if args.action == "add":
         message["weight"] = args.weight
-    try:
-        reply = control.request(path, message)
-    except control.NoAgent as exc:
-        print(f"hapair: {exc}", file=sys.stderr)
-        return REFUSED
-    if not reply.get("ok"):
-        print(f"hapair: refused: {reply.get('error', 'no reason given')}", file=sys.stderr)
-        return REFUSED
-    print(reply.get("result") or "ok")
+    print(_ask(args, message, REFUSED, "refused: ") or "ok")
     return OK
 
 

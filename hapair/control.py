@@ -139,9 +139,10 @@ def check_request(request: Any) -> Request:
     return Request(cmd, _text(request, "service"), _text(request, "server"), weight)
 
 
-def checked(
-    handle: Callable[[Request], Awaitable[dict[str, Any]]],
-) -> Callable[[Any], Awaitable[dict[str, Any]]]:
+Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+def checked(handle: Handler) -> Callable[[Any], Awaitable[dict[str, Any]]]:
     """`handle` for requests that come as decoded JSON (the monitor's), checked as the
     socket's are: a bad one is refused without reaching `handle`."""
 
@@ -166,8 +167,6 @@ def decode_request(line: bytes) -> Request | str:
 
 
 # The agent's side.
-
-Handler = Callable[[Request], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:

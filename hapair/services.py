@@ -105,7 +105,10 @@ class Services:
 
     async def close(self) -> None:
         """A pass under way finishes first: no half-made table."""
+        warmup = self._warmup
         self._stop_warmup()
+        if warmup is not None:
+            await asyncio.gather(warmup, return_exceptions=True)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
