@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import samples
 
 from hapair.alerts import Alerter
 from hapair.config import validate
 from hapair.services import Services
-from tests import samples
 
 pytestmark = pytest.mark.unit
 
