@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import itertools
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -256,7 +255,7 @@ class Bench:
 
     def unplanned(self, restore: bool = True) -> Run:
         master, backup = self.ready()
-        killed, dark = self.lab.kill(master)
+        killed, _, dark = self.lab.kill(master)
         run = self.measure("unplanned", master, backup, killed, killed)
         run.took_effect = dark  # kill -> every link down
         if not restore:  # the last run: nothing follows
@@ -348,11 +347,7 @@ class Bench:
         if self.poller is not None:
             with contextlib.suppress(Exception):
                 self.poller.close()
-        keep = os.environ.get("HAPAIR_LAB_KEEP_LOGS")  # as `scripts/lab demo` honours it
-        if keep and self.lab.dir.exists():
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            for log in self.lab.dir.glob("*.log"):
-                shutil.copy(log, Path(keep) / f"{self.mode}-{log.name}")
+        self.lab.keep_logs(f"{self.mode}-")  # HAPAIR_LAB_KEEP_LOGS, as `scripts/lab demo`
         self.lab.step("tearing down")
         self.lab.down()
         left = lab.build.leftovers(self.lab.dir)

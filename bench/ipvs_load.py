@@ -41,11 +41,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,13 +54,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from lab.benchkit import BenchError, Child, exit_status, in_guest
+
 REPO = Path(__file__).resolve().parent.parent
 PORT = 80
 SCHEDULER = "wlc"
-
-
-class BenchError(Exception):
-    """The bench itself broke (not a missed target)."""
 
 
 # --- the rule set, shared by both sides -----------------------------------------------------
@@ -267,42 +263,17 @@ def _instrument(driver: Any, times: list[float]) -> None:
     driver.dump = dump
 
 
-class Worker:
+class Worker(Child):
     def __init__(self, netns: str, services: int, dests: int) -> None:
         cmd = ["ip", "netns", "exec", netns, sys.executable, str(Path(__file__).resolve())]
         cmd += ["--worker", "--services", str(services), "--dests", str(dests)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()
+        super().__init__(cmd, "the hapair worker")
 
     def call(self, cmd: str, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError as e:
-            raise BenchError("the hapair worker died") from e
-        return self._read()
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the hapair worker died (exit status {self.proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
+        answer = self.ask(json.dumps({"cmd": cmd, **kw}))
         if "error" in answer:
             raise BenchError(f"hapair worker: {answer['error']}")
         return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write('{"cmd": "quit"}\n')
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # --- the bench: namespaces, baseline processes, the table ----------------------------------
@@ -520,10 +491,6 @@ def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
-def in_guest() -> bool:
-    return os.environ.get("HAPAIR_IN_GUEST") == "1" and os.path.exists("/proc/net/ip_vs")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="bench/ipvs_load", description=__doc__.split("\n\n")[0])
@@ -553,14 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/ipvs_load: needs root (network namespaces)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"bench/ipvs_load: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return exit_status("bench/ipvs_load", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from hapair import control
+from lab.benchkit import BenchError, Child, exit_status, in_guest
 from lab.config import director_toml, service, write_authkey
 from lab.shell import LabError, netns_add, stop
 
@@ -76,10 +77,6 @@ SERVICE_ADDRESS = "10.255.0.1"  # the services' address: no VIP, nothing else us
 HOST_TARGET_CPU = 50.0  # percent of one core
 GUEST_TARGET_RATIO = 1.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """The bench itself broke (not a missed target)."""
 
 
 # --- the targets ----------------------------------------------------------------------------
@@ -183,35 +180,14 @@ def floor_main(targets: int, interval: float) -> int:
                 sock.close()
 
 
-class Listener:
+class Listener(Child):
     def __init__(self, netns: str, layout: Layout) -> None:
         cmd = ["ip", "netns", "exec", netns, PYTHON, str(Path(__file__).resolve()), "--listener"]
         cmd += ["--first-port", str(layout.ports[0]), "--ports", str(len(layout.ports))]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()
+        super().__init__(cmd, "a listener")
 
     def accepts(self) -> int:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write("count\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError as e:
-            raise BenchError("a listener died") from e
-        return int(self._read()["accepts"])
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"a listener died (exit status {self.proc.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        stop(self.proc, 30)
+        return int(self.ask("count")["accepts"])
 
 
 # --- the probers --------------------------------------------------------------------------
@@ -800,10 +776,6 @@ def report(result: dict[str, Any]) -> None:
             print(f"  guest: {result['guest_problem']}")
 
 
-def in_guest() -> bool:
-    return os.environ.get("HAPAIR_IN_GUEST") == "1" and os.path.exists("/proc/net/ip_vs")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="bench/probes", description=__doc__.split("\n\n")[0])
@@ -844,27 +816,25 @@ def main(argv: list[str] | None = None) -> int:
     want = max(soft, min(hard, 1 << 20), 65536)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        if args.guest_part or (in_guest() and not args.host_only):
-            result = guest_part(args)
-            if args.guest_part:
-                print("RESULT " + json.dumps(result), flush=True)
-                return 0
-            report(result)
+    return exit_status("bench/probes", lambda: parts(args), (BenchError, LabError))
+
+
+def parts(args: argparse.Namespace) -> int:
+    """The host part, the guest part (through the rig) or both, as `args` say; the report."""
+    if args.guest_part or (in_guest() and not args.host_only):
+        result = guest_part(args)
+        if args.guest_part:
+            print("RESULT " + json.dumps(result), flush=True)
             return 0
-        result = {}
-        if not args.guest_only:
-            result.update(host_part(args))
-        if not args.host_only:
-            result.update(guest_via_rig(args))
         report(result)
         return 0
-    except (BenchError, LabError) as e:
-        print(f"bench/probes: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    result = {}
+    if not args.guest_only:
+        result.update(host_part(args))
+    if not args.host_only:
+        result.update(guest_via_rig(args))
+    report(result)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import lab
 from lab import host_act
-from lab.build import Lab, down, leftovers
+from lab.build import Lab, down
 from lab.measure import (
     ArpWatch,
     Poller,
@@ -38,7 +37,6 @@ from lab.shell import (
     LabError,
     existing_namespaces,
     has_ipvs,
-    log_tail,
     say,
     state_of,
     status_of,
@@ -186,7 +184,7 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         before = len(alerts_received(lab.dir))
 
         # The failure: lvs1's agent killed, then its whole machine (links, kernel state).
-        killed, dark = lab.kill("lvs1")
+        killed, _, dark = lab.kill("lvs1")
         lab.step(
             f"KILLED lvs1: agent SIGKILLed, every link down {dark * 1000:.0f} ms later,"
             " its namespace deleted"
@@ -301,10 +299,7 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         for why, count in fb.broken.items():
             say(f"    {count} broken: {why}")
     except (LabError, AssertionError, subprocess.TimeoutExpired) as exc:
-        result.error = str(exc)
-        say(f"lab: FAILED: {exc}")
-        for d in DIRECTORS:
-            say(f"  --- {d} log (last lines)\n{log_tail(lab.dir / f'{d}.log')}")
+        result.error = lab.failed("FAILED", exc)
     finally:
         say()
         if holder is not None:
@@ -313,15 +308,10 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
             poller.close()
         if arp is not None:
             arp.close()
-        keep = os.environ.get("HAPAIR_LAB_KEEP_LOGS")
-        if keep and lab.dir.exists():
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            for log in lab.dir.glob("*.log"):
-                shutil.copy(log, keep)
+        lab.keep_logs()
         if lab.built:  # not a lab that was up already (build() refused to touch it)
             lab.step("tearing down")
-            lab.down()
-            result.leftovers = leftovers(lab.dir)
+            result.leftovers = lab.down()
             left = result.leftovers
             lab.step("taken down: " + (f"LEFT OVER: {left}" if left else "nothing left"))
     return result

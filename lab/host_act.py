@@ -37,27 +37,17 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from lab.config import DirectorFiles, director_config, to_toml, write_authkey
+from lab.build import MARK, Lab, end, running
+from lab.config import DirectorFiles, director_config, to_toml
 from lab.echo import CLIENT, PERIOD, RESPONDER, RT
-from lab.shell import (
-    LabError,
-    existing_namespaces,
-    ip_batch,
-    log_tail,
-    say,
-    serial_cable,
-    sh,
-    status_of,
-    wait_for,
-)
-from lab.topology import BRIDGES, DIRECTORS, HOSTS, PREFIXLEN, PYTHON, TOPOLOGY, VIP
+from lab.shell import LabError, existing_namespaces, say, sh, status_of, wait_for
+from lab.topology import DIRECTORS, PYTHON, TOPOLOGY, VIP
 
 PREFIX = "act1-"
 RUN_DIR = Path("/run")
-MARK = "HAPAIR_LAB_RUN"  # in the environment of every process a run starts
-NETWORKS = ("public", "heartbeat")
-HOSTS_HERE = ["client", *DIRECTORS]
+HOSTS_HERE = ["client", *DIRECTORS]  # on the public and heartbeat networks (mode dr's)
 TIMING = {"interval": 0.05, "deadtime": 0.15, "warntime": 0.1, "initdead": 1.0}
 ECHO_PORT = 7  # UDP: each director's echo service on the VIP
 NO_REPLY = 10.0  # s without a reply from the new MASTER: the act fails
@@ -106,37 +96,23 @@ class HostActResult:
         return all(f is not None for f in figures) and not self.leftovers and not self.error
 
 
-@dataclass
-class HostPair:
+class HostPair(Lab):
     """lvs1, lvs2 and the client in namespaces of this run, on the lab's public and
     heartbeat networks, with the lab's addresses and interface names."""
 
-    pid: int = field(default_factory=os.getpid)
-    namespaces: set[str] = field(default_factory=set)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    replies: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, node)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    generation: int = 0
-    t0: float = field(default_factory=time.monotonic)
-
-    @property
-    def dir(self) -> Path:
-        return run_dir(self.pid)
-
-    def ns(self, host: str) -> str:
-        return f"{run_id(self.pid)}-{host}"
-
-    def step(self, text: str) -> None:
-        say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        run = run_id(self.pid)
+        super().__init__("dr", run_dir(self.pid), prefix=f"{run}-", mark=run, management=False)
+        self.replies: list[tuple[float, str]] = []  # (monotonic, node)
+        self.lock = threading.Lock()
 
     # building
 
     def build(self) -> None:
+        self.built = True
         self.dir.mkdir(mode=0o700)
-        write_authkey(self.dir / "authkey")
-        self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
-        self.wire(HOSTS_HERE, bridges=True)
+        self.lay_out(HOSTS_HERE)
         checks = []
         for d in DIRECTORS:
             files = DirectorFiles.lab(d, self.dir)
@@ -148,54 +124,6 @@ class HostPair:
             out, _ = proc.communicate(timeout=60)
             if proc.returncode != 0 or out.strip() != "ok":
                 raise LabError(f"hapair check -c {self.dir / (d + '.toml')}: {out.strip()}")
-        wait_for("the serial cable (socat)", lambda: (self.dir / "tty-lvs2").exists(), 10)
-
-    def wire(self, hosts: list[str], bridges: bool = False) -> None:
-        """Fresh namespaces for `hosts` on their networks (`bridges`: the bridges first), one
-        `ip -batch` per namespace."""
-        self.generation += 1
-        made = [self.ns(BRIDGES[n]) for n in NETWORKS] if bridges else []
-        made += [self.ns(h) for h in hosts]
-        self.namespaces.update(made)
-        ip_batch([f"netns add {n}" for n in made])
-        inside = {h: ["link set lo up"] for h in hosts}
-        for network in NETWORKS:
-            batch = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
-            batch = batch if bridges else []
-            ifname = TOPOLOGY["interfaces"][network]
-            for h in (h for h in hosts if network in HOSTS[h]):
-                port = f"{h}-{self.generation}"
-                batch += [
-                    f"link add {port} type veth peer name {ifname} netns {self.ns(h)}",
-                    f"link set {port} master br0 up",
-                ]
-                inside[h] += [
-                    f"addr add {HOSTS[h][network]}/{PREFIXLEN} dev {ifname}",
-                    f"link set {ifname} up",
-                ]
-            ip_batch(batch, self.ns(BRIDGES[network]))
-        for h in hosts:
-            ip_batch(inside[h], self.ns(h))
-
-    def spawn(
-        self, key: str, host: str | None, *cmd: str, pipe: bool = False
-    ) -> subprocess.Popen[bytes]:
-        """A process in `host`'s namespace (None: here) in a session of its own (Ctrl-C
-        reaches this process alone, which takes it down), its output in <key>.log."""
-        argv = list(cmd) if host is None else ["ip", "netns", "exec", self.ns(host), *cmd]
-        env = os.environ | {"HAPAIR_LOG": "INFO", MARK: run_id(self.pid)}
-        with open(self.dir / f"{key}.log", "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipe else log,
-                stderr=log if pipe else subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        self.procs[key] = proc
-        self.started.append(proc)
-        return proc
 
     def start_director(self, d: str) -> None:
         self.spawn(f"echo-{d}", d, *RT, PYTHON, "-c", RESPONDER, d, str(ECHO_PORT))
@@ -215,35 +143,27 @@ class HostPair:
 
     # observing
 
-    def alive(self, key: str) -> None:
-        proc = self.procs[key]
-        if proc.poll() is not None:
-            tail = log_tail(self.dir / f"{key}.log")
-            raise LabError(f"{key} exited {proc.returncode}:\n{tail}")
-
     def recent(self, seconds: float) -> list[tuple[float, str]]:
         since = time.monotonic() - seconds
         with self.lock:
             return [r for r in self.replies[-2000:] if r[0] >= since]
 
-    def wait_steady(self, master: str, backup: str, timeout: float = 30) -> None:
+    def wait_steady(self, master: str = DIRECTORS[0], backup: str = DIRECTORS[1]) -> dict[str, Any]:
         """`master` MASTER, `backup` BACKUP hearing it on both links, the client answered by
-        `master` alone for the last 0.3 s."""
+        `master` alone for the last 0.3 s; `master`'s status."""
 
-        def steady() -> bool:
-            for key in (master, backup, f"echo-{master}", f"echo-{backup}", "client"):
+        def steady() -> dict[str, Any] | None:
+            for key in (f"echo-{master}", f"echo-{backup}", "client"):
                 self.alive(key)
-            sm, sb = status_of(master, self.dir), status_of(backup, self.dir)
-            if not sm or not sb or (sm["state"], sb["state"]) != ("MASTER", "BACKUP"):
-                return False
-            if not sb["peer"]["alive"] or not all(lk["alive"] for lk in sb["peer"]["links"]):
-                return False
+            if (s := self.pair_steady(master, backup)) is None:
+                return None
             recent = self.recent(0.3)
-            return len(recent) >= 20 and {n for _, n in recent} == {master}
+            return s if len(recent) >= 20 and {n for _, n in recent} == {master} else None
 
-        wait_for(
-            f"{master} MASTER, {backup} BACKUP, the client answered by {master}", steady, timeout
+        s: dict[str, Any] = wait_for(
+            f"{master} MASTER, {backup} BACKUP, the client answered by {master}", steady, 30
         )
+        return s
 
     def baseline(self, seconds: float = 2.0) -> float:
         """The client's longest reply gap in `seconds` with nothing failing, in ms."""
@@ -277,58 +197,12 @@ class HostPair:
         value: float = wait_for(f"{d} MASTER", since, 10, 0.02)
         return value
 
-    # the failures
-
-    def kill(self, d: str) -> tuple[float, float, float]:
-        """Director `d` dies at once: its agent and echo service SIGKILLed, then every link
-        down (an `ip -batch` started beforehand), then its namespace deleted. Returns (wall
-        and monotonic time of the kill, s until the links were down)."""
-        down = subprocess.Popen(
-            ["ip", "-n", self.ns(d), "-o", "-batch", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert down.stdin is not None and down.stdout is not None and down.stderr is not None
-        try:
-            down.stdin.write("link show lo\n")
-            down.stdin.flush()
-            if not down.stdout.readline():
-                raise LabError(f"ip -batch in {d}: {down.stderr.read().strip()}")
-            wall, t0 = time.time(), time.monotonic()
-            self.procs[d].kill()
-            self.procs[f"echo-{d}"].kill()
-            down.stdin.write("link set eth0 down\nlink set eth1 down\n")
-            down.stdin.close()
-            if down.wait(30) != 0:
-                raise LabError(f"ip -batch in {d}: {down.stderr.read().strip()}")
-            dark = time.monotonic() - t0
-        finally:
-            if down.poll() is None:
-                down.kill()
-            down.wait()
-            down.stdout.close()
-            down.stderr.close()
-        self.procs[d].wait(10)
-        self.procs[f"echo-{d}"].wait(10)
-        sh("ip", "netns", "del", self.ns(d))
-        self.namespaces.discard(self.ns(d))
-        return wall, t0, dark
-
     # tearing down
 
-    def down(self) -> list[str]:
-        """Kill what this run started, delete its namespaces and its directory; returns what
-        is left of it (nothing, unless something refused to go)."""
-        for proc in self.started:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        remove(self.pid)
+    def remove(self) -> list[str]:
+        return remove(self.pid)
+
+    def leftovers(self) -> list[str]:
         return leftovers(self.pid)
 
 
@@ -353,16 +227,10 @@ def remove(pid: int) -> list[str]:
     """Take away everything of run `pid`: its processes (by their mark), its namespaces, its
     directory. Idempotent; returns what it did."""
     done = []
-    pids = marked(run_id(pid))
+    pids = set(marked(run_id(pid)))
     if pids:
         done.append(f"killed {len(pids)} process(es)")
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-        time.sleep(0.05)
+    end(pids, signal.SIGKILL)
     for name in namespaces_of(pid):
         sh("ip", "netns", "del", name, check=False)
         done.append(f"deleted namespace {name}")
@@ -372,16 +240,9 @@ def remove(pid: int) -> list[str]:
     return done
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def leftovers(pid: int) -> list[str]:
     """What of run `pid` still exists: processes, namespaces, its directory."""
-    left = [f"process {p}" for p in marked(run_id(pid)) if not _zombie(p)]
+    left = [f"process {p}" for p in marked(run_id(pid)) if running(p)]
     left += namespaces_of(pid)
     if run_dir(pid).exists():
         left.append(str(run_dir(pid)))
@@ -408,9 +269,23 @@ def _ours(name: str) -> bool:
     return name.startswith(PREFIX) and len(parts) >= 3 and parts[1].isdigit()
 
 
-def timeline(*rows: tuple[float, str]) -> None:
+def switch(
+    pair: HostPair, kind: str, t0: float, wall: float, new: str, why: str, timeout: float = NO_REPLY
+) -> float:
+    """The switch to `new` of a move triggered at monotonic `t0` (wall time `wall`): its
+    timeline, with `why` for the time `new` became MASTER; its client-visible outage, ms."""
+    old = next(d for d in DIRECTORS if d != new)
+    cut = pair.outage(t0, new, timeout)
+    took = pair.master_since(new, wall) - wall
+    rows = [
+        (took, f"{new} MASTER (its status; {why})"),
+        (cut.last, f"the client's last reply from {old}"),
+        (cut.first, f"the client's first reply from {new}"),
+    ]
     for at, what in sorted(rows):
         say(f"  {at * 1000:+7.0f} ms  {what}")
+    say(f"  act 1 {kind}: client-visible outage {cut.ms:.0f} ms")
+    return cut.ms
 
 
 def run(pair: HostPair | None = None) -> HostActResult:
@@ -445,16 +320,9 @@ def run(pair: HostPair | None = None) -> HostActResult:
             f"UNPLANNED: lvs1 killed (agent and echo service SIGKILLed, links down"
             f" {dark * 1000:.0f} ms later, namespace deleted)"
         )
-        cut = pair.outage(t0, "lvs2")
-        took = pair.master_since("lvs2", wall) - wall
-        timeline(
-            (cut.last, "the client's last reply (from lvs1)"),
-            (took, f"lvs2 MASTER (its status; {ms['deadtime']} after lvs1's last heartbeat)"),
-            (cut.first, "the client's first reply from lvs2"),
-        )
-        result.unplanned_ms = cut.ms
+        why = f"{ms['deadtime']} after lvs1's last heartbeat"
+        result.unplanned_ms = switch(pair, "unplanned failover", t0, wall, "lvs2", why)
         result.first_figure_s = time.monotonic() - pair.t0
-        say(f"  act 1 unplanned failover: client-visible outage {cut.ms:.0f} ms")
 
         say()
         pair.wire(["lvs1"])
@@ -464,15 +332,8 @@ def run(pair: HostPair | None = None) -> HostActResult:
         pair.step(
             "FAILBACK: lvs1 back as a fresh machine (new namespace, the same config); it preempts"
         )
-        cut = pair.outage(t0, "lvs1", 30)
-        took = pair.master_since("lvs1", wall) - wall
-        timeline(
-            (took, "lvs1 MASTER (its status; t = 0: its agent started)"),
-            (cut.last, "the client's last reply from lvs2"),
-            (cut.first, "the client's first reply from lvs1"),
-        )
-        result.failback_ms = cut.ms
-        say(f"  act 1 failback: client-visible outage {cut.ms:.0f} ms")
+        why = "t = 0: its agent started"
+        result.failback_ms = switch(pair, "failback", t0, wall, "lvs1", why, 30)
         pair.wait_steady("lvs1", "lvs2")
 
         say()
@@ -482,20 +343,10 @@ def run(pair: HostPair | None = None) -> HostActResult:
         if out.returncode != 0:
             raise LabError(f"hapair ctl release: exit {out.returncode}: {out.stderr.strip()}")
         pair.step(f"PLANNED: `hapair ctl release` on lvs1: {out.stdout.strip()}")
-        cut = pair.outage(t0, "lvs2")
-        took = pair.master_since("lvs2", wall) - wall
-        timeline(
-            (took, "lvs2 MASTER (its status; t = 0: the command started, Python's start-up)"),
-            (cut.last, "the client's last reply from lvs1"),
-            (cut.first, "the client's first reply from lvs2"),
-        )
-        result.planned_ms = cut.ms
-        say(f"  act 1 planned handover: client-visible outage {cut.ms:.0f} ms")
+        why = "t = 0: the command started, Python's start-up"
+        result.planned_ms = switch(pair, "planned handover", t0, wall, "lvs2", why)
     except (LabError, subprocess.TimeoutExpired, OSError) as exc:
-        result.error = str(exc)
-        say(f"lab: act 1 FAILED: {exc}")
-        for d in DIRECTORS:
-            say(f"  --- {d} log (last lines)\n{log_tail(pair.dir / f'{d}.log')}")
+        result.error = pair.failed("act 1 FAILED", exc)
     finally:
         say()
         # Ctrl-C again must not stop the teardown half-way.
