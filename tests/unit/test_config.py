@@ -4,7 +4,6 @@ reported at the path an operator must fix, all at once."""
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,12 +72,10 @@ def test_base_is_valid(base: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(ETC.glob("*.toml")), ids=lambda p: p.name)
-def test_examples_are_valid(path: Path, tmp_path: Path) -> None:
+def test_examples_are_valid(path: Path, etc: Path) -> None:
     # The examples read `authkey` beside them; check them against a private copy.
-    (tmp_path / "authkey").write_bytes(os.urandom(32))
-    (tmp_path / "authkey").chmod(0o600)
-    (tmp_path / path.name).write_bytes(path.read_bytes())
-    load(tmp_path / path.name)
+    (etc / path.name).write_bytes(path.read_bytes())
+    load(etc / path.name)
 
 
 def test_example_names() -> None:
