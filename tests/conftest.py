@@ -60,6 +60,13 @@ def key_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def etc(key_file: Path) -> Path:
+    """A config folder with a valid `authkey` in it (key_file): the base_dir of a config
+    that names its key file `authkey`, as the examples in etc/ do."""
+    return key_file.parent
+
+
+@pytest.fixture
 def _layer_unavailable(request: pytest.FixtureRequest) -> None:
     reason = dict(request.node.user_properties)["layer_unavailable"]
     pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this layer cannot run here: {reason}")

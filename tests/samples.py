@@ -11,7 +11,26 @@ import typing
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from hapair.status import Status
+from hapair.status import RealServerStatus, Status
+
+
+def _server(address: str, **changes: Any) -> RealServerStatus:
+    """Real server `address`:80 of the sample: healthy, enabled and in IPVS, without
+    connections or probe results, but for `changes`."""
+    server: RealServerStatus = {
+        "address": address,
+        "port": 80,
+        "weight": 1,
+        "healthy": True,
+        "admin": "enabled",
+        "in_ipvs": True,
+        "active_conns": 0,
+        "inactive_conns": 0,
+        "probe": None,
+        "history": [],
+    }
+    return server | changes  # type: ignore[return-value]
+
 
 STATUS: Status = {
     "node": "lvs1",
@@ -41,42 +60,21 @@ STATUS: Status = {
             "healthy": 1,
             "quorum_ok": True,
             "real_servers": [
-                {
-                    "address": "10.0.0.11",
-                    "port": 80,
-                    "weight": 1,
-                    "healthy": True,
-                    "admin": "enabled",
-                    "in_ipvs": True,
-                    "active_conns": 3,
-                    "inactive_conns": 12,
-                    "probe": {"ok": True, "reason": "connected", "latency_ms": 1.5},
-                    "history": [{"up": True, "time": 1200.0, "reason": "connected"}],
-                },
-                {
-                    "address": "10.0.0.12",
-                    "port": 80,
-                    "weight": 0,
-                    "healthy": True,
-                    "admin": "drained",
-                    "in_ipvs": True,
-                    "active_conns": 0,
-                    "inactive_conns": 0,
-                    "probe": None,
-                    "history": [],
-                },
-                {
-                    "address": "10.0.0.13",
-                    "port": 80,
-                    "weight": 1,
-                    "healthy": False,
-                    "admin": "enabled",
-                    "in_ipvs": False,
-                    "active_conns": 0,
-                    "inactive_conns": 0,
-                    "probe": {"ok": False, "reason": "timed out", "latency_ms": 1000.0},
-                    "history": [{"up": False, "time": 1300.0, "reason": "timed out"}],
-                },
+                _server(
+                    "10.0.0.11",
+                    active_conns=3,
+                    inactive_conns=12,
+                    probe={"ok": True, "reason": "connected", "latency_ms": 1.5},
+                    history=[{"up": True, "time": 1200.0, "reason": "connected"}],
+                ),
+                _server("10.0.0.12", weight=0, admin="drained"),
+                _server(
+                    "10.0.0.13",
+                    healthy=False,
+                    in_ipvs=False,
+                    probe={"ok": False, "reason": "timed out", "latency_ms": 1000.0},
+                    history=[{"up": False, "time": 1300.0, "reason": "timed out"}],
+                ),
             ],
             "fwmark": None,
             "scheduler": "wlc",

@@ -11,29 +11,15 @@ import pytest
 from ipvsadm import ipvs_daemons, ipvs_table
 from pair import VIP, Lab, started, wait_for
 
+from lab.config import service
+
 pytestmark = pytest.mark.kernel
 
-SERVICES = f"""
-[sync]
-interface = "eth1"
-sync_id = 77
-
-[[services]]
-name = "web"
-protocol = "tcp"
-address = "{VIP}"
-port = 80
-scheduler = "wrr"
-forward = "dr"
-
-[[services.real_servers]]
-address = "10.77.0.21"
-weight = 2
-
-[[services.real_servers]]
-address = "10.77.0.22"
-weight = 1
-"""
+REAL_SERVERS = [{"address": "10.77.0.21", "weight": 2}, {"address": "10.77.0.22", "weight": 1}]
+SERVICES = {
+    "sync": {"interface": "eth1", "sync_id": 77},
+    "services": [service("web", VIP, 80, "dr", REAL_SERVERS, scheduler="wrr")],
+}
 WEB = f"TCP {VIP}:80 wrr"
 DESTS = [("10.77.0.21:80", "Route", 2), ("10.77.0.22:80", "Route", 1)]
 

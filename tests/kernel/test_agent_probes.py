@@ -14,38 +14,24 @@ import pytest
 from ipvsadm import ipvs_table
 from pair import SLOWDOWN, VIP, Director, Lab, started, wait_for
 
+from lab.config import service
+
 pytestmark = pytest.mark.kernel
 
 # A probe is an HTTP round trip through two Python processes: ~10x slower in the guest.
 SCALE = max(1.0, SLOWDOWN / 2)
 INTERVAL, TIMEOUT, FALL = 1.0 * SCALE, 0.8 * SCALE, 2
-SERVICES = f"""
-[[services]]
-name = "web"
-protocol = "tcp"
-address = "{VIP}"
-port = 80
-scheduler = "wrr"
-quorum = 2
-sorry_server = "10.77.0.9:80"
-
-[services.probe]
-type = "http"
-path = "/"
-interval = "{INTERVAL}s"
-timeout = "{TIMEOUT}s"
-rise = 2
-fall = {FALL}
-
-[[services.real_servers]]
-address = "10.77.0.21"
-
-[[services.real_servers]]
-address = "10.77.0.22"
-
-[[services.real_servers]]
-address = "10.77.0.23"
-"""
+PROBE = {
+    "type": "http",
+    "path": "/",
+    "interval": f"{INTERVAL}s",
+    "timeout": f"{TIMEOUT}s",
+    "rise": 2,
+    "fall": FALL,
+}
+REAL_SERVERS = ["10.77.0.21", "10.77.0.22", "10.77.0.23"]
+WEB = service("web", VIP, 80, "dr", REAL_SERVERS, scheduler="wrr", probe=PROBE)
+SERVICES = {"services": [WEB | {"quorum": 2, "sorry_server": "10.77.0.9:80"}]}
 WEB = f"TCP {VIP}:80 wrr"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import ip_address
 
 import pytest
@@ -21,9 +21,12 @@ pytestmark = pytest.mark.kernel
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 
 
-def svc(proto: str, addr: str, port: int, **kw: object) -> VirtualService:
+def svc(
+    proto: str, addr: str, port: int, flags: Iterable[str] = (), **kw: object
+) -> VirtualService:
     a = ip_address(addr)
-    return VirtualService(ServiceKey(proto, a, port, family=a.version), **kw)  # type: ignore[arg-type]
+    key = ServiceKey(proto, a, port, family=a.version)
+    return VirtualService(key, flags=frozenset(flags), **kw)  # type: ignore[arg-type]
 
 
 def fwm(mark: int, family: int = 4, **kw: object) -> VirtualService:
@@ -50,11 +53,19 @@ def sh_web() -> VirtualService:
             scheduler="sh",
             persistence=300,
             netmask=24,
-            flags=frozenset({"sh-fallback", "sh-port"}),
+            flags={"sh-fallback", "sh-port"},
         ),
         dest("10.0.0.1", 80, weight=3, forward="dr", upper_threshold=100, lower_threshold=10),
         dest("10.0.0.2", 8080, weight=0, forward="nat"),
         dest("10.0.0.3", 80, weight=2, forward="tun"),
+    )
+
+
+def mh_dns(*flags: str) -> VirtualService:
+    """An IPv6 UDP service on mh with persistence and a netmask, and one NAT destination."""
+    return with_dests(
+        svc("udp", "2001:db8::1", 53, scheduler="mh", persistence=60, netmask=64, flags=flags),
+        dest("2001:db8::2", 53, forward="nat"),
     )
 
 
@@ -96,22 +107,11 @@ def test_every_form_reaches_the_kernel_and_dumps_back(ns: Netns) -> None:
             dest("10.0.0.4", 80, forward="tun", tunnel="gue", tunnel_port=6080),
             dest("10.0.0.6", 80, forward="tun", tunnel="gre"),
         ),
-        with_dests(
-            svc(
-                "udp",
-                "2001:db8::1",
-                53,
-                scheduler="mh",
-                persistence=60,
-                netmask=64,
-                flags=frozenset({"mh-fallback", "mh-port"}),
-            ),
-            dest("2001:db8::2", 53, forward="nat"),
-        ),
+        mh_dns("mh-fallback", "mh-port"),
         with_dests(
             svc("sctp", "10.0.0.100", 9, scheduler="rr"), dest("10.0.0.9", 9, forward="nat")
         ),
-        svc("udp", "10.0.0.100", 5060, scheduler="rr", flags=frozenset({"ops"})),
+        svc("udp", "10.0.0.100", 5060, scheduler="rr", flags={"ops"}),
         svc("tcp", "2001:db8::1", 443, scheduler="wlc", netmask=128),
         with_dests(fwm(5, scheduler="wrr"), dest("10.0.0.5", 0, weight=4)),
         with_dests(
@@ -180,20 +180,9 @@ def test_rules_written_by_ipvsadm_dump_faithfully(ns: Netns) -> None:
 
     expected = [
         sh_web(),
-        with_dests(
-            svc(
-                "udp",
-                "2001:db8::1",
-                53,
-                scheduler="mh",
-                persistence=60,
-                netmask=64,
-                flags=frozenset({"mh-port"}),
-            ),
-            dest("2001:db8::2", 53, forward="nat"),
-        ),
-        svc("udp", "10.0.0.100", 53, scheduler="rr", flags=frozenset({"ops"})),
-        svc("sctp", "10.0.0.100", 9, scheduler="nq", flags=frozenset({"flag-3"})),
+        mh_dns("mh-port"),
+        svc("udp", "10.0.0.100", 53, scheduler="rr", flags={"ops"}),
+        svc("sctp", "10.0.0.100", 9, scheduler="nq", flags={"flag-3"}),
         svc("tcp", "10.0.0.101", 80, scheduler="wlc"),
         with_dests(fwm(5, scheduler="wrr"), dest("10.0.0.5", 0)),
         with_dests(
@@ -211,24 +200,15 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
         dest("10.0.0.2", 80, weight=1, forward="dr"),
     )
     write(ns, {web.key: web})
+    edited = svc(
+        "tcp", "10.0.0.100", 80, scheduler="sh", persistence=120, netmask=16, flags={"sh-port"}
+    )
+    moved = dest("10.0.0.1", 80, weight=7, forward="nat", upper_threshold=9, lower_threshold=2)
 
     async def edit() -> Table:
         with IpvsDriver(ns.name) as ipvs:
-            ipvs.edit_service(
-                svc(
-                    "tcp",
-                    "10.0.0.100",
-                    80,
-                    scheduler="sh",
-                    persistence=120,
-                    netmask=16,
-                    flags=frozenset({"sh-port"}),
-                )
-            )
-            ipvs.edit_dest(
-                web.key,
-                dest("10.0.0.1", 80, weight=7, forward="nat", upper_threshold=9, lower_threshold=2),
-            )
+            ipvs.edit_service(edited)
+            ipvs.edit_dest(web.key, moved)
             ipvs.delete_dest(web.key, DestKey(ip_address("10.0.0.2"), 80))
             return await ipvs.dump()
 
@@ -238,20 +218,7 @@ def test_edits_change_settings_in_place(ns: Netns) -> None:
         "-> 10.0.0.1:80 Masq 7 0 0",
     ]
     assert dest_row(ns, "10.0.0.1:80", "--thresholds")[:2] == ["9", "2"]
-    assert table == {
-        web.key: with_dests(
-            svc(
-                "tcp",
-                "10.0.0.100",
-                80,
-                scheduler="sh",
-                persistence=120,
-                netmask=16,
-                flags=frozenset({"sh-port"}),
-            ),
-            dest("10.0.0.1", 80, weight=7, forward="nat", upper_threshold=9, lower_threshold=2),
-        )
-    }
+    assert table == {web.key: with_dests(edited, moved)}
 
     with IpvsDriver(ns.name) as ipvs:
         ipvs.edit_service(svc("tcp", "10.0.0.100", 80, scheduler="rr"))

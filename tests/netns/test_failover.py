@@ -26,10 +26,13 @@ from hapair.core.states import State
 pytestmark = pytest.mark.netns
 
 
-def test_master_dies_backup_takes_over_and_the_client_follows(
-    lab_factory: Callable[..., Lab],
-) -> None:
-    lab = started(lab_factory())
+@pytest.fixture
+def lab(lab_factory: Callable[..., Lab]) -> Lab:
+    """The pair with the default config, started: dir1 MASTER, dir2 BACKUP."""
+    return started(lab_factory())
+
+
+def test_master_dies_backup_takes_over_and_the_client_follows(lab: Lab) -> None:
     dir1, dir2 = lab.dirs
     watch = lab.watch()
     died = time.time()
@@ -47,10 +50,9 @@ def test_master_dies_backup_takes_over_and_the_client_follows(
     assert seen.none <= DEADTIME + 0.5, seen
 
 
-def test_a_killed_master_leaves_its_vip_on_no_interface(lab_factory: Callable[..., Lab]) -> None:
+def test_a_killed_master_leaves_its_vip_on_no_interface(lab: Lab) -> None:
     """SIGKILL of the MASTER's agent, its links up: its VIP guard takes the VIP off at once, so
     the VIP is never on both directors, and on neither only until the peer's deadtime."""
-    lab = started(lab_factory())
     dir1, dir2 = lab.dirs
     watch = lab.watch()
     samples: list[tuple[float, list[str]]] = []  # (time, VIP holders), every ~10 ms
@@ -149,8 +151,7 @@ def test_a_takeover_announces_the_gateway_before_the_service_address(
     assert dir2.ns.ip("-o", "addr", "show", "dev", "eth0").stdout.count(GATEWAY) == 1
 
 
-def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) -> None:
-    lab = started(lab_factory())
+def test_udp_cut_with_serial_up_is_no_takeover(lab: Lab) -> None:
     dir1, dir2 = lab.dirs
     watch = lab.watch()
     cut = time.time()
@@ -163,8 +164,7 @@ def test_udp_cut_with_serial_up_is_no_takeover(lab_factory: Callable[..., Lab]) 
     assert links == {"udp": False, "serial": True}
 
 
-def test_both_links_cut_then_healed_leaves_one_master(lab_factory: Callable[..., Lab]) -> None:
-    lab = started(lab_factory())
+def test_both_links_cut_then_healed_leaves_one_master(lab: Lab) -> None:
     dir1, dir2 = lab.dirs
     dir1.ns.ip("link", "set", "eth1", "down")
     lab.cut_cable()
@@ -233,8 +233,7 @@ def test_sigterm_hands_over_well_before_deadtime(lab_factory: Callable[..., Lab]
     assert seen.dual == 0 and seen.none < 1.0 and seen.holders[-1] == ["dir2"], seen
 
 
-def test_release_from_the_cli(lab_factory: Callable[..., Lab]) -> None:
-    lab = started(lab_factory())
+def test_release_from_the_cli(lab: Lab) -> None:
     dir1 = lab.dirs[0]
     watch = lab.watch()
     asked = time.time()
@@ -261,9 +260,8 @@ def test_release_from_the_cli(lab_factory: Callable[..., Lab]) -> None:
 
 
 def test_forgeries_replays_and_noise_change_nothing(
-    lab_factory: Callable[..., Lab], netns_factory: Callable[[str], Netns]
+    lab: Lab, netns_factory: Callable[[str], Netns]
 ) -> None:
-    lab = started(lab_factory())
     dir1, dir2 = lab.dirs
     watch = lab.watch()
     attacked = time.time()
@@ -328,8 +326,7 @@ def test_forgeries_replays_and_noise_change_nothing(
     assert dir2.proc is not None and dir2.proc.poll() is None
 
 
-def test_vip_interface_down_is_fault(lab_factory: Callable[..., Lab]) -> None:
-    lab = started(lab_factory())
+def test_vip_interface_down_is_fault(lab: Lab) -> None:
     dir1, dir2 = lab.dirs
     watch = lab.watch()
     down = time.time()
@@ -399,10 +396,7 @@ def test_a_frozen_master_that_wakes_steps_down_at_once(lab_factory: Callable[...
     assert "stalled" in dir1.log.read_text()
 
 
-def test_sighup_reload_keeps_state_and_refuses_a_bad_config(
-    lab_factory: Callable[..., Lab],
-) -> None:
-    lab = started(lab_factory())
+def test_sighup_reload_keeps_state_and_refuses_a_bad_config(lab: Lab) -> None:
     dir2 = lab.dirs[1]
     watch = lab.watch()
     reloaded = time.time()

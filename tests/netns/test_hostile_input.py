@@ -24,21 +24,13 @@ from hypothesis import strategies as st
 from pair import AGAINST_A_PAIR, VIP, Director, Lab, started, wait_for
 
 from hapair import control
+from lab.config import service
 
 pytestmark = pytest.mark.netns
 
 SAME_MOMENT = 0.05  # s: two `since` this close are the same state change
 
-SERVICE = f"""
-[[services]]
-name = "web"
-protocol = "tcp"
-address = "{VIP}"
-port = 80
-
-[[services.real_servers]]
-address = "10.77.0.10"
-"""
+SERVICE = {"services": [service("web", VIP, 80, forward="dr", real_servers=["10.77.0.10"])]}
 
 
 def kernel_view(d: Director) -> str:

@@ -16,6 +16,7 @@ from pair import VIP, Lab, started, wait_for
 from topology import Netns
 
 from hapair.ipvs.driver import IpvsDriver, IpvsError
+from lab.config import service
 
 pytestmark = pytest.mark.netns
 
@@ -47,27 +48,9 @@ def test_a_missing_namespace_is_named(netns_factory: Callable[[str], Netns]) -> 
     assert not Path(f"/run/netns/{name}").exists()
 
 
-SERVICE = f"""
-[[services]]
-name = "web"
-protocol = "tcp"
-address = "{VIP}"
-port = 80
-quorum = 2
-
-[services.probe]
-type = "tcp"
-interval = "200ms"
-timeout = "200ms"
-rise = 1
-fall = 1
-
-[[services.real_servers]]
-address = "10.77.0.10"
-
-[[services.real_servers]]
-address = "10.77.0.11"
-"""
+PROBE = {"type": "tcp", "interval": "200ms", "timeout": "200ms", "rise": 1, "fall": 1}
+WEB = service("web", VIP, 80, forward="dr", real_servers=["10.77.0.10", "10.77.0.11"], probe=PROBE)
+SERVICE = {"services": [WEB | {"quorum": 2}]}
 
 
 def test_without_ipvs_the_services_health_and_quorum_still_follow_the_probes(

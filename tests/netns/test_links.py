@@ -19,7 +19,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from topology import Bridge, Netns
@@ -109,14 +109,38 @@ def ns_python(tmp_path: Path) -> Iterator[Callable[[Netns | None], NsPython]]:
         proc.close()
 
 
-def _pair(
-    netns_factory: Callable[[str], Netns], bridge_factory: Callable[..., Bridge]
-) -> tuple[Netns, Netns, Bridge]:
-    a, b = netns_factory("a"), netns_factory("b")
-    switch = bridge_factory()
-    switch.attach(a, "eth0", "10.77.0.1/24")
-    switch.attach(b, "eth0", "10.77.0.2/24")
-    return a, b, switch
+class UdpPair(NamedTuple):
+    a: Netns
+    switch: Bridge
+    pa: NsPython  # a's process, its link started
+    pb: NsPython
+
+
+@pytest.fixture
+def udp_pair(
+    netns_factory: Callable[[str], Netns],
+    bridge_factory: Callable[..., Bridge],
+    ns_python: Callable[[Netns | None], NsPython],
+) -> Callable[..., UdpPair]:
+    """`start(port, group=...)`: namespaces a (10.77.0.1) and b (10.77.0.2) on one bridge,
+    each with a UDP link started in its own process; with no group each side's link has
+    the other as its unicast peer."""
+
+    def start(port: int, group: str | None = None) -> UdpPair:
+        a, b = netns_factory("a"), netns_factory("b")
+        switch = bridge_factory()
+        switch.attach(a, "eth0", "10.77.0.1/24")
+        switch.attach(b, "eth0", "10.77.0.2/24")
+        pa, pb = ns_python(a), ns_python(b)
+        if group is None:
+            _start_udp(pa, peer="10.77.0.2", port=port)
+            _start_udp(pb, peer="10.77.0.1", port=port)
+        else:
+            _start_udp(pa, group=group, port=port)
+            _start_udp(pb, group=group, port=port)
+        return UdpPair(a, switch, pa, pb)
+
+    return start
 
 
 def _start_udp(py: NsPython, **link: Any) -> None:
@@ -155,16 +179,9 @@ def _counters(py: NsPython) -> dict[str, int]:
     ids=["ipv4", "ipv6"],
 )
 def test_multicast_heartbeat_reaches_the_peer_and_not_the_sender(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],
-    group: str,
-    v6: bool,
+    udp_pair: Callable[..., UdpPair], group: str, v6: bool
 ) -> None:
-    a, b, _ = _pair(netns_factory, bridge_factory)
-    pa, pb = ns_python(a), ns_python(b)
-    _start_udp(pa, group=group, port=6940)
-    _start_udp(pb, group=group, port=6940)
+    _, _, pa, pb = udp_pair(6940, group)
 
     _send_until_received(pa, pb, b"from a")
     _send_until_received(pb, pa, b"from b")
@@ -178,15 +195,8 @@ def test_multicast_heartbeat_reaches_the_peer_and_not_the_sender(
         assert "send_errors" not in _counters(pa)
 
 
-def test_unicast_peer_mode(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],
-) -> None:
-    a, b, _ = _pair(netns_factory, bridge_factory)
-    pa, pb = ns_python(a), ns_python(b)
-    _start_udp(pa, peer="10.77.0.2", port=6941)
-    _start_udp(pb, peer="10.77.0.1", port=6941)
+def test_unicast_peer_mode(udp_pair: Callable[..., UdpPair]) -> None:
+    _, _, pa, pb = udp_pair(6941)
 
     _send_until_received(pa, pb, b"unicast from a")
     _send_until_received(pb, pa, b"unicast from b")
@@ -194,14 +204,9 @@ def test_unicast_peer_mode(
 
 
 def test_interface_down_is_counted_and_the_link_recovers(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],
+    udp_pair: Callable[..., UdpPair],
 ) -> None:
-    a, b, _ = _pair(netns_factory, bridge_factory)
-    pa, pb = ns_python(a), ns_python(b)
-    _start_udp(pa, group="239.0.0.18", port=6942)
-    _start_udp(pb, group="239.0.0.18", port=6942)
+    a, _, pa, pb = udp_pair(6942, "239.0.0.18")
     _send_until_received(pa, pb, b"before")
 
     a.ip("link", "set", "dev", "eth0", "down")
@@ -217,14 +222,9 @@ def test_interface_down_is_counted_and_the_link_recovers(
 
 
 def test_interface_recreated_under_a_new_index_reopens_the_socket(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],
+    udp_pair: Callable[..., UdpPair],
 ) -> None:
-    a, b, switch = _pair(netns_factory, bridge_factory)
-    pa, pb = ns_python(a), ns_python(b)
-    _start_udp(pa, group="239.0.0.18", port=6943)
-    _start_udp(pb, group="239.0.0.18", port=6943)
+    a, switch, pa, pb = udp_pair(6943, "239.0.0.18")
     _send_until_received(pa, pb, b"before")
 
     a.ip("link", "del", "eth0")

@@ -54,6 +54,11 @@ class Machine:
             assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
+    @property
+    def log(self) -> Path:
+        """Where what `units` starts in it logs."""
+        return self.root.parent / f"{self.name}.log"
+
     def unit(self, name: str) -> dict[str, list[str]]:
         """The unit file's Exec lines, {key: [command line, ...]}."""
         text = (self.root / "etc" / "systemd" / "system" / name).read_text()
@@ -109,13 +114,15 @@ def authkey(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def processes() -> Iterator[Callable[[Machine, list[str], Path], subprocess.Popen[bytes]]]:
-    """`start(machine, argv, log)`: argv run in the machine's namespace, logging to `log`;
-    at teardown every process in those namespaces is killed (an agent's helpers too)."""
+def units() -> Iterator[Callable[[Machine, str], subprocess.Popen[bytes]]]:
+    """`start(machine, unit)`: what systemd would run for the unit (its ExecStart), in the
+    machine's namespace, logging to `machine.log`; at teardown every process in those
+    namespaces is killed (an agent's helpers too)."""
     started: list[tuple[Machine, subprocess.Popen[bytes]]] = []
 
-    def start(machine: Machine, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as out:
+    def start(machine: Machine, unit: str) -> subprocess.Popen[bytes]:
+        argv = shlex.split(machine.unit(unit)["ExecStart"][0])
+        with open(machine.log, "ab") as out:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", machine.ns.name, *argv],
                 stdin=subprocess.DEVNULL,
@@ -146,6 +153,11 @@ def addresses(ns: Netns, dev: str) -> list[str]:
 
 def sysctl(ns: Netns, *keys: str) -> list[str]:
     return ns.run("sysctl", "-n", *keys).stdout.split()
+
+
+def arp_sysctls(ns: Netns) -> list[str]:
+    """net.ipv4.conf.all.arp_ignore and arp_announce in `ns`."""
+    return sysctl(ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce")
 
 
 # --- directors ---------------------------------------------------------------------------
@@ -240,17 +252,14 @@ def test_a_missing_address_or_key_is_refused_before_anything_is_written(
 def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
     machines: Callable[..., Machine],
     authkey: Path,
-    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
-    tmp_path: Path,
+    units: Callable[[Machine, str], subprocess.Popen[bytes]],
 ) -> None:
     pair = [machines(d, "dr") for d in lab.topology.DIRECTORS]
     for m in pair:
         m.provision("dr", "--authkey", str(authkey))
     lvs1, lvs2 = pair
-    for m in pair:  # what systemd would run
-        processes(
-            m, shlex.split(m.unit("hapair.service")["ExecStart"][0]), tmp_path / f"{m.name}.log"
-        )
+    for m in pair:
+        units(m, "hapair.service")
 
     def status(m: Machine) -> dict[str, Any] | None:
         sock = m.root / "run" / "hapair" / f"{m.name}.sock"
@@ -264,9 +273,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
         return tuple(None if (s := status(m)) is None else s["state"] for m in pair)
 
     def logs() -> str:
-        return "\n".join(
-            (tmp_path / f"{m.name}.log").read_text(errors="replace")[-3000:] for m in pair
-        )
+        return "\n".join(m.log.read_text(errors="replace")[-3000:] for m in pair)
 
     vip = f"{lab.topology.VIP}/24"
     try:
@@ -292,8 +299,7 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
 
 def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
     machines: Callable[..., Machine],
-    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
-    tmp_path: Path,
+    units: Callable[[Machine, str], subprocess.Popen[bytes]],
 ) -> None:
     rs, client = machines("rs1", "dr"), machines("client", "dr")
     host_sysctls = [
@@ -302,10 +308,7 @@ def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
     out = rs.provision("dr")
     assert f"public {HOSTS['rs1']['public']} on {rs.interfaces['public']}" in out, out
     assert addresses(rs.ns, "lo") == ["127.0.0.1/8", f"{lab.topology.VIP}/32"]
-    assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
-        "1",
-        "2",
-    ]
+    assert arp_sysctls(rs.ns) == ["1", "2"]
     # ... in that namespace alone
     assert host_sysctls == [
         Path(f"/proc/sys/net/ipv4/conf/all/{k}").read_text() for k in ("arp_ignore", "arp_announce")
@@ -325,8 +328,8 @@ def test_a_dr_real_server_holds_the_vip_on_lo_hidden_from_arp_and_serves(
     # What the unit runs at boot: the network settings again, then the services.
     pre = rs.ns.run(*shlex.split(unit["ExecStartPre"][0]), timeout=60)
     assert "network: VIP" in pre.stdout, pre.stdout
-    proc = processes(rs, shlex.split(unit["ExecStart"][0]), tmp_path / "rs1.log")
-    wait_for("rs1 ready", lambda: "ready" in (tmp_path / "rs1.log").read_text(), 30)
+    proc = units(rs, "hapair-lab-real.service")
+    wait_for("rs1 ready", lambda: "ready" in rs.log.read_text(), 30)
     assert proc.poll() is None
     address = HOSTS["rs1"]["public"]
     ask = (
@@ -356,10 +359,7 @@ def test_a_nat_real_server_routes_through_the_nat_gateway(
             (lab.topology.NAT_GATEWAY, rs.interfaces["private"])
         ]
     assert addresses(rs.ns, "lo") == ["127.0.0.1/8"]
-    assert sysctl(rs.ns, "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce") == [
-        "0",
-        "0",
-    ]
+    assert arp_sysctls(rs.ns) == ["0", "0"]
 
 
 def test_a_tun_real_server_takes_the_vip_on_tunl0_or_names_the_missing_ipip(
@@ -378,16 +378,15 @@ def test_a_tun_real_server_takes_the_vip_on_tunl0_or_names_the_missing_ipip(
 
 def test_the_ops_host_receives_alerts_from_its_units_command(
     machines: Callable[..., Machine],
-    processes: Callable[[Machine, list[str], Path], subprocess.Popen[bytes]],
-    tmp_path: Path,
+    units: Callable[[Machine, str], subprocess.Popen[bytes]],
 ) -> None:
     ops, client = machines("ops", "dr"), machines("client", "dr")
     ops.provision("dr")
     unit = ops.unit("hapair-lab-ops.service")
     alerts = ops.root / "var/lib/hapair-lab/alerts.jsonl"
     assert unit["ExecStart"] == [f"{sys.executable} -m lab _serve-host ops --alerts {alerts}"]
-    processes(ops, shlex.split(unit["ExecStart"][0]), tmp_path / "ops.log")
-    wait_for("ops ready", lambda: "ready" in (tmp_path / "ops.log").read_text(), 30)
+    units(ops, "hapair-lab-ops.service")
+    wait_for("ops ready", lambda: "ready" in ops.log.read_text(), 30)
     url = f"http://{HOSTS['ops']['public']}:{lab.topology.PAGER_PORT}/alert"
     post = (
         "import json, urllib.request\n"

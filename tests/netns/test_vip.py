@@ -47,50 +47,62 @@ def _neigh_mac(client: Netns, ip: str, timeout: float = 3.0, want: str | None = 
         time.sleep(0.05)
 
 
-def _lan(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    directors: int,
-    arp_accept: bool = True,
-) -> tuple[list[Netns], Netns]:
-    """Directors .1, .2 ... and a client .50 on one bridge; with `arp_accept` the client
-    also learns addresses it has no entry for yet from gratuitous ARP."""
-    switch = bridge_factory()
-    found = []
-    for i in range(1, directors + 1):
-        director = netns_factory(f"d{i}")
-        switch.attach(director, "eth0", f"10.78.0.{i}/24")
-        director.ip("addr", "add", f"fd00:78::{i}/64", "dev", "eth0", "nodad")
-        found.append(director)
-    client = netns_factory("client")
-    client.run("sysctl", "-qw", f"net.ipv4.conf.all.arp_accept={int(arp_accept)}")
-    switch.attach(client, "eth0", "10.78.0.50/24")
-    client.ip("addr", "add", "fd00:78::50/64", "dev", "eth0", "nodad")
-    return found, client
+Lan = Callable[..., tuple[list[Netns], Netns]]
+Adapter = Callable[[Netns], NsPython]
 
 
-def _adapter(py: NsPython) -> None:
-    py(
-        """
-        from hapair.config.model import Vip
-        from hapair.vip import VipAddresses, announce
-        vips = VipAddresses()
-        """
-    )
+@pytest.fixture
+def lan(netns_factory: Callable[[str], Netns], bridge_factory: Callable[..., Bridge]) -> Lan:
+    """`make(directors, arp_accept=True)`: directors .1, .2 ... and a client .50 on one
+    bridge; with `arp_accept` the client also learns addresses it has no entry for yet
+    from gratuitous ARP."""
+
+    def make(directors: int, arp_accept: bool = True) -> tuple[list[Netns], Netns]:
+        switch = bridge_factory()
+        found = []
+        for i in range(1, directors + 1):
+            director = netns_factory(f"d{i}")
+            switch.attach(director, "eth0", f"10.78.0.{i}/24")
+            director.ip("addr", "add", f"fd00:78::{i}/64", "dev", "eth0", "nodad")
+            found.append(director)
+        client = netns_factory("client")
+        client.run("sysctl", "-qw", f"net.ipv4.conf.all.arp_accept={int(arp_accept)}")
+        switch.attach(client, "eth0", "10.78.0.50/24")
+        client.ip("addr", "add", "fd00:78::50/64", "dev", "eth0", "nodad")
+        return found, client
+
+    return make
+
+
+@pytest.fixture
+def adapter(
+    netns_factory: Callable[[str], Netns],  # set up first: its namespaces outlive the processes
+    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+) -> Adapter:
+    """`start(ns)`: a Python process in `ns` holding the VIP adapter as `vips` (and
+    `Vip`, `announce`)."""
+
+    def start(ns: Netns) -> NsPython:
+        py = ns_python(ns)
+        py(
+            """
+            from hapair.config.model import Vip
+            from hapair.vip import VipAddresses, announce
+            vips = VipAddresses()
+            """
+        )
+        return py
+
+    return start
 
 
 def _vip(address: str) -> str:
     return f"Vip(address={address!r}, interface='eth0', garp_interval=0.05)"
 
 
-def test_add_is_visible_and_announce_fills_the_client_arp_cache(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
-) -> None:
-    (director,), client = _lan(netns_factory, bridge_factory, 1)
-    py = ns_python(director)
-    _adapter(py)
+def test_add_is_visible_and_announce_fills_the_client_arp_cache(lan: Lan, adapter: Adapter) -> None:
+    (director,), client = lan(1)
+    py = adapter(director)
     assert _neigh_mac(client, VIP4, timeout=0) is None
 
     assert py(f"result = await vips.add({_vip(VIP4)})") is True
@@ -108,17 +120,11 @@ def test_add_is_visible_and_announce_fills_the_client_arp_cache(
     assert py(f"result = await vips.held({_vip(VIP4)})") is False
 
 
-def test_vip_moves_and_the_client_arp_entry_follows(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
-) -> None:
+def test_vip_moves_and_the_client_arp_entry_follows(lan: Lan, adapter: Adapter) -> None:
     """The client is as shipped (arp_accept=0) and talked to the VIP before: it has an
     entry, which gratuitous ARP updates without arp_accept."""
-    (first, second), client = _lan(netns_factory, bridge_factory, 2, arp_accept=False)
-    p1, p2 = ns_python(first), ns_python(second)
-    _adapter(p1)
-    _adapter(p2)
+    (first, second), client = lan(2, arp_accept=False)
+    p1, p2 = adapter(first), adapter(second)
     client.ip("neigh", "replace", "10.78.0.100", "lladdr", BOGUS_MAC, "dev", "eth0", "nud", "stale")
 
     p1(f"await vips.add({_vip(VIP4)}); result = await announce({_vip(VIP4)})")
@@ -133,18 +139,13 @@ def test_vip_moves_and_the_client_arp_entry_follows(
     assert f"inet {VIP4} " in _addresses(second)
 
 
-def test_ipv6_vip_with_unsolicited_neighbour_advertisement(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
-) -> None:
+def test_ipv6_vip_with_unsolicited_neighbour_advertisement(lan: Lan, adapter: Adapter) -> None:
     """A Linux client updates an existing entry from an unsolicited NA (override flag); it
     creates none for an address it never talked to unless it is a router with
     accept_untracked_na (RFC 9131), so the client here holds a stale entry, as a client
     that talked to the previous master would."""
-    (director,), client = _lan(netns_factory, bridge_factory, 1)
-    py = ns_python(director)
-    _adapter(py)
+    (director,), client = lan(1)
+    py = adapter(director)
     client.ip("-6", "neigh", "replace", "fd00:78::100", "lladdr", BOGUS_MAC, "dev", "eth0",
               "nud", "stale")  # fmt: skip
 
@@ -158,8 +159,8 @@ def test_ipv6_vip_with_unsolicited_neighbour_advertisement(
 
 
 def test_announcements_on_the_wire_dissected(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
+    lan: Lan,
+    adapter: Adapter,
     ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
 ) -> None:
     """Every frame the client's interface receives while the director announces both VIPs,
@@ -170,9 +171,8 @@ def test_announcements_on_the_wire_dissected(
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
     from scapy.layers.l2 import ARP, Ether
 
-    (director,), client = _lan(netns_factory, bridge_factory, 1)
-    py, capture = ns_python(director), ns_python(client)
-    _adapter(py)
+    (director,), client = lan(1)
+    py, capture = adapter(director), ns_python(client)
     capture(
         """
         import socket
@@ -218,16 +218,11 @@ def test_announcements_on_the_wire_dissected(
         assert IPv6(bytes(ip6))[ICMPv6ND_NA].cksum == sent
 
 
-def test_remove_stale_takes_off_a_vip_left_by_a_previous_run(
-    netns_factory: Callable[[str], Netns],
-    bridge_factory: Callable[..., Bridge],
-    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
-) -> None:
-    (director,), _ = _lan(netns_factory, bridge_factory, 1)
+def test_remove_stale_takes_off_a_vip_left_by_a_previous_run(lan: Lan, adapter: Adapter) -> None:
+    (director,), _ = lan(1)
     director.ip("addr", "add", VIP4, "dev", "eth0")
     director.ip("addr", "add", "10.78.0.101/32", "dev", "eth0")  # stale, with another prefix
-    py = ns_python(director)
-    _adapter(py)
+    py = adapter(director)
     removed = py(
         f"""
         stale = [{_vip(VIP4)}, {_vip("10.78.0.101/24")}, {_vip("10.78.0.102/24")},
@@ -242,11 +237,9 @@ def test_remove_stale_takes_off_a_vip_left_by_a_previous_run(
 
 
 def test_add_on_a_missing_interface_names_the_vip(
-    netns_factory: Callable[[str], Netns],
-    ns_python: Callable[[Netns | None], NsPython],  # noqa: F811
+    netns_factory: Callable[[str], Netns], adapter: Adapter
 ) -> None:
-    py = ns_python(netns_factory("d"))
-    _adapter(py)
+    py = adapter(netns_factory("d"))
     with pytest.raises(AssertionError, match=r"VipError: VIP 10\.78\.0\.100/24 on eth0: interface"):
         py(f"await vips.add({_vip(VIP4)})")
     assert py(f"result = await announce({_vip(VIP4)}, 2, 0)") == 0  # logged, not raised

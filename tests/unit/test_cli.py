@@ -68,33 +68,60 @@ def test_check_lists_every_error(etc_copy: Path) -> None:
     assert (result.returncode, result.stdout.split(":")[0]) == (2, "cluster.deadtime")
 
 
-def test_check_syntax_error_names_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text("[node]\nname = 'a'\npriority = = 3\n")
-    result = hapair("check", "-c", str(path))
-    assert result.returncode == 2 and "line 3" in result.stdout
-
-
-def test_check_missing_file(tmp_path: Path) -> None:
-    result = hapair("check", "-c", str(tmp_path / "none.toml"))
-    assert result.returncode == 2 and "No such file" in result.stdout
-
-
-def test_run_refuses_bad_config_with_2(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text("[node]\n")
-    result = hapair("run", "-c", str(path))
-    assert result.returncode == 2 and "cluster: required" in result.stderr
-
-
-def test_status_without_agent_exits_3(tmp_path: Path) -> None:
-    result = hapair("status", "--socket", str(tmp_path / "none.sock"), "--json")
-    assert result.returncode == 3 and "no agent answers" in result.stderr
-
-
-def test_ctl_without_agent_is_refused(tmp_path: Path) -> None:
-    result = hapair("ctl", "drain", "web", "10.0.0.11:80", "--socket", str(tmp_path / "x.sock"))
-    assert result.returncode == 1 and "no agent" in result.stderr
+@pytest.mark.parametrize(
+    ("config", "args", "code", "stream", "words"),
+    [
+        pytest.param(
+            "[node]\nname = 'a'\npriority = = 3\n",
+            ("check", "-c", "{tmp}/bad.toml"),
+            2,
+            "stdout",
+            "line 3",
+            id="check_syntax_error_names_the_line",
+        ),
+        pytest.param(
+            None,
+            ("check", "-c", "{tmp}/none.toml"),
+            2,
+            "stdout",
+            "No such file",
+            id="check_missing_file",
+        ),
+        pytest.param(
+            "[node]\n",
+            ("run", "-c", "{tmp}/bad.toml"),
+            2,
+            "stderr",
+            "cluster: required",
+            id="run_refuses_bad_config_with_2",
+        ),
+        pytest.param(
+            None,
+            ("status", "--socket", "{tmp}/none.sock", "--json"),
+            3,
+            "stderr",
+            "no agent answers",
+            id="status_without_agent_exits_3",
+        ),
+        pytest.param(
+            None,
+            ("ctl", "drain", "web", "10.0.0.11:80", "--socket", "{tmp}/x.sock"),
+            1,
+            "stderr",
+            "no agent",
+            id="ctl_without_agent_is_refused",
+        ),
+    ],
+)
+def test_refusal_exit_code_and_reason(
+    tmp_path: Path, config: str | None, args: tuple[str, ...], code: int, stream: str, words: str
+) -> None:
+    """`config`: what {tmp}/bad.toml holds (None: no such file); the refusal's exit code and
+    words in its stdout or stderr."""
+    if config is not None:
+        (tmp_path / "bad.toml").write_text(config)
+    result = hapair(*(arg.format(tmp=tmp_path) for arg in args))
+    assert result.returncode == code and words in getattr(result, stream), result
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ reported at the path an operator must fix, all at once."""
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,12 +72,10 @@ def test_base_is_valid(base: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(ETC.glob("*.toml")), ids=lambda p: p.name)
-def test_examples_are_valid(path: Path, tmp_path: Path) -> None:
+def test_examples_are_valid(path: Path, etc: Path) -> None:
     # The examples read `authkey` beside them; check them against a private copy.
-    (tmp_path / "authkey").write_bytes(os.urandom(32))
-    (tmp_path / "authkey").chmod(0o600)
-    (tmp_path / path.name).write_bytes(path.read_bytes())
-    load(tmp_path / path.name)
+    (etc / path.name).write_bytes(path.read_bytes())
+    load(etc / path.name)
 
 
 def test_example_names() -> None:
@@ -133,161 +130,113 @@ def _append(*path: Any, value: Any) -> Mutation:
     return mutate
 
 
-# (id, mutation, expected error line prefix "path: ", a word of the message)
-MISTAKES: list[tuple[str, Mutation, str, str]] = [
-    ("unknown top key", _set("servics", value=[]), "servics", "unknown key"),
-    (
-        "unknown nested key",
-        _set("cluster", "dedtime", value="1s"),
-        "cluster.dedtime",
-        "unknown key",
+def _keys(dotted: str) -> list[str | int]:
+    """The keys of an error path: "services.0.port" -> ["services", 0, "port"]."""
+    return [int(k) if k.isdigit() else k for k in dotted.split(".")]
+
+
+# id: (a path, the value written there, a word of the error reported at that path)
+WRONG_VALUES: dict[str, tuple[str, Any, str]] = {
+    "unknown top key": ("servics", [], "unknown key"),
+    "unknown nested key": ("cluster.dedtime", "1s", "unknown key"),
+    "unknown server key": ("services.0.real_servers.0.wieght", 2, "unknown key"),
+    "priority too high": ("node.priority", 300, "254"),
+    "priority zero": ("node.priority", 0, "1"),
+    "priority wrong type": ("node.priority", "high", "integer"),
+    "bad node name": ("node.name", "lvs 1", "not a name"),
+    "cluster id range": ("cluster.id", 256, "255"),
+    "bad duration": ("cluster.interval", "fast", "not a duration"),
+    "negative duration": ("cluster.deadtime", -1, "from 0 to"),
+    "deadtime <= interval": ("cluster.deadtime", "200ms", "longer than interval"),
+    "warntime >= deadtime": ("cluster.warntime", "2s", "between"),
+    "initdead < deadtime": ("cluster.initdead", "500ms", "shorter than deadtime"),
+    "no links": ("cluster.links", [], "at least one"),
+    "group not multicast": ("cluster.links.0.group", "10.0.0.1", "not a multicast"),
+    "bad interface name": ("cluster.links.0.interface", "a/b", "interface name"),
+    "bad baud": ("cluster.links.1.baud", 12345, "serial speed"),
+    "port out of range": ("cluster.links.0.port", 70000, "65535"),
+    "vip without prefix syntax": ("vips.0.address", "10.0.0.300/24", "not an address"),
+    "vip multicast": ("vips.0.address", "224.0.0.5/32", "cannot be"),
+    "duplicate service name": ("services.1.name", "web", "already the name"),
+    "unknown protocol": ("services.0.protocol", "http", "tcp"),
+    "unknown scheduler": ("services.0.scheduler", "wrlc", "not an IPVS scheduler"),
+    "unknown forward": ("services.0.forward", "direct", "dr"),
+    "tunnel type without tun": ("services.0.tunnel", "gue", "only with forward = 'tun'"),
+    "persistence netmask without persistence": (
+        "services.0.persistence_netmask",
+        24,
+        "persistence > 0",
     ),
-    (
-        "unknown server key",
-        _set("services", 0, "real_servers", 0, "wieght", value=2),
-        "services.0.real_servers.0.wieght",
-        "unknown key",
+    "negative warmup": ("sync.warmup", -1, "from 0 to"),
+    "service address not a vip": ("services.0.address", "10.0.0.101", "none of the [[vips]]"),
+    "fwmark with address": ("services.1.address", "10.0.0.100", "fwmark service"),
+    "mark on tcp service": ("services.0.fwmark", 3, "only a fwmark"),
+    "real server port on fwmark": ("services.1.real_servers.0.port", 554, "fwmark"),
+    "dr port differs": ("services.0.real_servers.1.port", 8080, "use nat"),
+    "real server not an ip": ("services.0.real_servers.0.address", "web1", "not an IP"),
+    "weight negative": ("services.0.real_servers.0.weight", -1, "0"),
+    "ipv6 server behind ipv4 dr": ("services.0.real_servers.1.address", "2001:db8::1", "tun"),
+    "quorum above servers": ("services.0.quorum", 3, "never"),
+    "sorry server without port syntax": ("services.0.sorry_server", "10.0.0.9:http", "port"),
+    "sorry server is a real server": (
+        "services.0.sorry_server",
+        "10.0.0.11:80",
+        "also a real server",
     ),
-    ("node missing", _drop("node"), "node", "required"),
-    ("priority too high", _set("node", "priority", value=300), "node.priority", "254"),
-    ("priority zero", _set("node", "priority", value=0), "node.priority", "1"),
-    ("priority wrong type", _set("node", "priority", value="high"), "node.priority", "integer"),
-    ("bad node name", _set("node", "name", value="lvs 1"), "node.name", "not a name"),
-    ("cluster id range", _set("cluster", "id", value=256), "cluster.id", "255"),
-    (
-        "bad duration",
-        _set("cluster", "interval", value="fast"),
-        "cluster.interval",
-        "not a duration",
-    ),
-    ("negative duration", _set("cluster", "deadtime", value=-1), "cluster.deadtime", "from 0 to"),
-    (
-        "deadtime <= interval",
-        _set("cluster", "deadtime", value="200ms"),
-        "cluster.deadtime",
-        "longer than interval",
-    ),
-    (
-        "warntime >= deadtime",
-        _set("cluster", "warntime", value="2s"),
-        "cluster.warntime",
-        "between",
-    ),
-    (
-        "initdead < deadtime",
-        _set("cluster", "initdead", value="500ms"),
-        "cluster.initdead",
-        "shorter than deadtime",
-    ),
-    ("no links", _set("cluster", "links", value=[]), "cluster.links", "at least one"),
-    (
-        "group not multicast",
-        _set("cluster", "links", 0, "group", value="10.0.0.1"),
-        "cluster.links.0.group",
-        "not a multicast",
-    ),
-    (
-        "group and peer",
+    "probe timeout > interval": ("services.0.probe.timeout", "5s", "longer than the interval"),
+    "http key on tcp probe": ("services.1.probe.path", "/", "unknown key"),
+    "bad status range": ("services.0.probe.expect_status", "299-200", "low to high"),
+    "bad body regex": ("services.0.probe.body_regex", "(unclosed", "regular expression"),
+    "bad path": ("services.0.probe.path", "health", "'/'"),
+    "rise zero": ("services.0.probe.rise", 0, "1"),
+}
+
+# id: (a path, a word of the error reported at that path once its key is taken out)
+MISSING_KEYS: dict[str, tuple[str, str]] = {
+    "node missing": ("node", "required"),
+    "neither group nor peer": ("cluster.links.0.group", "exactly one"),
+    "sync without interface": ("sync.interface", "required"),
+    "tcp without port": ("services.0.port", "required"),
+    "tcp without address": ("services.0.address", "required"),
+    "fwmark without mark": ("services.1.fwmark", "required"),
+    "fwmark tcp probe without port": ("services.1.probe.port", "needs a port"),
+}
+
+# id: (mutation, the path of the error, a word of its message)
+OTHER_MISTAKES: dict[str, tuple[Mutation, str, str]] = {
+    "group and peer": (
         _set("cluster", "links", 0, "peer", value="192.0.2.2"),
         "cluster.links.0.group",
         "exactly one",
     ),
-    (
-        "neither group nor peer",
-        _drop("cluster", "links", 0, "group"),
-        "cluster.links.0.group",
-        "exactly one",
-    ),
-    (
-        "unknown link type",
+    "unknown link type": (
         _set("cluster", "links", 0, "type", value="tcp"),
         "cluster.links.0",
         "unknown type",
     ),
-    (
-        "bad interface name",
-        _set("cluster", "links", 0, "interface", value="a/b"),
-        "cluster.links.0.interface",
-        "interface name",
-    ),
-    (
-        "bad baud",
-        _set("cluster", "links", 1, "baud", value=12345),
-        "cluster.links.1.baud",
-        "serial speed",
-    ),
-    (
-        "duplicate link",
+    "duplicate link": (
         _append("cluster", "links", value={"type": "serial", "device": "/dev/ttyS1"}),
         "cluster.links.2",
         "same link",
     ),
-    (
-        "port out of range",
-        _set("cluster", "links", 0, "port", value=70000),
-        "cluster.links.0.port",
-        "65535",
-    ),
-    (
-        "vip without prefix syntax",
-        _set("vips", 0, "address", value="10.0.0.300/24"),
-        "vips.0.address",
-        "not an address",
-    ),
-    (
-        "vip multicast",
-        _set("vips", 0, "address", value="224.0.0.5/32"),
-        "vips.0.address",
-        "cannot be",
-    ),
-    (
-        "duplicate vip",
+    "duplicate vip": (
         _append("vips", value={"address": "10.0.0.100/24", "interface": "eth2"}),
         "vips.1.address",
         "already",
     ),
-    ("sync without interface", _drop("sync", "interface"), "sync.interface", "required"),
-    (
-        "duplicate service name",
-        _set("services", 1, "name", value="web"),
-        "services.1.name",
-        "already the name",
-    ),
-    (
-        "unknown protocol",
-        _set("services", 0, "protocol", value="http"),
-        "services.0.protocol",
-        "tcp",
-    ),
-    (
-        "unknown scheduler",
-        _set("services", 0, "scheduler", value="wrlc"),
-        "services.0.scheduler",
-        "not an IPVS scheduler",
-    ),
-    (
-        "flag of another scheduler",
+    "flag of another scheduler": (
         _set("services", 0, "scheduler_flags", value=["sh-port"]),
         "services.0.scheduler_flags.0",
         "sh scheduler",
     ),
-    ("unknown forward", _set("services", 0, "forward", value="direct"), "services.0.forward", "dr"),
-    (
-        "tunnel type without tun",
-        _set("services", 0, "tunnel", value="gue"),
-        "services.0.tunnel",
-        "only with forward = 'tun'",
-    ),
-    (
-        "gue without port",
+    "gue without port": (
         _both(
             _set("services", 0, "forward", value="tun"), _set("services", 0, "tunnel", value="gue")
         ),
         "services.0.tunnel_port",
         "UDP port",
     ),
-    (
-        "ipip with a tunnel port",
+    "ipip with a tunnel port": (
         _both(
             _set("services", 0, "forward", value="tun"),
             _set("services", 0, "tunnel_port", value=6080),
@@ -295,14 +244,7 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "services.0.tunnel_port",
         "only a gue tunnel",
     ),
-    (
-        "persistence netmask without persistence",
-        _set("services", 0, "persistence_netmask", value=24),
-        "services.0.persistence_netmask",
-        "persistence > 0",
-    ),
-    (
-        "IPv4 persistence netmask beyond 32",
+    "IPv4 persistence netmask beyond 32": (
         _both(
             _set("services", 0, "persistence", value=60),
             _set("services", 0, "persistence_netmask", value=64),
@@ -310,8 +252,7 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "services.0.persistence_netmask",
         "0..32",
     ),
-    (
-        "lower threshold above upper",
+    "lower threshold above upper": (
         _both(
             _set("services", 0, "real_servers", 0, "upper_threshold", value=100),
             _set("services", 0, "real_servers", 0, "lower_threshold", value=100),
@@ -319,169 +260,67 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "services.0.real_servers.0.lower_threshold",
         "not below upper_threshold",
     ),
-    (
-        "sync threshold not below its period",
+    "sync threshold not below its period": (
         _set("sysctl", value={"sync_threshold": [50, 3]}),
         "sysctl.sync_threshold",
         "below period",
     ),
-    ("unknown sysctl", _set("sysctl", value={"ip_forwarding": True}), "sysctl.ip_forwarding", ""),
-    ("negative warmup", _set("sync", "warmup", value=-1), "sync.warmup", "from 0 to"),
-    ("tcp without port", _drop("services", 0, "port"), "services.0.port", "required"),
-    ("tcp without address", _drop("services", 0, "address"), "services.0.address", "required"),
-    (
-        "service address not a vip",
-        _set("services", 0, "address", value="10.0.0.101"),
-        "services.0.address",
-        "none of the [[vips]]",
-    ),
-    (
-        "fwmark with address",
-        _set("services", 1, "address", value="10.0.0.100"),
-        "services.1.address",
-        "fwmark service",
-    ),
-    ("fwmark without mark", _drop("services", 1, "fwmark"), "services.1.fwmark", "required"),
-    (
-        "mark on tcp service",
-        _set("services", 0, "fwmark", value=3),
-        "services.0.fwmark",
-        "only a fwmark",
-    ),
-    (
-        "real server port on fwmark",
-        _set("services", 1, "real_servers", 0, "port", value=554),
-        "services.1.real_servers.0.port",
-        "fwmark",
-    ),
-    (
-        "fwmark tcp probe without port",
-        _drop("services", 1, "probe", "port"),
-        "services.1.probe.port",
-        "needs a port",
-    ),
-    (
-        "dr port differs",
-        _set("services", 0, "real_servers", 1, "port", value=8080),
-        "services.0.real_servers.1.port",
-        "use nat",
-    ),
-    (
-        "duplicate real server",
+    "unknown sysctl": (_set("sysctl", value={"ip_forwarding": True}), "sysctl.ip_forwarding", ""),
+    "duplicate real server": (
         _set("services", 0, "real_servers", 1, "address", value="10.0.0.11"),
         "services.0.real_servers.1",
         "already real_servers.0",
     ),
-    (
-        "real server not an ip",
-        _set("services", 0, "real_servers", 0, "address", value="web1"),
-        "services.0.real_servers.0.address",
-        "not an IP",
-    ),
-    (
-        "weight negative",
-        _set("services", 0, "real_servers", 0, "weight", value=-1),
-        "services.0.real_servers.0.weight",
-        "0",
-    ),
-    (
-        "ipv6 server behind ipv4 dr",
-        _set("services", 0, "real_servers", 1, "address", value="2001:db8::1"),
-        "services.0.real_servers.1.address",
-        "tun",
-    ),
-    ("quorum above servers", _set("services", 0, "quorum", value=3), "services.0.quorum", "never"),
-    (
-        "sorry server without port syntax",
-        _set("services", 0, "sorry_server", value="10.0.0.9:http"),
-        "services.0.sorry_server",
-        "port",
-    ),
-    (
-        "sorry server is a real server",
-        _set("services", 0, "sorry_server", value="10.0.0.11:80"),
-        "services.0.sorry_server",
-        "also a real server",
-    ),
-    (
-        "probe timeout > interval",
-        _set("services", 0, "probe", "timeout", value="5s"),
-        "services.0.probe.timeout",
-        "longer than the interval",
-    ),
-    (
-        "unknown probe type",
+    "unknown probe type": (
         _set("services", 0, "probe", "type", value="ftp"),
         "services.0.probe",
         "unknown type",
     ),
-    (
-        "http key on tcp probe",
-        _set("services", 1, "probe", "path", value="/"),
-        "services.1.probe.path",
-        "unknown key",
-    ),
-    (
-        "bad status range",
-        _set("services", 0, "probe", "expect_status", value="299-200"),
-        "services.0.probe.expect_status",
-        "low to high",
-    ),
-    (
-        "bad body regex",
-        _set("services", 0, "probe", "body_regex", value="(unclosed"),
-        "services.0.probe.body_regex",
-        "regular expression",
-    ),
-    (
-        "bad path",
-        _set("services", 0, "probe", "path", value="health"),
-        "services.0.probe.path",
-        "'/'",
-    ),
-    ("rise zero", _set("services", 0, "probe", "rise", value=0), "services.0.probe.rise", "1"),
-    (
-        "server probe override error",
+    "server probe override error": (
         _set("services", 0, "real_servers", 0, "probe", value={"timeout": "9s"}),
         "services.0.real_servers.0.probe.timeout",
         "longer than the interval",
     ),
-    (
-        "track tcp without port",
+    "track tcp without port": (
         _set("track", value=[{"type": "tcp", "target": "10.0.0.254"}]),
         "track.0.target",
         "needs a port",
     ),
-    (
-        "track icmp not an ip",
+    "track icmp not an ip": (
         _set("track", value=[{"type": "icmp", "target": "gateway"}]),
         "track.0.target",
         "not an IP",
     ),
-    (
-        "email without to",
+    "email without to": (
         _set("alerts", value={"email": {"smtp": "127.0.0.1:25", "from": "a@b", "to": []}}),
         "alerts.email.to",
         "at least 1",
     ),
-    (
-        "email smtp without port",
+    "email smtp without port": (
         _set("alerts", value={"email": {"smtp": "mail", "from": "a@b", "to": ["c@d"]}}),
         "alerts.email.smtp",
         "host:port",
     ),
-    (
-        "pager url not http",
+    "pager url not http": (
         _set("alerts", value={"pager": {"url": "ftp://x/alert"}}),
         "alerts.pager.url",
         "not an http",
     ),
-    (
-        "monitor without users_file",
+    "monitor without users_file": (
         _set("monitor", value={"listen": "127.0.0.1:8443", "tls_cert": "c", "tls_key": "k"}),
         "monitor.users_file",
         "required",
     ),
+}
+
+# (id, mutation, expected error line prefix "path: ", a word of the message)
+MISTAKES: list[tuple[str, Mutation, str, str]] = [
+    *(
+        (name, _set(*_keys(path), value=v), path, word)
+        for name, (path, v, word) in WRONG_VALUES.items()
+    ),
+    *((name, _drop(*_keys(path)), path, word) for name, (path, word) in MISSING_KEYS.items()),
+    *((name, *mistake) for name, mistake in OTHER_MISTAKES.items()),
 ]
 
 

@@ -4,7 +4,6 @@ out of range. Each is refused at its path with a message (exit 2), never a trace
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -173,13 +172,6 @@ HOSTILE: list[tuple[str, str, str, str]] = [
         "file path",
     ),
 ]
-
-
-@pytest.fixture
-def etc(tmp_path: Path) -> Path:
-    (tmp_path / "authkey").write_bytes(os.urandom(32))
-    (tmp_path / "authkey").chmod(0o600)
-    return tmp_path
 
 
 def test_the_base_is_valid(etc: Path) -> None:

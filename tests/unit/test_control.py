@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loop_thread import LoopThread
 
 from hapair import control
 from hapair.control import ControlServer, Request, decode_request
@@ -104,12 +105,10 @@ def test_decode_never_raises_and_checks_every_field(value: Any) -> None:
 # The server, on a real socket, its event loop in a thread of its own.
 
 
-class Served:
+class Served(LoopThread):
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.server = ControlServer(path, self._handle)
         self.call(self.server.start())
 
@@ -119,13 +118,9 @@ class Served:
             raise RuntimeError("a bug behind the socket")
         return {"ok": True, "result": request.to_json()}
 
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
     def close(self) -> None:
         self.call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.stop()
 
     def ask(self, data: bytes, timeout: float = 10.0) -> dict[str, Any]:
         """Send raw bytes (from a thread, as a client that writes a lot would) and read

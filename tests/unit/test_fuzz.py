@@ -202,13 +202,6 @@ def _assert_clean(outcome: Config | ConfigError, text: str) -> None:
             assert UNCHECKED not in problem, (problem, text[:2000])
 
 
-@pytest.fixture
-def etc(tmp_path: Path) -> Path:
-    (tmp_path / "authkey").write_bytes(os.urandom(32))
-    (tmp_path / "authkey").chmod(0o600)
-    return tmp_path
-
-
 def test_config_loader_on_mutations_of_the_examples(etc: Path) -> None:
     """Mutations of etc/*.toml (hostile values, lines deleted, doubled, swapped, garbled,
     tables nested deep): every one loads or is refused with `path: message` lines, never

@@ -185,6 +185,13 @@ class Pair:
         self.nodes[name] = HaNode(s, epoch=old.epoch + 1, now=self.now)
 
 
+def settled_pair() -> Pair:
+    """a (priority 150) MASTER and b (100) BACKUP, 0.2 s after both started."""
+    pair = Pair(settings_for("a", 150), settings_for("b", 100))
+    pair.run(0.2)
+    return pair
+
+
 def transitions(actions: list[object]) -> list[tuple[State, State]]:
     return [(a.old, a.new) for a in actions if isinstance(a, Transition)]
 
@@ -210,8 +217,7 @@ def test_alone_waits_initdead() -> None:
 
 
 def test_backup_takes_over_after_deadtime_on_all_links() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair.links = {"serial"}  # the UDP link is cut: the serial line still carries heartbeats
     pair.run(1.0)
     assert pair.states() == (State.MASTER, State.BACKUP)
@@ -224,8 +230,7 @@ def test_backup_takes_over_after_deadtime_on_all_links() -> None:
 
 
 def test_split_brain_heals_at_once_and_the_winner_announces() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair.links = set()
     pair.run(1.0)
     assert pair.states() == (State.MASTER, State.MASTER)
@@ -259,10 +264,14 @@ def test_a_held_preemption_waits_but_a_dead_peer_is_still_replaced() -> None:
     a, b = settings_for("a", 150), settings_for("b", 100)
     pair = Pair(a, b)
     pair.run(0.2)
-    pair._out("a", pair.nodes["a"].stop(pair.now))
-    pair.run(0.5)
-    pair.restart("a", a)
-    pair._out("a", pair.nodes["a"].hold_preemption("learning connections", pair.now))
+
+    def restart_a_holding_preemption() -> None:
+        pair._out("a", pair.nodes["a"].stop(pair.now))
+        pair.run(0.5)  # b takes over
+        pair.restart("a", a)
+        pair._out("a", pair.nodes["a"].hold_preemption("learning connections", pair.now))
+
+    restart_a_holding_preemption()
     pair.run(3.0)
     assert pair.states() == (State.BACKUP, State.MASTER)
     assert pair.nodes["a"].next_deadline() > pair.now  # no busy timer while held
@@ -271,10 +280,7 @@ def test_a_held_preemption_waits_but_a_dead_peer_is_still_replaced() -> None:
     pair.run(0.2)
     assert pair.states() == (State.MASTER, State.BACKUP)
     # Held again (e.g. the node restarted), it still takes over from a peer that dies.
-    pair._out("a", pair.nodes["a"].stop(pair.now))
-    pair.run(0.5)
-    pair.restart("a", a)
-    pair._out("a", pair.nodes["a"].hold_preemption("learning connections", pair.now))
+    restart_a_holding_preemption()
     pair.run(0.5)
     assert pair.states() == (State.BACKUP, State.MASTER)
     pair.links = set()
@@ -309,8 +315,7 @@ def test_no_preempt_keeps_the_recovered_node_backup() -> None:
 
 
 def test_release_hands_over_at_once_and_does_not_preempt_back() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair._out("a", pair.nodes["a"].release(pair.now))
     pair.step()
     assert pair.states() == (State.BACKUP, State.MASTER)
@@ -330,16 +335,14 @@ def test_release_refused_without_a_peer() -> None:
 
 
 def test_stop_hands_over_at_once() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair._out("a", pair.nodes["a"].stop(pair.now))
     pair.step()
     assert pair.states() == (State.STOPPED, State.MASTER)
 
 
 def test_fault_hands_over_and_recovery_preempts() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair.actions["a"] = []
     pair._out("a", pair.nodes["a"].set_health(False, "icmp 10.0.0.254: no reply", pair.now))
     pair.step()
@@ -352,8 +355,7 @@ def test_fault_hands_over_and_recovery_preempts() -> None:
 
 
 def test_a_stalled_master_steps_down_when_it_wakes() -> None:
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     actions = pair.nodes["a"].tick(pair.now + 2.0)  # the first thing it does after a freeze
     assert transitions(actions) == [(State.MASTER, State.BACKUP)]
     assert any(isinstance(x, Notice) and x.event == "stalled" for x in actions)
@@ -405,8 +407,7 @@ def test_a_frozen_master_whose_first_news_is_the_new_master_steps_down() -> None
 
 def test_the_winner_announces_even_when_the_loser_hears_first() -> None:
     # keepalived's stale-ARP case: the loser's gratuitous ARPs were the last ones clients saw.
-    pair = Pair(settings_for("a", 150), settings_for("b", 100))
-    pair.run(0.2)
+    pair = settled_pair()
     pair.links = set()
     pair.run(1.0)
     a, b = pair.nodes["a"], pair.nodes["b"]

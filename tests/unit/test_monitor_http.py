@@ -14,13 +14,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_thread import LoopThread
 from prometheus_client.parser import text_string_to_metric_families
 from samples import STATUS
 
@@ -67,13 +67,11 @@ class FakeAgent:
         return {"ok": True, "result": f"{request['cmd']} done"}
 
 
-class Running:
+class Running(LoopThread):
     """A MonitorServer served from an event loop in a thread, as the agent's loop would."""
 
     def __init__(self, settings: MonitorConfig, agent: FakeAgent) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.monitor = self.call(self._make(settings, agent))
         self.port, *others = (port for _, port in self.monitor.addresses)
         self.metrics_port = others[0] if others else None
@@ -83,14 +81,9 @@ class Running:
         await monitor.start()
         return monitor
 
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
     def close(self) -> None:
         self.call(self.monitor.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.stop()
 
 
 def settings(files: dict[str, Path], metrics: bool = False, **paths: Path) -> MonitorConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import ssl
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pytest
 from aiohttp import web
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.unit
 LOCAL = IPv4Address("127.0.0.1")
 MARGIN = 0.5  # seconds a failing probe may take beyond its timeout
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -46,6 +48,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             await probes.close()
 
     return asyncio.run(main())
+
+
+def in_loop(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """An async test, run by `run` with the fixtures pytest passes."""
+
+    @functools.wraps(test)
+    def run_test(*args: P.args, **kwargs: P.kwargs) -> None:
+        run(test(*args, **kwargs))
+
+    return run_test
 
 
 async def timed(probe: Any, port: int, address: Any = LOCAL) -> tuple[Result, float]:
@@ -123,51 +135,46 @@ def http(**fields: Any) -> HttpProbe:
     return HttpProbe.model_validate({"type": "http", "timeout": 1.0, **fields})
 
 
-def test_http_ok() -> None:
-    async def body() -> None:
-        app = WebApp()
-        async with app.serving() as port:
-            result = await probes.check(http(path="/health"), LOCAL, port)
-        assert result.ok, result
-        assert result.latency > 0
-        assert result.reason == f"HTTP GET http://127.0.0.1:{port}/health: 200 OK"
-
-    run(body())
+@in_loop
+async def test_http_ok() -> None:
+    app = WebApp()
+    async with app.serving() as port:
+        result = await probes.check(http(path="/health"), LOCAL, port)
+    assert result.ok, result
+    assert result.latency > 0
+    assert result.reason == f"HTTP GET http://127.0.0.1:{port}/health: 200 OK"
 
 
-def test_http_500_fails_with_status() -> None:
-    async def body() -> None:
-        async with WebApp().serving() as port:
-            result = await probes.check(http(path="/fail"), LOCAL, port)
-        assert not result.ok
-        assert "500 Internal Server Error (expected 200-299)" in result.reason
-
-    run(body())
+@in_loop
+async def test_http_500_fails_with_status() -> None:
+    async with WebApp().serving() as port:
+        result = await probes.check(http(path="/fail"), LOCAL, port)
+    assert not result.ok
+    assert "500 Internal Server Error (expected 200-299)" in result.reason
 
 
-def test_http_hanging_server_fails_at_timeout() -> None:
+@in_loop
+async def test_http_hanging_server_fails_at_timeout() -> None:
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)
 
-    async def body() -> None:
-        async with raw_server(hang) as port:
-            (plain, plain_elapsed), (tls, tls_elapsed) = await asyncio.gather(
-                timed(http(), port), timed(http(type="https"), port)
-            )
-        # The reason tells a hung application from a connection that never came up.
-        assert not plain.ok
-        assert plain.reason.endswith(
-            "no answer within 1s (connected, waiting for the response headers)"
-        ), plain.reason
-        assert not tls.ok
-        assert tls.reason.endswith("no answer within 1s (connecting)"), tls.reason  # TLS hangs
-        for elapsed in (plain_elapsed, tls_elapsed):
-            assert 1.0 <= elapsed < 1.0 + MARGIN
-
-    run(body())
+    async with raw_server(hang) as port:
+        (plain, plain_elapsed), (tls, tls_elapsed) = await asyncio.gather(
+            timed(http(), port), timed(http(type="https"), port)
+        )
+    # The reason tells a hung application from a connection that never came up.
+    assert not plain.ok
+    assert plain.reason.endswith(
+        "no answer within 1s (connected, waiting for the response headers)"
+    ), plain.reason
+    assert not tls.ok
+    assert tls.reason.endswith("no answer within 1s (connecting)"), tls.reason  # TLS hangs
+    for elapsed in (plain_elapsed, tls_elapsed):
+        assert 1.0 <= elapsed < 1.0 + MARGIN
 
 
-def test_http_trickling_server_fails_at_timeout() -> None:
+@in_loop
+async def test_http_trickling_server_fails_at_timeout() -> None:
     """One byte every 0.3 s keeps every read short: only an end-to-end bound stops it."""
     response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
@@ -178,65 +185,54 @@ def test_http_trickling_server_fails_at_timeout() -> None:
             await writer.drain()
             await asyncio.sleep(0.3)
 
-    async def body() -> None:
-        async with raw_server(trickle) as port:
-            result, elapsed = await timed(http(), port)
-        assert not result.ok
-        assert "no answer within 1s" in result.reason, result.reason
-        assert elapsed < 1.0 + MARGIN
-
-    run(body())
+    async with raw_server(trickle) as port:
+        result, elapsed = await timed(http(), port)
+    assert not result.ok
+    assert "no answer within 1s" in result.reason, result.reason
+    assert elapsed < 1.0 + MARGIN
 
 
-def test_http_body_regex() -> None:
-    async def body() -> None:
-        async with WebApp().serving() as port:
-            match = await probes.check(http(body_regex=r"status: (green|yellow)"), LOCAL, port)
-            miss = await probes.check(http(body_regex=r"status: red"), LOCAL, port)
-        assert match.ok, match
-        assert "body matches" in match.reason
-        assert not miss.ok
-        assert "200 OK, body does not match 'status: red'" in miss.reason
-
-    run(body())
+@in_loop
+async def test_http_body_regex() -> None:
+    async with WebApp().serving() as port:
+        match = await probes.check(http(body_regex=r"status: (green|yellow)"), LOCAL, port)
+        miss = await probes.check(http(body_regex=r"status: red"), LOCAL, port)
+    assert match.ok, match
+    assert "body matches" in match.reason
+    assert not miss.ok
+    assert "200 OK, body does not match 'status: red'" in miss.reason
 
 
-def test_http_host_header_and_head_method() -> None:
-    async def body() -> None:
-        app = WebApp()
-        async with app.serving() as port:
-            result = await probes.check(http(method="HEAD", host="www.example.org"), LOCAL, port)
-        assert result.ok, result
-        assert result.reason.startswith("HTTP HEAD ")
-        assert app.hosts == ["www.example.org"]
-        assert app.methods == ["HEAD"]
-
-    run(body())
+@in_loop
+async def test_http_host_header_and_head_method() -> None:
+    app = WebApp()
+    async with app.serving() as port:
+        result = await probes.check(http(method="HEAD", host="www.example.org"), LOCAL, port)
+    assert result.ok, result
+    assert result.reason.startswith("HTTP HEAD ")
+    assert app.hosts == ["www.example.org"]
+    assert app.methods == ["HEAD"]
 
 
-def test_http_status_range_accepts_a_redirect_without_following_it() -> None:
-    async def body() -> None:
-        app = WebApp()
-        async with app.serving() as port:
-            accepted = await probes.check(http(path="/moved", expect_status="200-399"), LOCAL, port)
-            refused = await probes.check(http(path="/moved"), LOCAL, port)
-        assert accepted.ok, accepted
-        assert "302 Found" in accepted.reason
-        assert not refused.ok
-        assert "302 Found (expected 200-299)" in refused.reason
-        assert app.hosts and len(app.methods) == 2  # /fail, the redirect target, never asked
-
-    run(body())
+@in_loop
+async def test_http_status_range_accepts_a_redirect_without_following_it() -> None:
+    app = WebApp()
+    async with app.serving() as port:
+        accepted = await probes.check(http(path="/moved", expect_status="200-399"), LOCAL, port)
+        refused = await probes.check(http(path="/moved"), LOCAL, port)
+    assert accepted.ok, accepted
+    assert "302 Found" in accepted.reason
+    assert not refused.ok
+    assert "302 Found (expected 200-299)" in refused.reason
+    assert app.hosts and len(app.methods) == 2  # /fail, the redirect target, never asked
 
 
-def test_http_connection_refused() -> None:
-    async def body() -> None:
-        result, elapsed = await timed(http(), free_port())
-        assert not result.ok
-        assert "connection refused" in result.reason
-        assert elapsed < 0.5
-
-    run(body())
+@in_loop
+async def test_http_connection_refused() -> None:
+    result, elapsed = await timed(http(), free_port())
+    assert not result.ok
+    assert "connection refused" in result.reason
+    assert elapsed < 0.5
 
 
 @pytest.fixture
@@ -255,36 +251,30 @@ def tls_context(tmp_path: Path) -> tuple[ssl.SSLContext, list[str | None]]:
     return context, seen
 
 
-def test_https_self_signed(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
+@in_loop
+async def test_https_self_signed(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
     context, _ = tls_context
 
-    async def body() -> None:
-        async with WebApp().serving(context) as port:
-            trusting = await probes.check(http(type="https"), LOCAL, port)
-            verifying = await probes.check(http(type="https", verify_tls=True), LOCAL, port)
-        assert trusting.ok, trusting
-        assert trusting.reason == f"HTTP GET https://127.0.0.1:{port}/: 200 OK"
-        assert not verifying.ok
-        assert "certificate" in verifying.reason, verifying.reason
-
-    run(body())
+    async with WebApp().serving(context) as port:
+        trusting = await probes.check(http(type="https"), LOCAL, port)
+        verifying = await probes.check(http(type="https", verify_tls=True), LOCAL, port)
+    assert trusting.ok, trusting
+    assert trusting.reason == f"HTTP GET https://127.0.0.1:{port}/: 200 OK"
+    assert not verifying.ok
+    assert "certificate" in verifying.reason, verifying.reason
 
 
-def test_https_sni(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
+@in_loop
+async def test_https_sni(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
     context, seen = tls_context
 
-    async def body() -> None:
-        async with WebApp().serving(context) as port:
-            plain = await probes.check(http(type="https"), LOCAL, port)
-            named = await probes.check(http(type="https", sni="sni.example.org"), LOCAL, port)
-            by_host = await probes.check(
-                http(type="https", host="www.example.org:8443"), LOCAL, port
-            )
-        assert plain.ok and named.ok and by_host.ok
-        # No SNI for a bare IP; `sni` when given; else the Host header's name.
-        assert seen == [None, "sni.example.org", "www.example.org"]
-
-    run(body())
+    async with WebApp().serving(context) as port:
+        plain = await probes.check(http(type="https"), LOCAL, port)
+        named = await probes.check(http(type="https", sni="sni.example.org"), LOCAL, port)
+        by_host = await probes.check(http(type="https", host="www.example.org:8443"), LOCAL, port)
+    assert plain.ok and named.ok and by_host.ok
+    # No SNI for a bare IP; `sni` when given; else the Host header's name.
+    assert seen == [None, "sni.example.org", "www.example.org"]
 
 
 # --- SMTP -----------------------------------------------------------------------------
@@ -324,63 +314,53 @@ def smtp(**fields: Any) -> SmtpProbe:
     return SmtpProbe.model_validate({"type": "smtp", "timeout": 2.0, **fields})
 
 
-def test_smtp_ok() -> None:
-    async def body() -> None:
-        async with smtp_server() as (port, recorder):
-            result = await probes.check(smtp(helo_name="lvs1.example.org"), LOCAL, port)
-        assert result.ok, result
-        assert result.reason.startswith(f"SMTP 127.0.0.1:{port}: banner 220 mx.test")
-        assert "EHLO ok" in result.reason
-        assert recorder.helo == ["lvs1.example.org"]
-
-    run(body())
+@in_loop
+async def test_smtp_ok() -> None:
+    async with smtp_server() as (port, recorder):
+        result = await probes.check(smtp(helo_name="lvs1.example.org"), LOCAL, port)
+    assert result.ok, result
+    assert result.reason.startswith(f"SMTP 127.0.0.1:{port}: banner 220 mx.test")
+    assert "EHLO ok" in result.reason
+    assert recorder.helo == ["lvs1.example.org"]
 
 
-def test_smtp_554_banner_fails() -> None:
+@in_loop
+async def test_smtp_554_banner_fails() -> None:
     async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"554 no service here\r\n")
         await writer.drain()
         await reader.read()  # until the client hangs up
 
-    async def body() -> None:
-        async with raw_server(refuse) as port:
-            result = await probes.check(smtp(), LOCAL, port)
-        assert not result.ok
-        assert "554 no service here" in result.reason, result.reason
-
-    run(body())
+    async with raw_server(refuse) as port:
+        result = await probes.check(smtp(), LOCAL, port)
+    assert not result.ok
+    assert "554 no service here" in result.reason, result.reason
 
 
-def test_smtp_starttls(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
+@in_loop
+async def test_smtp_starttls(tls_context: tuple[ssl.SSLContext, list[str | None]]) -> None:
     context, _ = tls_context
 
-    async def body() -> None:
-        async with smtp_server(context) as (port, recorder):
-            result = await probes.check(smtp(starttls=True), LOCAL, port)
-        assert result.ok, result
-        assert "STARTTLS ok" in result.reason
-        assert recorder.helo == ["hapair", "hapair"]  # once before TLS, once within it
-
-    run(body())
+    async with smtp_server(context) as (port, recorder):
+        result = await probes.check(smtp(starttls=True), LOCAL, port)
+    assert result.ok, result
+    assert "STARTTLS ok" in result.reason
+    assert recorder.helo == ["hapair", "hapair"]  # once before TLS, once within it
 
 
-def test_smtp_starttls_not_offered() -> None:
-    async def body() -> None:
-        async with smtp_server() as (port, _):
-            result = await probes.check(smtp(starttls=True), LOCAL, port)
-        assert not result.ok
-        assert "STARTTLS" in result.reason
-
-    run(body())
+@in_loop
+async def test_smtp_starttls_not_offered() -> None:
+    async with smtp_server() as (port, _):
+        result = await probes.check(smtp(starttls=True), LOCAL, port)
+    assert not result.ok
+    assert "STARTTLS" in result.reason
 
 
-def test_smtp_connection_refused() -> None:
-    async def body() -> None:
-        result = await probes.check(smtp(), LOCAL, free_port())
-        assert not result.ok
-        assert result.reason.endswith("connection refused"), result.reason
-
-    run(body())
+@in_loop
+async def test_smtp_connection_refused() -> None:
+    result = await probes.check(smtp(), LOCAL, free_port())
+    assert not result.ok
+    assert result.reason.endswith("connection refused"), result.reason
 
 
 # --- DNS ------------------------------------------------------------------------------
@@ -426,61 +406,54 @@ def dnsq(**fields: Any) -> DnsProbe:
     return DnsProbe.model_validate({"type": "dns", "timeout": 1.0, **fields})
 
 
-def test_dns_ok_nxdomain_and_empty() -> None:
-    async def body() -> None:
-        async with dns_server() as port:
-            known = await probes.check(dnsq(query="www.example.org"), LOCAL, port)
-            unknown = await probes.check(dnsq(query="nope.example.org"), LOCAL, port)
-            empty = await probes.check(dnsq(query="www.example.org", qtype="MX"), LOCAL, port)
-        assert known.ok, known
-        assert known.reason == f"DNS A www.example.org @127.0.0.1:{port}: NOERROR, 1 answer"
-        assert not unknown.ok
-        assert unknown.reason.endswith("NXDOMAIN")
-        assert not empty.ok
-        assert "no answer" in empty.reason
-
-    run(body())
+@in_loop
+async def test_dns_ok_nxdomain_and_empty() -> None:
+    async with dns_server() as port:
+        known = await probes.check(dnsq(query="www.example.org"), LOCAL, port)
+        unknown = await probes.check(dnsq(query="nope.example.org"), LOCAL, port)
+        empty = await probes.check(dnsq(query="www.example.org", qtype="MX"), LOCAL, port)
+    assert known.ok, known
+    assert known.reason == f"DNS A www.example.org @127.0.0.1:{port}: NOERROR, 1 answer"
+    assert not unknown.ok
+    assert unknown.reason.endswith("NXDOMAIN")
+    assert not empty.ok
+    assert "no answer" in empty.reason
 
 
-def test_dns_silent_server_fails_at_timeout() -> None:
-    async def body() -> None:
-        async with dns_server(silent=True) as port:
-            result, elapsed = await timed(dnsq(query="www.example.org"), port)
-        assert not result.ok
-        assert "no answer within 1s" in result.reason
-        assert 1.0 <= elapsed < 1.0 + MARGIN
-
-    run(body())
+@in_loop
+async def test_dns_silent_server_fails_at_timeout() -> None:
+    async with dns_server(silent=True) as port:
+        result, elapsed = await timed(dnsq(query="www.example.org"), port)
+    assert not result.ok
+    assert "no answer within 1s" in result.reason
+    assert 1.0 <= elapsed < 1.0 + MARGIN
 
 
 # --- TCP ------------------------------------------------------------------------------
 
 
-def test_tcp_listening_port() -> None:
+@in_loop
+async def test_tcp_listening_port() -> None:
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
 
-    async def body() -> None:
-        async with raw_server(accept) as port:
-            result = await probes.check(TcpProbe(type="tcp"), LOCAL, port)
-        assert result.ok, result
-        assert result.reason == f"TCP connect to 127.0.0.1:{port}: connected"
-        assert result.latency > 0
-
-    run(body())
+    async with raw_server(accept) as port:
+        result = await probes.check(TcpProbe(type="tcp"), LOCAL, port)
+    assert result.ok, result
+    assert result.reason == f"TCP connect to 127.0.0.1:{port}: connected"
+    assert result.latency > 0
 
 
-def test_tcp_closed_port_is_refused_fast() -> None:
-    async def body() -> None:
-        result, elapsed = await timed(TcpProbe(type="tcp"), free_port())
-        assert not result.ok
-        assert result.reason.endswith("connection refused")
-        assert elapsed < 0.2
-
-    run(body())
+@in_loop
+async def test_tcp_closed_port_is_refused_fast() -> None:
+    result, elapsed = await timed(TcpProbe(type="tcp"), free_port())
+    assert not result.ok
+    assert result.reason.endswith("connection refused")
+    assert elapsed < 0.2
 
 
-def test_tcp_ipv6_loopback() -> None:
+@in_loop
+async def test_tcp_ipv6_loopback() -> None:
     from ipaddress import IPv6Address
 
     try:
@@ -489,18 +462,15 @@ def test_tcp_ipv6_loopback() -> None:
     except OSError:
         pytest.skip("no IPv6 loopback here")
 
-    async def body() -> None:
-        server = await asyncio.start_server(lambda r, w: w.close(), "::1", 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            result = await probes.check(TcpProbe(type="tcp"), IPv6Address("::1"), port)
-        finally:
-            server.close()
-            await server.wait_closed()
-        assert result.ok, result
-        assert f"[::1]:{port}" in result.reason
-
-    run(body())
+    server = await asyncio.start_server(lambda r, w: w.close(), "::1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await probes.check(TcpProbe(type="tcp"), IPv6Address("::1"), port)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.ok, result
+    assert f"[::1]:{port}" in result.reason
 
 
 # --- Script ---------------------------------------------------------------------------
@@ -510,28 +480,22 @@ def script(command: str, timeout: float = 2.0) -> ScriptProbe:
     return ScriptProbe(type="script", command=command, timeout=timeout)
 
 
-def test_script_exit_codes() -> None:
-    async def body() -> None:
-        up = await probes.check(script("true"), LOCAL, 80)
-        down = await probes.check(script("false"), LOCAL, 80)
-        said = await probes.check(
-            script("echo starting; echo 'db: read-only' >&2; exit 3"), LOCAL, 80
-        )
-        assert up.ok and up.reason == "script 'true': exit 0"
-        assert not down.ok and down.reason == "script 'false': exit 1"
-        assert not said.ok and said.reason.endswith("exit 3: db: read-only")
-
-    run(body())
+@in_loop
+async def test_script_exit_codes() -> None:
+    up = await probes.check(script("true"), LOCAL, 80)
+    down = await probes.check(script("false"), LOCAL, 80)
+    said = await probes.check(script("echo starting; echo 'db: read-only' >&2; exit 3"), LOCAL, 80)
+    assert up.ok and up.reason == "script 'true': exit 0"
+    assert not down.ok and down.reason == "script 'false': exit 1"
+    assert not said.ok and said.reason.endswith("exit 3: db: read-only")
 
 
-def test_script_environment() -> None:
-    async def body() -> None:
-        command = 'echo "$HAPAIR_ADDRESS port $HAPAIR_PORT"; test "$HAPAIR_PORT" = 8080'
-        result = await probes.check(script(command), IPv4Address("10.0.0.11"), 8080)
-        assert result.ok, result
-        assert result.reason.endswith("exit 0: 10.0.0.11 port 8080")
-
-    run(body())
+@in_loop
+async def test_script_environment() -> None:
+    command = 'echo "$HAPAIR_ADDRESS port $HAPAIR_PORT"; test "$HAPAIR_PORT" = 8080'
+    result = await probes.check(script(command), IPv4Address("10.0.0.11"), 8080)
+    assert result.ok, result
+    assert result.reason.endswith("exit 0: 10.0.0.11 port 8080")
 
 
 def _gone(pid: int) -> bool:
@@ -655,13 +619,11 @@ def test_import_is_cheap() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
-def test_icmp_on_loopback_never_raises() -> None:
+@in_loop
+async def test_icmp_on_loopback_never_raises() -> None:
     """As root the echo to 127.0.0.1 succeeds; without a raw socket the reason says why."""
     from hapair.config.checks import IcmpProbe
 
-    async def body() -> None:
-        result = await probes.check(IcmpProbe(type="icmp"), LOCAL, 0)
-        assert result.reason.startswith("ICMP echo to 127.0.0.1: ")
-        assert result.ok == (os.geteuid() == 0), result
-
-    run(body())
+    result = await probes.check(IcmpProbe(type="icmp"), LOCAL, 0)
+    assert result.reason.startswith("ICMP echo to 127.0.0.1: ")
+    assert result.ok == (os.geteuid() == 0), result
