@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hapair.config import ConfigError, load, parse, validate
+from hapair.config import ConfigError, load, load_all, parse, validate
 from hapair.config.types import parse_duration
 
 pytestmark = pytest.mark.unit
@@ -78,7 +78,7 @@ def test_examples_are_valid(path: Path, tmp_path: Path) -> None:
     (tmp_path / "authkey").write_bytes(os.urandom(32))
     (tmp_path / "authkey").chmod(0o600)
     (tmp_path / path.name).write_bytes(path.read_bytes())
-    load(tmp_path / path.name)
+    assert load_all(tmp_path / path.name)  # a pair file: for each of its directors
 
 
 def test_example_names() -> None:
