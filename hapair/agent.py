@@ -47,9 +47,16 @@ class ReloadError(Exception):
 
 
 class Agent:
-    def __init__(self, cfg: Config, config_path: Path, guard: VipGuard | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: Path,
+        guard: VipGuard | None = None,
+        node: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.node_asked = node  # `run --node`: a pair file's entry (None: the host's)
         self.guard = guard  # removes the VIPs if this process dies without stopping
         self.loop = asyncio.get_running_loop()
         self.key = host.read_key(cfg.cluster.auth_key_file)
@@ -274,7 +281,7 @@ class Agent:
         on the config it had, and says why (log, `reload_failed`, status)."""
         old, old_key = self.cfg, self.key
         try:
-            cfg = load(self.config_path)
+            cfg = load(self.config_path, self._reload_node())
             try:
                 key = host.read_key(cfg.cluster.auth_key_file)
             except OSError as exc:
@@ -305,6 +312,11 @@ class Agent:
         self.last_reload = {"time": round(time.time(), 3), "ok": True, "error": None}
         log.info("reloaded %s", self.config_path)
 
+    def _reload_node(self) -> str | None:
+        """The director a reload reads the file for: the pair entry running now (so the
+        same one, whatever the host is named by then), or what `run --node` asked."""
+        return self.cfg.node.name if self.cfg.pair else self.node_asked
+
     async def _apply_config(self, cfg: Config, key: bytes) -> None:
         """Make `cfg` the running config: VIPs that go are removed first, new ones added
         last. Raises ReloadError (or any error) when the system refused a change; applying
@@ -334,10 +346,11 @@ class Agent:
         self.alerter.reload_failed(str(self.config_path), why)
 
 
-def run(config_path: Path) -> int:
-    """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop."""
+def run(config_path: Path, node: str | None = None) -> int:
+    """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop.
+    `node` names a pair file's entry (None: the one named like this host)."""
     logs.setup(os.environ.get("HAPAIR_LOG", "INFO"))
-    cfg = load(config_path)
+    cfg = load(config_path, node)
     host.raise_file_limit()
     host.run_realtime(cfg.node.realtime_priority)
     from hapair.vipguard import VipGuard
@@ -345,7 +358,7 @@ def run(config_path: Path) -> int:
     guard = VipGuard.start(cfg.vips, cfg.node.realtime_priority)
 
     async def main() -> int:
-        return await Agent(cfg, config_path, guard).run()
+        return await Agent(cfg, config_path, guard, node).run()
 
     code = asyncio.run(main())
     guard.done()  # only after a clean stop: otherwise the guard removes the VIPs

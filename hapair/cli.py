@@ -65,12 +65,14 @@ def _parser() -> argparse.ArgumentParser:
             "check",
             _check,
             "validate a config file",
-            "Validate FILE without touching the system. Prints 'ok', or every "
-            "error as 'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
+            "Validate FILE without touching the system (a pair file: for each of its "
+            "[[nodes]], or the one --node names). Prints 'ok', or every error as "
+            "'path.to.field: message', one per line. Exit 0 valid, 2 invalid.",
         ),
     ):
         on_file = _command(sub, name, func, text, description)
         on_file.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
+        _node_option(on_file)
     status = _command(
         sub,
         "status",
@@ -142,19 +144,29 @@ def _command(
     return p
 
 
+def _node_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--node",
+        metavar="NAME",
+        help="with a pair file: the [[nodes]] entry (default: the one named like this host)",
+    )
+
+
 def _socket_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c", "--config", type=Path, metavar="FILE", help="find the control socket from this config"
     )
+    _node_option(p)
     p.add_argument("--socket", type=Path, metavar="PATH", help="the control socket itself")
 
 
-def _load(path: Path, out: Any = None) -> Any:
-    """The config at `path`, or None after printing every problem with it."""
-    from hapair.config import ConfigError, load
+def _load(path: Path, out: Any = None, node: str | None = None, every: bool = False) -> Any:
+    """The config at `path` (a list of every director's with `every`), or None after
+    printing every problem with it."""
+    from hapair.config import ConfigError, load, load_all
 
     try:
-        return load(path)
+        return load_all(path, node) if every else load(path, node)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=out or sys.stderr)
@@ -162,25 +174,25 @@ def _load(path: Path, out: Any = None) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if _load(args.config, out=sys.stdout) is None:
+    if _load(args.config, out=sys.stdout, node=args.node, every=True) is None:
         return BAD_INPUT
     print("ok")
     return OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    if _load(args.config) is None:
+    if _load(args.config, node=args.node) is None:
         return BAD_INPUT
     from hapair.agent import run
 
-    return run(args.config)
+    return run(args.config, args.node)
 
 
 def _socket(args: argparse.Namespace) -> Path | None:
     """The control socket path, or None after printing why there is none."""
     explicit = args.socket
     if explicit is None and args.config is not None:
-        cfg = _load(args.config)
+        cfg = _load(args.config, node=args.node)
         if cfg is None:
             return None
         explicit = cfg.node.socket_path

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, field_validator, model_validator
+from pydantic import Field, PlainValidator, PrivateAttr, field_validator, model_validator
 
 from hapair.config.checks import PROBE_TIMING_KEYS, Probe, Track
 from hapair.config.types import (
@@ -374,6 +374,25 @@ class Config(Section):
     sysctl: Sysctl | None = None
     alerts: Alerts | None = None
     monitor: Monitor | None = None
+    # Where the config came from, set by the loader (hapair.config), not TOML keys.
+    _version: str | None = PrivateAttr(default=None)
+    _pair: bool = PrivateAttr(default=False)
+    _peer_node: str | None = PrivateAttr(default=None)
+
+    @property
+    def version(self) -> str | None:
+        """SHA-256 (hex) of the file's bytes; None for a config not read from text."""
+        return self._version
+
+    @property
+    def pair(self) -> bool:
+        """Whether the file describes the whole pair (`[[nodes]]`), not one director."""
+        return self._pair
+
+    @property
+    def peer_node(self) -> str | None:
+        """The other `[[nodes]]` entry's name in a pair file; None with `[node]`."""
+        return self._peer_node
 
     def shared_digest(self) -> bytes:
         """8 bytes of a hash of what both nodes of a pair must agree on (heartbeats

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hapair.config import ConfigError, load, parse, validate
+from hapair.config import ConfigError, load, load_all, parse, validate
 from hapair.config.types import parse_duration
 
 pytestmark = pytest.mark.unit
@@ -75,7 +75,7 @@ def test_base_is_valid(base: dict[str, Any]) -> None:
 def test_examples_are_valid(path: Path, etc: Path) -> None:
     # The examples read `authkey` beside them; check them against a private copy.
     (etc / path.name).write_bytes(path.read_bytes())
-    load(etc / path.name)
+    assert load_all(etc / path.name)  # a pair file: for each of its directors
 
 
 def test_example_names() -> None:
