@@ -246,6 +246,10 @@ class Agent:
             except Refused as exc:
                 return control.refusal(str(exc))
             return {"ok": True, "result": "released: the peer takes the VIPs"}
+        if request.cmd.startswith("config_"):
+            from hapair import configure
+
+            return await configure.handle(self, request, self.status(now))
         return await self.services.operator(request)
 
     async def _start_monitor(self) -> Any:

@@ -111,6 +111,29 @@ def _parser() -> argparse.ArgumentParser:
         "A MASTER hands the VIPs to its peer at once (planned maintenance).",
     )
     _socket_options(release)
+    config = sub.add_parser(
+        "config",
+        help="the running agent's config: show, check, apply, history, rollback",
+        description="The running agent's config file, over the control socket. A change "
+        "is checked as `hapair check` does, written atomically, kept in the history "
+        "(<node.state_dir>/config-history/) and reloaded as on SIGHUP. Exit 0 ok, "
+        "1 refused (the reason is printed), 2 invalid (every error as 'path: message').",
+    )
+    steps = config.add_subparsers(dest="step", required=True, metavar="STEP")
+    for step, text in (
+        ("show", "print the running config"),
+        ("history", "list the versions kept, newest first"),
+        ("check", "check NEWFILE and show what it would change in the running config"),
+        ("apply", "check NEWFILE, write it as the running config and reload"),
+        ("rollback", "make a kept VERSION the running config again, and reload"),
+    ):
+        c = steps.add_parser(step, help=text, description=f"{step}: {text}.")
+        if step in ("check", "apply"):
+            c.add_argument("newfile", type=Path, metavar="NEWFILE")
+        if step == "rollback":
+            c.add_argument("version", metavar="VERSION")
+        _socket_options(c)
+        c.set_defaults(func=_config)
     passwd = _command(
         sub,
         "passwd",
@@ -235,6 +258,113 @@ def _ctl(args: argparse.Namespace) -> int:
         message["weight"] = args.weight
     print(_ask(args, message, REFUSED, "refused: ") or "ok")
     return OK
+
+
+CONFIG_TIMEOUT = 60.0  # s for an apply: the agent reloads before it answers
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.step == "check":
+        return _config_check(args)
+    message: dict[str, Any] = {"cmd": f"config_{args.step}"}
+    user = f"{getpass.getuser()} (cli)"
+    if args.step == "apply":
+        text = _read_text(args.newfile)
+        if text is None:
+            return BAD_INPUT
+        show = _ask_config(args, {"cmd": "config_show"})
+        message |= {"toml": text, "version": show.get("version", ""), "user": user}
+    elif args.step == "rollback":
+        message |= {"version": args.version, "user": user}
+    result = _ask_config(args, message)
+    if args.step == "show":
+        print(result.get("toml", ""), end="")
+    elif args.step == "history":
+        for entry in result.get("versions", []):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time") or 0))
+            print(f"{entry.get('version')}  {stamp}  {entry.get('user')}  {entry.get('summary')}")
+    else:
+        for line in result.get("changes", []):
+            print(line)
+        print(f"applied {result.get('version')} on {', '.join(result.get('applied', []))}")
+    return OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """NEWFILE checked here as `hapair check` does; then, when an agent answers, by it,
+    with what would change in its running config."""
+    if _load(args.newfile, out=sys.stdout, every=True) is None:
+        return BAD_INPUT
+    text = _read_text(args.newfile)
+    if text is None:
+        return BAD_INPUT
+    try:
+        path = _socket_quiet(args)
+        reply = control.request(path, {"cmd": "config_check", "toml": text})
+    except control.NoAgent:
+        print("ok (no agent answers: not compared with a running config)")
+        return OK
+    if not reply.get("ok"):
+        return _config_refused(reply)
+    for line in (reply.get("result") or {}).get("changes") or ["no change"]:
+        print(line)
+    print("ok")
+    return OK
+
+
+def _socket_quiet(args: argparse.Namespace) -> Path:
+    explicit = args.socket
+    if explicit is None and args.config is not None:
+        from hapair.config import ConfigError, load
+
+        try:
+            explicit = load(args.config, args.node).node.socket_path
+        except ConfigError:
+            raise control.NoAgent("no config") from None
+    return control.find_socket(explicit)
+
+
+def _read_text(path: Path) -> str | None:
+    from hapair.config import MAX_BYTES
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES} bytes; not a config file")
+        return data.decode()
+    except (OSError, ValueError) as exc:
+        print(f"{path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return None
+
+
+def _ask_config(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]:
+    """The agent's result for a config_* request; otherwise ends the command: 1 when no
+    agent answers or it refuses, 2 when the config is invalid (every error printed)."""
+    path = _socket(args)
+    if path is None:
+        raise _Exit(REFUSED)
+    try:
+        reply = control.request(path, message, timeout=CONFIG_TIMEOUT)
+    except control.NoAgent as exc:
+        print(f"hapair: {exc}", file=sys.stderr)
+        raise _Exit(REFUSED) from None
+    if not reply.get("ok"):
+        raise _Exit(_config_refused(reply))
+    result = reply.get("result")
+    return result if isinstance(result, dict) else {}
+
+
+def _config_refused(reply: dict[str, Any]) -> int:
+    errors = reply.get("errors") or []
+    if reply.get("reason") == "invalid":
+        for line in errors:
+            print(line)
+        return BAD_INPUT
+    print(f"hapair: refused: {reply.get('error', 'no reason given')}", file=sys.stderr)
+    for line in errors:
+        print(f"  {line}", file=sys.stderr)
+    return REFUSED
 
 
 def _passwd(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024  # a request
+MAX_CONFIG_MESSAGE = 4 * 1024 * 1024  # a config_* request: a config file of 1 MiB, escaped
 MAX_REPLY = 256 * 1024 * 1024  # a status of 10,000 real servers is ~2 MB
 MAX_DEPTH = 8  # JSON nesting of a request (a request needs 1)
 MAX_TEXT = 256  # characters of a service name or a server
@@ -39,7 +40,16 @@ READ_TIMEOUT = 2.0  # s for a client to send its line
 WRITE_TIMEOUT = 60.0  # s to take the reply: a status of thousands of servers, a busy machine
 BACKLOG = 256
 SERVER_COMMANDS = frozenset({"drain", "enable", "disable", "add", "remove"})
-COMMANDS = SERVER_COMMANDS | {"status", "release"}
+# The running config's versions; each takes these fields (all strings).
+CONFIG_COMMANDS = {
+    "config_show": frozenset(),
+    "config_history": frozenset(),
+    "config_check": frozenset({"toml"}),
+    "config_apply": frozenset({"toml", "version", "user"}),
+    "config_rollback": frozenset({"version", "user"}),
+}
+CONFIG_PREFIX = b'{"cmd":"config_'  # how encode() starts a config_* line
+COMMANDS = SERVER_COMMANDS | {"status", "release"} | CONFIG_COMMANDS.keys()
 BUSY = "busy: too many control clients at once; try again"
 SOCKET_DIR = Path("/run/hapair")
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
@@ -52,12 +62,16 @@ class NoAgent(Exception):
 @dataclass(frozen=True, slots=True)
 class Request:
     """A checked request: `cmd` is one of COMMANDS; `service` and `server` are set for the
-    server commands, `weight` (0..65535) for `add` only."""
+    server commands, `weight` (0..65535) for `add` only; `toml`, `version` and `user`
+    for the config commands that take them."""
 
     cmd: str
     service: str = ""
     server: str = ""
     weight: int = 1
+    toml: str = ""
+    version: str = ""
+    user: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cmd": self.cmd}
@@ -65,6 +79,8 @@ class Request:
             out |= {"service": self.service, "server": self.server}
         if self.cmd == "add":
             out["weight"] = self.weight
+        for key in sorted(CONFIG_COMMANDS.get(self.cmd, ())):
+            out[key] = getattr(self, key)
         return out
 
 
@@ -126,17 +142,38 @@ def check_request(request: Any) -> Request:
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise ValueError(f"unknown command; expected one of {', '.join(sorted(COMMANDS))}")
     fields = {"cmd"} | ({"service", "server"} if cmd in SERVER_COMMANDS else set())
+    fields |= CONFIG_COMMANDS.get(cmd, frozenset())
     if cmd == "add":
         fields.add("weight")
     extra = sorted(str(k)[:40] for k in request if k not in fields)
     if extra:
         raise ValueError(f"{cmd} takes no {', '.join(map(repr, extra))}")
+    if cmd in CONFIG_COMMANDS:
+        return _config_request(cmd, request)
     if cmd not in SERVER_COMMANDS:
         return Request(cmd)
     weight = request.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 65535:
         raise ValueError("weight must be a whole number from 0 to 65535")
     return Request(cmd, _text(request, "service"), _text(request, "server"), weight)
+
+
+def _config_request(cmd: str, request: dict[str, Any]) -> Request:
+    values: dict[str, str] = {}
+    for key in CONFIG_COMMANDS[cmd]:
+        value = request.get(key, "" if key == "user" else None)
+        if not isinstance(value, str):
+            raise ValueError(f"{cmd} needs {key!r}, a string")
+        limit = MAX_CONFIG_MESSAGE if key == "toml" else MAX_TEXT
+        if len(value) > limit or (key != "toml" and value and not value.isprintable()):
+            raise ValueError(f"{key!r} must be printable text of at most {limit} characters")
+        values[key] = value
+    return Request(
+        cmd,
+        toml=values.get("toml", ""),
+        version=values.get("version", ""),
+        user=values.get("user", ""),
+    )
 
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
@@ -158,8 +195,10 @@ def checked(handle: Handler) -> Callable[[Any], Awaitable[dict[str, Any]]]:
 
 def decode_request(line: bytes) -> Request | str:
     """A request line as a Request, or the reason it is refused. Never raises."""
-    if len(line) > MAX_MESSAGE:
+    if len(line) > MAX_MESSAGE and not line.startswith(CONFIG_PREFIX):
         return f"request larger than {MAX_MESSAGE} bytes"
+    if len(line) > MAX_CONFIG_MESSAGE:
+        return f"request larger than {MAX_CONFIG_MESSAGE} bytes"
     try:
         return check_request(parse_json(line))
     except ValueError as exc:
@@ -193,7 +232,7 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._client, path=str(path), limit=MAX_MESSAGE + 1, backlog=BACKLOG
+                self._client, path=str(path), limit=MAX_CONFIG_MESSAGE + 1, backlog=BACKLOG
             )
         finally:
             os.umask(old)

@@ -39,12 +39,37 @@ def read_key(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, *, keep_owner: bool = False) -> None:
     """Replace `path` with `text` whole: a crash leaves the old file or the new, never a
-    part (written beside it, then renamed over it). OSError when the host refuses."""
+    part (written beside it, then renamed over it). OSError when the host refuses.
+    `keep_owner`: the new file gets the old one's mode and owner, and is on disk (fsync)
+    before it replaces the old."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    if not keep_owner:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if old is not None:
+            os.fchmod(fd, old.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, old.st_uid, old.st_gid)
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 

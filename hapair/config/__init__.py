@@ -37,6 +37,7 @@ __all__ = [
     "load",
     "load_all",
     "parse",
+    "parse_all",
     "validate",
     "version_of",
 ]
@@ -84,6 +85,13 @@ def load_all(path: str | Path, node: str | None = None) -> list[Config]:
     path = Path(path)
     data = _read(path)
     return _resolve(_toml(data), path.parent, node, every=True, version=version_of(data))
+
+
+def parse_all(data: bytes | str, *, base_dir: Path, node: str | None = None) -> list[Config]:
+    """`load_all` of a file's content `data` that would live in the folder `base_dir`."""
+    if len(data) > MAX_BYTES:
+        raise ConfigError([Problem("toml", f"larger than {MAX_BYTES} bytes; not a config file")])
+    return _resolve(_toml(data), base_dir, node, every=True, version=version_of(data))
 
 
 def parse(data: bytes | str, *, base_dir: Path = Path("."), node: str | None = None) -> Config:

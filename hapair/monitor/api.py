@@ -21,6 +21,37 @@ StatusOf = Callable[[], Status]
 Act = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ACT_TIMEOUT = 10.0
 SERVER_ACTIONS = ("drain", "enable", "disable")
+CONFIG_TIMEOUT = 30.0  # an apply reloads the agent (REQUEST_TIMEOUT bounds it too)
+MAX_CONFIG_BODY = 4 * 1024 * 1024  # a JSON body holding a config of at most 1 MiB
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+async def _config_body(
+    request: web.Request, keys: tuple[str, ...]
+) -> dict[str, str] | web.Response:
+    """The JSON body of a config request with `keys`, all strings, read up to
+    MAX_CONFIG_BODY bytes; or the 400/413 that says what is wrong."""
+    wanted = "{" + ", ".join(f'"{k}": ...' for k in keys) + "}"
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(1 << 16)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_CONFIG_BODY:
+            return json_error(413, f"the body is larger than {MAX_CONFIG_BODY} bytes")
+        chunks.append(chunk)
+    try:
+        body = parse_json(b"".join(chunks))
+    except ValueError as exc:
+        return json_error(400, f"expected a JSON body {wanted} ({exc})")
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in keys):
+        return json_error(400, f"expected a JSON body {wanted}, each a string")
+    return {k: body[k] for k in keys}
 
 
 class Api:
@@ -34,6 +65,64 @@ class Api:
         app.router.add_post("/api/servers/{service}", self.api_add)
         app.router.add_post("/api/servers/{service}/{server}/{action}", self.api_server_action)
         app.router.add_delete("/api/servers/{service}/{server}", self.api_remove)
+        app.router.add_get("/api/config", self.api_config)
+        app.router.add_put("/api/config", self.api_config_put)
+        app.router.add_post("/api/config/check", self.api_config_check)
+        app.router.add_get("/api/config/history", self.api_config_history)
+        app.router.add_post("/api/config/rollback", self.api_config_rollback)
+
+    # The running config (configure.py does the work, in the agent).
+
+    async def api_config(self, request: web.Request) -> web.Response:
+        return await self._config(request, {"cmd": "config_show"})
+
+    async def api_config_history(self, request: web.Request) -> web.Response:
+        return await self._config(request, {"cmd": "config_history"})
+
+    async def api_config_check(self, request: web.Request) -> web.Response:
+        body = await _config_body(request, ("toml",))
+        if isinstance(body, web.Response):
+            return body
+        return await self._config(request, {"cmd": "config_check", **body})
+
+    async def api_config_put(self, request: web.Request) -> web.Response:
+        body = await _config_body(request, ("toml", "version"))
+        if isinstance(body, web.Response):
+            return body
+        user = request[IDENTITY].user
+        return await self._config(request, {"cmd": "config_apply", **body, "user": user})
+
+    async def api_config_rollback(self, request: web.Request) -> web.Response:
+        body = await _config_body(request, ("version",))
+        if isinstance(body, web.Response):
+            return body
+        user = request[IDENTITY].user
+        return await self._config(request, {"cmd": "config_rollback", **body, "user": user})
+
+    async def _config(self, request: web.Request, command: dict[str, Any]) -> web.Response:
+        try:
+            async with asyncio.timeout(CONFIG_TIMEOUT):
+                reply = await self.act(command)
+        except TimeoutError:
+            return json_error(503, f"the agent did not answer within {CONFIG_TIMEOUT:g}s")
+        user = request[IDENTITY].user
+        if reply.get("ok"):
+            result = reply.get("result")
+            if command["cmd"] in ("config_apply", "config_rollback"):
+                log.info("monitor: %s: %s done", user, command["cmd"])
+                return web.json_response({"ok": True} | _dict(result))
+            if command["cmd"] == "config_check":
+                return web.json_response({"ok": True} | _dict(result))
+            return web.json_response(result)
+        error = str(reply.get("error", "refused"))
+        reason = reply.get("reason")
+        if command["cmd"] in ("config_apply", "config_rollback"):
+            log.info("monitor: %s: %s refused: %s", user, command["cmd"], error)
+        if reason in ("invalid", "reload"):
+            errors = reply.get("errors") or [error]
+            return web.json_response({"ok": False, "error": error, "errors": errors}, status=422)
+        status = {"stale": 409, "peer": 502, "unknown": 404}.get(str(reason), 409)
+        return json_error(status, error)
 
     async def api_status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status())

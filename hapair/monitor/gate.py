@@ -28,6 +28,7 @@ log = logging.getLogger("hapair.monitor")
 
 SESSION_COOKIE = "hapair_session"
 CSRF_HEADER = "X-CSRF-Token"
+VIEWER_POSTS = frozenset({"/api/config/check"})  # change nothing: a viewer may send them
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # A hash to verify against for unknown users, so that a login takes as long either way.
 _DUMMY_HASH = (
@@ -105,7 +106,11 @@ class Gate:
                 request.host,
             ):
                 return json_error(403, "refused: missing or wrong CSRF token, or another site")
-            if request.path.startswith("/api/") and identity.role != "admin":
+            if (
+                request.path.startswith("/api/")
+                and request.path not in VIEWER_POSTS
+                and identity.role != "admin"
+            ):
                 return json_error(403, f"{identity.user} is a viewer; only an admin may act")
         request[IDENTITY] = identity
         return await handler(request)  # type: ignore[no-any-return]
