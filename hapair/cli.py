@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from hapair import __version__, control
+from hapair.status_table import format_status
 
 if TYPE_CHECKING:
-    from hapair.status import ServiceStatus, Status
+    from hapair.status import Status
 
 OK, REFUSED, BAD_INPUT, NO_AGENT = 0, 1, 2, 3
 
@@ -226,21 +227,43 @@ def _socket(args: argparse.Namespace) -> Path | None:
         return None
 
 
-def _ask(args: argparse.Namespace, message: dict[str, Any], no_agent: int, refused: str) -> Any:
+def _ask(
+    args: argparse.Namespace,
+    message: dict[str, Any],
+    no_agent: int,
+    refused: str,
+    timeout: float | None = None,
+) -> Any:
     """The agent's result for `message`. Without one, prints why and ends the command:
-    `no_agent` when no agent answers, REFUSED when it refuses (`refused` before its reason)."""
+    `no_agent` when no agent answers, BAD_INPUT with every error when it finds a config
+    invalid, REFUSED when it refuses (`refused` before its reason)."""
     path = _socket(args)
     if path is None:
         raise _Exit(no_agent)
     try:
-        reply = control.request(path, message)
+        if timeout is None:
+            reply = control.request(path, message)
+        else:
+            reply = control.request(path, message, timeout=timeout)
     except control.NoAgent as exc:
         print(f"hapair: {exc}", file=sys.stderr)
         raise _Exit(no_agent) from None
     if not reply.get("ok"):
-        print(f"hapair: {refused}{reply.get('error', 'no reason given')}", file=sys.stderr)
-        raise _Exit(REFUSED)
+        raise _Exit(_refusal(reply, refused))
     return reply.get("result")
+
+
+def _refusal(reply: dict[str, Any], refused: str) -> int:
+    """Prints an agent's refusal; the exit code it calls for."""
+    errors = reply.get("errors") or []
+    if reply.get("reason") == "invalid":
+        for line in errors:
+            print(line)
+        return BAD_INPUT
+    print(f"hapair: {refused}{reply.get('error', 'no reason given')}", file=sys.stderr)
+    for line in errors:
+        print(f"  {line}", file=sys.stderr)
+    return REFUSED
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -305,7 +328,7 @@ def _config_check(args: argparse.Namespace) -> int:
         print("ok (no agent answers: not compared with a running config)")
         return OK
     if not reply.get("ok"):
-        return _config_refused(reply)
+        return _refusal(reply, "refused: ")
     for line in (reply.get("result") or {}).get("changes") or ["no change"]:
         print(line)
     print("ok")
@@ -339,32 +362,9 @@ def _read_text(path: Path) -> str | None:
 
 
 def _ask_config(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any]:
-    """The agent's result for a config_* request; otherwise ends the command: 1 when no
-    agent answers or it refuses, 2 when the config is invalid (every error printed)."""
-    path = _socket(args)
-    if path is None:
-        raise _Exit(REFUSED)
-    try:
-        reply = control.request(path, message, timeout=CONFIG_TIMEOUT)
-    except control.NoAgent as exc:
-        print(f"hapair: {exc}", file=sys.stderr)
-        raise _Exit(REFUSED) from None
-    if not reply.get("ok"):
-        raise _Exit(_config_refused(reply))
-    result = reply.get("result")
+    """The agent's result for a config_* request (1 when no agent answers)."""
+    result = _ask(args, message, REFUSED, "refused: ", timeout=CONFIG_TIMEOUT)
     return result if isinstance(result, dict) else {}
-
-
-def _config_refused(reply: dict[str, Any]) -> int:
-    errors = reply.get("errors") or []
-    if reply.get("reason") == "invalid":
-        for line in errors:
-            print(line)
-        return BAD_INPUT
-    print(f"hapair: refused: {reply.get('error', 'no reason given')}", file=sys.stderr)
-    for line in errors:
-        print(f"  {line}", file=sys.stderr)
-    return REFUSED
 
 
 def _passwd(args: argparse.Namespace) -> int:
@@ -395,123 +395,3 @@ def _gen_cert(args: argparse.Namespace) -> int:
         return BAD_INPUT
     print(f"wrote {args.cert} and {args.key} (0600) for {args.cn}")
     return OK
-
-
-FORWARD_NAMES = {"dr": "Route", "nat": "Masq", "tun": "Tunnel"}  # as ipvsadm -Ln prints them
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def _since(when: float | None, now: float) -> str:
-    if not when:
-        return "-"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-    return f"{stamp} ({_age(max(0.0, now - when))} ago)"
-
-
-def _heard(seconds: float | None) -> str:
-    return "never" if seconds is None else f"{seconds:.2f}s ago"
-
-
-def _endpoint(address: Any, port: Any) -> str:
-    host = f"[{address}]" if ":" in str(address) else str(address)
-    return host if port is None else f"{host}:{port}"
-
-
-def format_status(s: Status, now: float | None = None) -> str:
-    """The status JSON as a table an operator reads in one look: the HA state on top,
-    then the services and real servers laid out like `ipvsadm -Ln`."""
-    now = time.time() if now is None else now
-    peer = s.get("peer") or {}
-    sync = s.get("sync") or {}
-    lines = [
-        f"{s.get('node')}  {s.get('state')}  priority {s.get('priority')}  "
-        f"since {_since(s.get('since'), now)}",
-        f"peer  {peer.get('node') or '-'}  "
-        + (
-            f"{peer.get('state') or '-'}  priority {peer.get('priority') or '-'}  alive, "
-            f"heard {_heard(peer.get('last_heard'))}  since {_since(peer.get('since'), now)}"
-            if peer.get("alive")
-            else f"DEAD (last heard {_heard(peer.get('last_heard'))})"
-        ),
-    ]
-    for i, link in enumerate(peer.get("links", [])):
-        lines.append(
-            f"{'links' if i == 0 else '':6}{link.get('type')} {link.get('name')}  "
-            f"{'up' if link.get('alive') else 'DOWN'}  heard {_heard(link.get('last_heard'))}"
-        )
-    vips = s.get("vips", [])
-    for i, vip in enumerate(vips):
-        lines.append(
-            f"{'VIPs' if i == 0 else '':6}{vip.get('address')} on {vip.get('interface')}  "
-            f"{'held' if vip.get('held') else 'not held'}"
-        )
-    if not vips:
-        lines.append("VIPs  none")
-    lines.append(f"sync  {sync.get('role') if sync.get('enabled') else 'off'}")
-    health = s.get("health") or {}
-    for check, reason in (health.get("failing") or {}).items():
-        lines.append(f"FAILING  {check}: {reason}")
-    reload = s.get("reload")
-    if reload is not None and reload.get("ok") is False:
-        problems = str(reload.get("error") or "").splitlines() or ["?"]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        lines.append(
-            f"RELOAD REFUSED  {_since(reload.get('time'), now)}: {problems[0]}{more}; "
-            "running on the config before"
-        )
-    alerts = s.get("alerts")
-    if alerts is not None:
-        lines.append(f"alerts  {alerts.get('queued', 0)} queued")
-    services = s.get("services", [])
-    if services:
-        lines += [
-            "",
-            "Prot LocalAddress:Port Scheduler Flags",
-            f"  -> {'RemoteAddress:Port':<28} {'Forward':<7} {'Weight':<6} "
-            f"{'ActiveConn':<10} {'InActConn':<10} {'Health':<6} Admin",
-        ]
-    for svc in services:
-        lines.append(_service_line(svc))
-        forward = FORWARD_NAMES.get(svc.get("forward", ""), svc.get("forward") or "-")
-        for rs in svc.get("real_servers", []):
-            in_ipvs = rs.get("in_ipvs", True)
-            cells = [
-                _endpoint(rs.get("address"), rs.get("port")),
-                forward if in_ipvs else "-",
-                rs.get("weight") if in_ipvs else "-",
-                rs.get("active_conns", "-") if in_ipvs else "-",
-                rs.get("inactive_conns", "-") if in_ipvs else "-",
-                "up" if rs.get("healthy") else "DOWN",
-            ]
-            cells = ["-" if c is None else c for c in cells]
-            lines.append(
-                f"  -> {cells[0]:<28} {cells[1]:<7} {cells[2]!s:<6} {cells[3]!s:<10} "
-                f"{cells[4]!s:<10} {cells[5]:<6} {rs.get('admin', 'enabled')}"
-                + ("" if in_ipvs else "  (not in IPVS)")
-            )
-    return "\n".join(lines)
-
-
-def _service_line(svc: ServiceStatus) -> str:
-    if svc.get("fwmark") is not None:
-        where = f"FWM  {svc['fwmark']}"
-    else:
-        protocol = str(svc.get("protocol", "")).upper()
-        where = f"{protocol:<4} {_endpoint(svc.get('address'), svc.get('port'))}"
-    total = len(svc.get("real_servers", []))
-    notes = [f"{svc.get('name')}: {svc.get('healthy', '-')} of {total} healthy"]
-    if not svc.get("quorum_ok", True):
-        notes.append("QUORUM LOST")
-    if svc.get("sorry_server"):
-        notes.append("sorry server in use")
-    scheduler = svc.get("scheduler") or "-"
-    return f"{where} {scheduler}  ({', '.join(notes)})"
