@@ -174,6 +174,28 @@ def test_a_line_over_the_limit_is_answered(served: Served) -> None:
     assert served.ask(b'{"cmd":"status"}\n')["ok"] is True
 
 
+def test_config_lines_have_their_own_bound_and_checked_fields(served: Served) -> None:
+    """A config_* line may carry a config file (up to MAX_CONFIG_MESSAGE), no more; the
+    larger bound is the config commands' only, and their fields are checked as strings."""
+    big = b'{"cmd":"config_check","toml":"' + b"x" * (control.MAX_CONFIG_MESSAGE + 10) + b'"}\n'
+    refused = served.ask(big)
+    assert refused["ok"] is False and refused["error"].startswith("request larger than")
+    toml = b"x" * (control.MAX_MESSAGE * 4)
+    fits = b'{"cmd":"config_check","toml":"' + toml + b'"}\n'
+    answer = served.ask(fits)
+    assert answer == {"ok": True, "result": {"cmd": "config_check", "toml": toml.decode()}}
+    for line in (
+        b'{"cmd":"config_check","toml":7}',
+        b'{"cmd":"config_apply","toml":"a","version":null,"user":"u"}',
+        b'{"cmd":"config_rollback","version":"v\\u0000","user":"u"}',
+        b'{"cmd":"config_show","toml":"a"}',
+        b'{"cmd":"config_nothing"}',
+        b'{"cmd":"config_show","pad":"' + b"x" * (control.MAX_MESSAGE * 2) + b'"}',
+    ):
+        assert isinstance(decode_request(line), str), line
+    assert served.ask(b'{"cmd":"status"}\n')["ok"] is True
+
+
 def test_a_silent_client_is_answered_and_dropped_in_time(served: Served) -> None:
     start = time.monotonic()
     reply = served.ask(b'{"cmd":')  # and then nothing, not even EOF
