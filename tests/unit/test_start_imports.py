@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -95,56 +96,64 @@ def test_start_imports_neither_plugin_discovery_nor_unittest(tmp_path: Path) -> 
     assert not unused & modules, sorted(unused & modules)
 
 
+def _python(code: str) -> None:
+    """`code` in a fresh interpreter, as the agent starts: its asserts must hold."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, env={**os.environ})
+
+
 def test_pyroute2_mock_is_real_when_used_and_unittest_is_whole() -> None:
     """The one Mock pyroute2 makes at import becomes a unittest.mock.Mock when used, and
     unittest, imported after hapair.rtnl, is the real package."""
-    code = (
-        "import sys, hapair.rtnl\n"
-        "assert 'unittest' not in sys.modules\n"
-        "from pyroute2.netlink.rtnl import iprsocket\n"
-        "queue = iprsocket.NotLocal.msg_queue\n"
-        "queue.put(1)\n"
-        "queue.put.assert_called_once_with(1)\n"
-        "queue.size = 3\n"
-        "assert queue.size == 3 and queue() is queue()\n"
-        "import unittest, unittest.mock\n"
-        "assert isinstance(queue._mock(), unittest.mock.Mock)\n"
-        "assert unittest.TestCase and unittest.mock.patch and unittest.mock.MagicMock\n"
-        "assert iprsocket.mock.Mock is not unittest.mock.Mock\n"
-        "assert iprsocket.mock.patch is unittest.mock.patch\n"
-        "socket = iprsocket.IPRSocket()\n"
-        "socket.close()\n"
+    _python(
+        """
+        import sys, hapair.rtnl
+        assert 'unittest' not in sys.modules
+        from pyroute2.netlink.rtnl import iprsocket
+        queue = iprsocket.NotLocal.msg_queue
+        queue.put(1)
+        queue.put.assert_called_once_with(1)
+        queue.size = 3
+        assert queue.size == 3 and queue() is queue()
+        import unittest, unittest.mock
+        assert isinstance(queue._mock(), unittest.mock.Mock)
+        assert unittest.TestCase and unittest.mock.patch and unittest.mock.MagicMock
+        assert iprsocket.mock.Mock is not unittest.mock.Mock
+        assert iprsocket.mock.patch is unittest.mock.patch
+        socket = iprsocket.IPRSocket()
+        socket.close()
+        """
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
 def test_pydantic_finds_no_plugins_and_validates_as_ever() -> None:
-    code = (
-        "import sys, hapair.config\n"
-        "from pydantic.plugin import _loader\n"
-        "assert tuple(_loader.get_plugins()) == ()\n"
-        "assert 'importlib.metadata' not in sys.modules\n"
-        "from hapair.config import ConfigError, validate\n"
-        "try:\n"
-        "    validate({'node': {'name': 'n1'}})\n"
-        "except ConfigError as exc:\n"
-        "    assert 'node.priority' in str(exc), str(exc)\n"
-        "else:\n"
-        "    raise AssertionError('accepted a node without a priority')\n"
+    _python(
+        """
+        import sys, hapair.config
+        from pydantic.plugin import _loader
+        assert tuple(_loader.get_plugins()) == ()
+        assert 'importlib.metadata' not in sys.modules
+        from hapair.config import ConfigError, validate
+        try:
+            validate({'node': {'name': 'n1'}})
+        except ConfigError as exc:
+            assert 'node.priority' in str(exc), str(exc)
+        else:
+            raise AssertionError('accepted a node without a priority')
+        """
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
 def test_the_whole_of_pyroute2_is_there_for_who_asks() -> None:
     """After hapair.rtnl, `from pyroute2 import X` (the kernel tests' IPVS) works as ever."""
-    code = (
-        "import sys, hapair.rtnl\n"
-        "assert 'pyroute2.ndb' not in sys.modules\n"
-        "import pyroute2\n"
-        "from pyroute2 import AsyncIPVS, IPRoute, NDB\n"
-        "from pyroute2.netlink.exceptions import NetlinkError\n"
-        "assert hapair.rtnl.NetlinkError is NetlinkError\n"
-        "assert hapair.rtnl.AsyncIPRoute is pyroute2.AsyncIPRoute\n"
-        "assert pyroute2.__version__\n"
+    _python(
+        """
+        import sys, hapair.rtnl
+        assert 'pyroute2.ndb' not in sys.modules
+        import pyroute2
+        from pyroute2 import AsyncIPVS, IPRoute, NDB
+        from pyroute2.netlink.exceptions import NetlinkError
+        assert hapair.rtnl.NetlinkError is NetlinkError
+        assert hapair.rtnl.AsyncIPRoute is pyroute2.AsyncIPRoute
+        assert pyroute2.__version__
+        """
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
