@@ -232,7 +232,7 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._client, path=str(path), limit=MAX_CONFIG_MESSAGE + 1, backlog=BACKLOG
+                self._client, path=str(path), limit=MAX_MESSAGE, backlog=BACKLOG
             )
         finally:
             os.umask(old)
@@ -279,11 +279,11 @@ class ControlServer:
         overlong = False
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                line = await reader.readline()
+                line = await read_line(reader)
         except TimeoutError:
             reply = refusal(f"no request line within {READ_TIMEOUT:g}s")
-        except ValueError:  # longer than the reader's limit; its buffer is cleared
-            reply, overlong = refusal(f"request larger than {MAX_MESSAGE} bytes"), True
+        except Overlong as exc:
+            reply, overlong = refusal(str(exc)), True
         else:
             request = decode_request(line)
             if isinstance(request, str):
@@ -299,6 +299,35 @@ class ControlServer:
             await writer.drain()
         if overlong:
             await _discard(reader)
+
+
+class Overlong(Exception):
+    """A request line longer than its bound."""
+
+
+def line_bound(start: bytes) -> int:
+    """The most a request line starting with `start` may hold: a config_* line (as
+    encode() writes it) MAX_CONFIG_MESSAGE, any other MAX_MESSAGE."""
+    config = start[: len(CONFIG_PREFIX)] == CONFIG_PREFIX[: len(start)]
+    return MAX_CONFIG_MESSAGE if config else MAX_MESSAGE
+
+
+async def read_line(reader: asyncio.StreamReader) -> bytes:
+    """One request line (up to its newline, or what came before EOF), read no further
+    than its bound, which its first bytes choose (line_bound): a line that is not a
+    config_* command is refused at MAX_MESSAGE, not buffered up to the config bound."""
+    data = bytearray()
+    while True:
+        bound = line_bound(bytes(data))
+        chunk = await reader.read(min(MAX_MESSAGE, bound + 1 - len(data)))
+        if not chunk:
+            return bytes(data)
+        end = chunk.find(b"\n")
+        data += chunk if end < 0 else chunk[: end + 1]
+        if len(data) > line_bound(bytes(data[: len(CONFIG_PREFIX)])):
+            raise Overlong(f"request larger than {line_bound(bytes(data))} bytes")
+        if end >= 0:
+            return bytes(data)
 
 
 def _peer_pid(writer: asyncio.StreamWriter) -> int:

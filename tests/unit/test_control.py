@@ -174,12 +174,31 @@ def test_a_line_over_the_limit_is_answered(served: Served) -> None:
     assert served.ask(b'{"cmd":"status"}\n')["ok"] is True
 
 
+def test_the_bound_is_chosen_from_the_start_of_the_line(served: Served) -> None:
+    """A line that is not a config_* command is refused once it passes MAX_MESSAGE, at
+    once, not buffered up to the config bound (the client here never ends its line);
+    a config_* line of the same size is still being read when the read times out."""
+    start = time.monotonic()
+    other = b'{"cmd":"status","pad":"' + b"x" * (control.MAX_MESSAGE + 10)
+    refused = served.ask(other)
+    assert refused == control.refusal(f"request larger than {control.MAX_MESSAGE} bytes")
+    assert time.monotonic() - start < control.READ_TIMEOUT / 2
+    config = b'{"cmd":"config_check","toml":"' + b"x" * (control.MAX_MESSAGE * 2)
+    assert served.ask(config) == control.refusal(
+        f"no request line within {control.READ_TIMEOUT:g}s"
+    )
+    assert control.line_bound(b"") == control.MAX_CONFIG_MESSAGE  # not known yet
+    assert control.line_bound(b'{"cmd":"conf') == control.MAX_CONFIG_MESSAGE
+    assert control.line_bound(b'{"cmd":"status"') == control.MAX_MESSAGE
+    assert control.line_bound(b' {"cmd":"config_check"') == control.MAX_MESSAGE
+
+
 def test_config_lines_have_their_own_bound_and_checked_fields(served: Served) -> None:
     """A config_* line may carry a config file (up to MAX_CONFIG_MESSAGE), no more; the
     larger bound is the config commands' only, and their fields are checked as strings."""
     big = b'{"cmd":"config_check","toml":"' + b"x" * (control.MAX_CONFIG_MESSAGE + 10) + b'"}\n'
     refused = served.ask(big)
-    assert refused["ok"] is False and refused["error"].startswith("request larger than")
+    assert refused == control.refusal(f"request larger than {control.MAX_CONFIG_MESSAGE} bytes")
     toml = b"x" * (control.MAX_MESSAGE * 4)
     fits = b'{"cmd":"config_check","toml":"' + toml + b'"}\n'
     answer = served.ask(fits)
