@@ -286,14 +286,8 @@ class Agent:
         old, old_key = self.cfg, self.key
         try:
             cfg = load(self.config_path, self._reload_node())
-            try:
-                key = host.read_key(cfg.cluster.auth_key_file)
-            except OSError as exc:
-                raise ConfigError(
-                    [Problem("cluster.auth_key_file", f"{exc.filename}: {exc.strerror}")]
-                ) from None
-            problems = restart_needed(old, cfg) + host.missing_interfaces(cfg)
-            problems += await self.vips.conflicts(cfg.vips)
+            problems = await self.refusals(cfg)
+            key = b"" if problems else host.read_key(cfg.cluster.auth_key_file)
         except ConfigError as exc:
             problems = exc.problems
         except Exception as exc:  # a bug of ours: the running config stays
@@ -315,6 +309,16 @@ class Agent:
             return
         self.last_reload = {"time": round(time.time(), 3), "ok": True, "error": None}
         log.info("reloaded %s", self.config_path)
+
+    async def refusals(self, cfg: Config) -> list[Problem]:
+        """Why the running agent cannot take the valid `cfg` by a reload: what needs a
+        restart, interfaces this host lacks, VIPs held by another host, an unreadable key."""
+        problems = restart_needed(self.cfg, cfg) + host.missing_interfaces(cfg)
+        try:
+            host.read_key(cfg.cluster.auth_key_file)
+        except OSError as exc:
+            problems.append(Problem("cluster.auth_key_file", f"{exc.filename}: {exc.strerror}"))
+        return problems + await self.vips.conflicts(cfg.vips)
 
     def _reload_node(self) -> str | None:
         """The director a reload reads the file for: the pair entry running now (so the

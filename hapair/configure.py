@@ -15,8 +15,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hapair import control, host
-from hapair.config.reload import restart_needed
+from hapair import control
 from hapair.config.store import Store, StoreError, changes_between
 
 if TYPE_CHECKING:
@@ -88,8 +87,7 @@ async def _apply(
 ) -> dict[str, Any]:
     configs = store.check(text)
     mine = next((c for c in configs if c.node.name == agent.cfg.node.name), configs[0])
-    problems = restart_needed(agent.cfg, mine) + host.missing_interfaces(mine)
-    problems += await agent.vips.conflicts(mine.vips)
+    problems = await agent.refusals(mine)
     if problems:
         return refused(
             "reload", "the running agent cannot take this config", [str(p) for p in problems]

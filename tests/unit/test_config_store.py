@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hapair import configure, control
+from hapair.agent import Agent
 from hapair.config import load, version_of
 from hapair.config.store import KEEP, Store, StoreError, changes_between
 
@@ -177,6 +178,9 @@ class FakeAgent:
 
     async def conflicts(self, vips: list[Any]) -> list[Any]:
         return []
+
+    async def refusals(self, cfg: Any) -> list[Any]:
+        return await Agent.refusals(self, cfg)  # type: ignore[arg-type]  # the agent's own
 
     async def _reload(self) -> None:
         self.reloads += 1

@@ -365,6 +365,7 @@ def test_a_sighup_reload_of_a_pair_file_applies_the_same_entry(
         _reload_failed=failed.append,
     )
     fake._reload_node = lambda: Agent._reload_node(fake)
+    fake.refusals = lambda cfg: Agent.refusals(fake, cfg)
     asyncio.run(Agent._reload(fake))
     assert failed == []
     [cfg] = applied
