@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     _socket_options(release)
     config = sub.add_parser(
         "config",
-        help="the running agent's config: show, check, apply, history, rollback",
+        help="the running agent's config: show, check, apply, history, rollback; merge",
         description="The running agent's config file, over the control socket. A change "
         "is checked as `hapair check` does, written atomically, kept in the history "
         "(<node.state_dir>/config-history/) and reloaded as on SIGHUP. Exit 0 ok, "
@@ -135,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("version", metavar="VERSION")
         _socket_options(c)
         c.set_defaults(func=_config)
+    merge = _command(
+        steps,
+        "merge",
+        _config_merge,
+        "make two one-director files one pair file",
+        "merge: two one-director files ([node]) whose other parts are the same made one "
+        "pair file (two [[nodes]]), written to OUT or standard output. No agent is asked. "
+        "Exit 0 written, 1 refused (what differs is printed), 2 a file invalid.",
+    )
+    merge.add_argument("a", type=Path, metavar="A")
+    merge.add_argument("b", type=Path, metavar="B")
+    merge.add_argument("-o", "--output", type=Path, metavar="OUT")
     passwd = _command(
         sub,
         "passwd",
@@ -332,6 +344,28 @@ def _config_check(args: argparse.Namespace) -> int:
     for line in (reply.get("result") or {}).get("changes") or ["no change"]:
         print(line)
     print("ok")
+    return OK
+
+
+def _config_merge(args: argparse.Namespace) -> int:
+    from hapair import host
+    from hapair.config.merge import MergeError, merge
+
+    try:
+        text = merge(args.a, args.b)
+    except MergeError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return exc.code
+    if args.output is None:
+        print(text, end="")
+        return OK
+    try:
+        host.atomic_write(args.output, text)
+    except OSError as exc:
+        print(f"{args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return BAD_INPUT
+    print(f"wrote {args.output}", file=sys.stderr)
     return OK
 
 

@@ -48,7 +48,7 @@ MAX_DEPTH = 16  # tables and arrays within each other; hapair's own schema needs
 _TAGS = {"udp", "serial", "icmp", "tcp", "http", "https", "smtp", "dns", "script", "interface"}
 _UNION_LISTS = {"links", "track"}  # lists whose entries are tagged by `type`
 # Relative paths in these keys are relative to the config file's folder.
-_PATH_KEYS = {
+PATH_KEYS = {
     ("cluster", "auth_key_file"),
     ("monitor", "tls_cert"),
     ("monitor", "tls_key"),
@@ -326,7 +326,7 @@ def _shape(raw: object) -> Iterator[Problem]:
 
 
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
-    for *sections, key in _PATH_KEYS:
+    for *sections, key in PATH_KEYS:
         table: Any = raw
         for section in sections:
             table = table.get(section) if isinstance(table, dict) else None

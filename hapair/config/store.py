@@ -177,6 +177,16 @@ def changes_between(old_text: str, new_text: str) -> list[str]:
         old, new = tomllib.loads(old_text), tomllib.loads(new_text)
     except (tomllib.TOMLDecodeError, RecursionError, ValueError):
         return _line_diff(old_text, new_text)
+    lines = changes_in(old, new)
+    if not lines:
+        lines = ["only comments or layout changed:", *_line_diff(old_text, new_text)]
+    if len(lines) > MAX_CHANGES:
+        lines = [*lines[: MAX_CHANGES - 1], f"... and {len(lines) - MAX_CHANGES + 1} more"]
+    return lines
+
+
+def changes_in(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`changes_between` of two parsed documents: one readable line per change."""
     lines: list[str] = []
     old, new = dict(old), dict(new)
     lines += _keyed(
@@ -192,10 +202,6 @@ def changes_between(old_text: str, new_text: str) -> list[str]:
     lines += _leaves("cluster", old_cluster, new_cluster)
     for key in sorted(old.keys() | new.keys()):
         lines += _leaves(key, old.get(key), new.get(key))
-    if not lines:
-        lines = ["only comments or layout changed:", *_line_diff(old_text, new_text)]
-    if len(lines) > MAX_CHANGES:
-        lines = [*lines[: MAX_CHANGES - 1], f"... and {len(lines) - MAX_CHANGES + 1} more"]
     return lines
 
 
