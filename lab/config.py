@@ -3,7 +3,6 @@ tests and the benches."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hapair.config.toml_out import to_toml
 from lab.topology import (
     CLUSTER_ID,
     GROUP,
@@ -237,46 +237,3 @@ def service(
         {"address": rs} if isinstance(rs, str) else dict(rs) for rs in real_servers
     ]
     return svc
-
-
-def to_toml(doc: Mapping[str, Any]) -> str:
-    """`doc` as TOML: a mapping is a table, a list of mappings an array of tables; strings
-    and paths are basic strings, lists of scalars arrays."""
-    out: list[str] = []
-    _table(out, "", doc)
-    return "\n".join(out).lstrip("\n") + "\n"
-
-
-def _is_table(value: Any) -> bool:
-    return isinstance(value, Mapping)
-
-
-def _is_array_of_tables(value: Any) -> bool:
-    return isinstance(value, list | tuple) and bool(value) and all(map(_is_table, value))
-
-
-def _table(out: list[str], path: str, table: Mapping[str, Any]) -> None:
-    for key, value in table.items():
-        if not _is_table(value) and not _is_array_of_tables(value):
-            out.append(f"{key} = {_value(value)}")
-    for key, value in table.items():
-        inner = f"{path}.{key}" if path else key
-        if _is_table(value):
-            out += ["", f"[{inner}]"]
-            _table(out, inner, value)
-        elif _is_array_of_tables(value):
-            for item in value:
-                out += ["", f"[[{inner}]]"]
-                _table(out, inner, item)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(_value, value)) + "]"
-    raise TypeError(f"no TOML for {value!r}")

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hapair.config.toml_out import to_toml
 from lab.build import MARK, Lab, end, running
-from lab.config import DirectorFiles, director_config, to_toml
+from lab.config import DirectorFiles, director_config
 from lab.echo import CLIENT, PERIOD, RESPONDER, RT
 from lab.shell import LabError, existing_namespaces, say, sh, status_of, wait_for
 from lab.topology import DIRECTORS, PYTHON, TOPOLOGY, VIP

@@ -1,10 +1,13 @@
 """A small TOML writer for what tomllib reads back as the same document: tables,
-arrays of tables, strings, numbers, booleans, dates and arrays. Comments are not kept."""
+arrays of tables, strings (and paths), numbers, booleans, dates and arrays (lists or
+tuples). Comments are not kept. The one writer: `hapair config merge` and the lab's
+director configs use it."""
 
 from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +35,11 @@ def _key(key: str) -> str:
 
 
 def _tables(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+    return (
+        isinstance(value, list | tuple)
+        and bool(value)
+        and all(isinstance(v, Mapping) for v in value)
+    )
 
 
 def _table(out: list[str], path: str, table: Mapping[str, Any]) -> None:
@@ -67,11 +74,11 @@ def _value(value: Any) -> str:
         if math.isnan(value):
             return "nan"
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return _string(value)
+    if isinstance(value, str | os.PathLike):
+        return _string(os.fspath(value))
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(map(_value, value)) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"

@@ -52,6 +52,12 @@ def test_merge_round_trips(tmp_path: Path) -> None:
 def test_writer_reads_back() -> None:
     doc = {"a": 'x"\\\n\x7fé', "b": [1, 2.5, True], "c": {"d k": []}, "e": [{"f": {"g": 1}}]}
     assert tomllib.loads(to_toml(doc)) == doc
+    # what the lab's builder passes: paths and tuples, written as strings and arrays
+    lab_doc = {"node": {"state_dir": Path("/var/lib/x y")}, "vips": ({"address": "a"},)}
+    assert tomllib.loads(to_toml(lab_doc)) == {
+        "node": {"state_dir": "/var/lib/x y"},
+        "vips": [{"address": "a"}],
+    }
 
 
 def test_differing_shared_parts_are_listed(tmp_path: Path) -> None:
