@@ -72,6 +72,8 @@ class Agent:
         self.services = Services(cfg, self.alerter)
         self.vips = VipHolder(cfg.vips)
         self.last_reload: ReloadStatus | None = None  # the latest SIGHUP's outcome
+        self.config_lock = asyncio.Lock()  # one config change at a time (configure.py)
+        self.peer_version: str | None = None  # the pair file's version the peer runs
 
     # Start-up and shutdown.
 
@@ -232,6 +234,14 @@ class Agent:
     # Requests: the control socket and the monitor.
 
     async def _handle_request(self, request: control.Request) -> dict[str, Any]:
+        """A checked request. A config change waits for the peer outside the loop."""
+        from hapair import configure
+
+        if request.cmd in configure.CHANGES:
+            return await configure.change(self, request)
+        return await self.ask(request)
+
+    async def ask(self, request: control.Request) -> dict[str, Any]:
         """A checked request, handled in turn with every other input."""
         answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.inbox.put_nowait(Asked(request, answer))
@@ -255,10 +265,12 @@ class Agent:
     async def _start_monitor(self) -> Any:
         if self.cfg.monitor is None:
             return None
+        from hapair.configure import pair_of
         from hapair.monitor.server import start_monitor
 
         status = lambda: self.status(self.loop.time())  # noqa: E731
-        return await start_monitor(self.cfg.monitor, status, control.checked(self._handle_request))
+        act = control.checked(self._handle_request)
+        return await start_monitor(self.cfg.monitor, status, act, lambda: pair_of(self))
 
     def status(self, now: float) -> Status:
         return compose(

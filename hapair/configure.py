@@ -4,36 +4,81 @@ history, apply and rollback of the running config file (config/store.py).
 An apply is checked as `hapair check` does, then against the running agent as a reload
 is (what needs a restart, this host's interfaces) before the file is written; then the
 agent reloads as on SIGHUP, and when that reload is refused the file and the history
-are put back: nothing changed. A pair file's change must reach the peer first; that
-push is not available yet, so a pair file's apply and rollback are refused, changing
-nothing.
+are put back: nothing changed.
+
+A pair file's change (`change`, in the task of whoever asked, not in the agent's loop
+of inputs) goes to the peer first, signed with the heartbeat key (monitor/peer.py),
+which checks it as its own and reloads; only then is it applied here. When the peer
+refuses it or cannot be reached, nothing changes on either director; when this
+director then refuses it, the peer is rolled back to the version it ran. One change at
+a time on each director: a second one, from here or from the peer, is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from hapair import control
+from hapair.config import version_of
 from hapair.config.store import Store, StoreError, changes_between
 
 if TYPE_CHECKING:
     from hapair.agent import Agent
+    from hapair.monitor.peer import Pair
 
 log = logging.getLogger("hapair")
 
-NO_PEER_PUSH = (
-    "this is a pair file: a change must reach the peer director first, and this hapair "
-    "cannot push it to the peer yet; nothing was changed (edit the file on both directors "
-    "and reload them with SIGHUP)"
+CHANGES = frozenset(
+    {"config_apply", "config_rollback", "config_apply_here", "config_rollback_here"}
 )
+BUSY = "another config change is being applied on this director; try again"
 
 
 def refused(reason: str, error: str, errors: list[str] | None = None) -> dict[str, Any]:
-    """A refusal: `reason` is invalid (`errors`: path: message), stale, unknown, peer or
-    reload (the running agent cannot take it; `errors` say why)."""
+    """A refusal: `reason` is invalid (`errors`: path: message), stale, unknown, busy,
+    peer (the peer refused or cannot be reached) or reload (the running agent cannot
+    take it; `errors` say why)."""
     return control.refusal(error) | {"reason": reason, "errors": errors or []}
+
+
+async def change(agent: Agent, request: control.Request) -> dict[str, Any]:
+    """A change (CHANGES), made outside the agent's loop of inputs: waiting for the peer
+    must not hold up a heartbeat. Each local step is asked through the loop (`ask`).
+    The change runs to its end even when the one who asked stops waiting."""
+    if agent.config_lock.locked():
+        return refused("busy", BUSY)
+    task = asyncio.create_task(_locked(agent, request), name=request.cmd)
+    agent.tasks.append(task)
+    task.add_done_callback(agent.tasks.remove)
+    return await asyncio.shield(task)
+
+
+async def _locked(agent: Agent, request: control.Request) -> dict[str, Any]:
+    async with agent.config_lock:
+        if request.cmd not in ("config_apply", "config_rollback") or not agent.cfg.pair:
+            return await agent.ask(request)
+        try:
+            return await _pair_change(agent, request)
+        except StoreError as exc:
+            return refused(exc.reason, str(exc), exc.problems)
+        except OSError as exc:
+            return refused("reload", f"{exc.filename or agent.config_path}: {exc.strerror}")
+        except Exception as exc:  # a bug of ours must not take the agent down
+            log.exception("config change")
+            return control.refusal(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def pair_of(agent: Agent) -> Pair | None:
+    """What signs the requests between the directors; None without a pair file."""
+    from hapair.monitor.peer import Pair
+
+    cfg = agent.cfg
+    if not cfg.pair or cfg.peer_node is None:
+        return None
+    return Pair(agent.key, cfg.node.name, cfg.peer_node)
 
 
 async def handle(agent: Agent, request: control.Request, status: Any) -> dict[str, Any]:
@@ -47,9 +92,7 @@ async def handle(agent: Agent, request: control.Request, status: Any) -> dict[st
             store.check(request.toml)
             text, _ = store.current()
             return {"ok": True, "result": {"changes": changes_between(text, request.toml)}}
-        if agent.cfg.pair:
-            return refused("peer", NO_PEER_PUSH)
-        if request.cmd == "config_rollback":
+        if request.cmd in ("config_rollback", "config_rollback_here"):
             text = store.text_of(request.version)
             _, base = store.current()
             return await _apply(agent, store, text, request.user, base, request.version)
@@ -106,5 +149,81 @@ async def _apply(
         "version": applied.version,
         "applied": [agent.cfg.node.name],
         "changes": applied.changes,
+        "was": version_of(applied.old_text),
     }
     return {"ok": True, "result": result}
+
+
+async def _pair_change(agent: Agent, request: control.Request) -> dict[str, Any]:
+    """Checked here, then applied on the peer, then here; the peer rolled back when
+    this director refuses it after all."""
+    from hapair.monitor.peer import PeerError, ask
+
+    store = Store(agent.config_path, agent.cfg.node.state_dir)
+    _, base = store.current()
+    rollback = request.cmd == "config_rollback"
+    text = store.text_of(request.version) if rollback else request.toml
+    configs = store.check(text)  # an invalid text is told so before a stale one
+    if not rollback:
+        store.expect(request.version, base)
+    mine = next((c for c in configs if c.node.name == agent.cfg.node.name), configs[0])
+    problems = await agent.refusals(mine)
+    if problems:
+        return refused(
+            "reload", "the running agent cannot take this config", [str(p) for p in problems]
+        )
+    peer, where, pair = agent.cfg.peer_node or "the peer", agent.cfg.peer_monitor, pair_of(agent)
+    nothing = "nothing was changed on either director"
+    if where is None or pair is None or _wildcard(where):
+        return refused(
+            "peer",
+            f"{peer}'s monitor cannot be reached (its [[nodes]] entry needs a monitor_listen "
+            f"with its own address, and both directors a [monitor]); {nothing}",
+        )
+    user = f"{request.user or '-'} via {agent.cfg.node.name}"[: control.MAX_TEXT]
+    expected = agent.peer_version or base
+    there = {"cmd": "config_apply_here", "toml": text, "version": expected, "user": user}
+    try:
+        reply = await ask(where, pair, there)
+    except PeerError as exc:
+        return refused("peer", f"{peer} cannot be reached: {exc}; {nothing}")
+    if not reply["ok"]:
+        why = str(reply.get("error", "refused"))
+        errors = reply.get("errors")
+        listed = [str(e) for e in errors] if isinstance(errors, list) else []
+        return refused("peer", f"{peer} refused the change: {why}; {nothing}", listed)
+    result: dict[str, Any] = reply["result"] if isinstance(reply.get("result"), dict) else {}
+    was = str(result.get("was", ""))
+    here = control.Request("config_apply_here", toml=text, version=base, user=request.user)
+    if rollback:
+        here = control.Request("config_rollback_here", version=request.version, user=request.user)
+    local = await agent.ask(here)
+    if not local["ok"]:
+        back = {"cmd": "config_rollback_here", "version": was, "user": user}
+        try:
+            undone = await ask(where, pair, back)
+        except PeerError as exc:
+            undone = control.refusal(str(exc))
+        if undone["ok"]:
+            local["error"] = f"{local['error']}; {peer} is back on {was[:12]}"
+        else:
+            log.error(
+                "config: %s took %s, this director refused it, and putting %s back failed: "
+                "%s; the directors run different configs",
+                peer,
+                result.get("version"),
+                peer,
+                undone.get("error"),
+            )
+            local["error"] = (
+                f"{local['error']}; {peer} had taken it and could not be put back "
+                f"({undone.get('error')}): the directors now run different configs"
+            )
+        return local
+    local["result"]["applied"] = [peer, agent.cfg.node.name]
+    return local
+
+
+def _wildcard(where: str) -> bool:
+    host = where.rpartition(":")[0].strip("[]")
+    return host in ("", "0.0.0.0", "::")

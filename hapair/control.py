@@ -47,6 +47,9 @@ CONFIG_COMMANDS = {
     "config_check": frozenset({"toml"}),
     "config_apply": frozenset({"toml", "version", "user"}),
     "config_rollback": frozenset({"version", "user"}),
+    # On this director alone: what a pair's change asks of each (configure.py).
+    "config_apply_here": frozenset({"toml", "version", "user"}),
+    "config_rollback_here": frozenset({"version", "user"}),
 }
 CONFIG_PREFIX = b'{"cmd":"config_'  # how encode() starts a config_* line
 COMMANDS = SERVER_COMMANDS | {"status", "release"} | CONFIG_COMMANDS.keys()

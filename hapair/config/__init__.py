@@ -188,8 +188,14 @@ def _resolve(
                 if mapped not in problems:  # a shared section's, already seen
                     problems.append(mapped)
             continue
-        peer = entries[1 - i].get("name")
-        configs.append(_stamped(cfg, version, pair=True, peer=peer))
+        other = entries[1 - i]
+        shared = raw.get("monitor")
+        listen = other.get(
+            "monitor_listen", shared.get("listen") if isinstance(shared, dict) else None
+        )
+        configs.append(
+            _stamped(cfg, version, pair=True, peer=other.get("name"), peer_monitor=listen)
+        )
     if problems:
         raise ConfigError(problems)
     return configs
@@ -278,10 +284,13 @@ def _entry_problem(problem: Problem, i: int, moved: bool) -> Problem:
     return problem
 
 
-def _stamped(cfg: Config, version: str | None, *, pair: bool, peer: Any) -> Config:
+def _stamped(
+    cfg: Config, version: str | None, *, pair: bool, peer: Any, peer_monitor: Any = None
+) -> Config:
     cfg._version = version
     cfg._pair = pair
     cfg._peer_node = peer if isinstance(peer, str) else None
+    cfg._peer_monitor = peer_monitor if isinstance(peer_monitor, str) else None
     return cfg
 
 

@@ -378,6 +378,7 @@ class Config(Section):
     _version: str | None = PrivateAttr(default=None)
     _pair: bool = PrivateAttr(default=False)
     _peer_node: str | None = PrivateAttr(default=None)
+    _peer_monitor: str | None = PrivateAttr(default=None)
 
     @property
     def version(self) -> str | None:
@@ -393,6 +394,11 @@ class Config(Section):
     def peer_node(self) -> str | None:
         """The other `[[nodes]]` entry's name in a pair file; None with `[node]`."""
         return self._peer_node
+
+    @property
+    def peer_monitor(self) -> str | None:
+        """Where the peer's monitor listens (host:port), from a pair file's entry."""
+        return self._peer_monitor
 
     def shared_digest(self) -> bytes:
         """8 bytes of a hash of what both nodes of a pair must agree on (heartbeats

@@ -107,18 +107,24 @@ class Store:
 
     # Changing.
 
+    def expect(self, base_version: str, version: str | None = None) -> None:
+        """StoreError("stale") unless the file is at `base_version` (`version`: its
+        version, when the caller has just read it)."""
+        version = version or self.current()[1]
+        if base_version != version:
+            raise StoreError(
+                "stale",
+                f"the config changed since this edit began: it is at {version[:12]}, "
+                f"not {base_version[:12]}; start again from the running config",
+            )
+
     def apply(self, text: str, user: str, base_version: str, summary: str | None = None) -> Applied:
         """Check `text`, then write it as the file and keep it in the history. Refused
         (StoreError, nothing written) when it is invalid or when `base_version` is not
         the version of the file now."""
         configs = self.check(text)
         old_text, old_version = self.current()
-        if base_version != old_version:
-            raise StoreError(
-                "stale",
-                f"the config changed since this edit began: it is at {old_version[:12]}, "
-                f"not {base_version[:12]}; start again from the running config",
-            )
+        self.expect(base_version, old_version)
         new_version = version_of(text.encode())
         changes = changes_between(old_text, text)
         old_index = self.history()

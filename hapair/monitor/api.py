@@ -121,7 +121,7 @@ class Api:
         if reason in ("invalid", "reload"):
             errors = reply.get("errors") or [error]
             return web.json_response({"ok": False, "error": error, "errors": errors}, status=422)
-        status = {"stale": 409, "peer": 502, "unknown": 404}.get(str(reason), 409)
+        status = {"stale": 409, "busy": 409, "peer": 502, "unknown": 404}.get(str(reason), 409)
         return json_error(status, error)
 
     async def api_status(self, request: web.Request) -> web.Response:

@@ -35,6 +35,7 @@ from hapair.monitor.gate import IDENTITY, SESSION_COOKIE, Gate, is_api, json_err
 from hapair.monitor.listener import Listener, connection_caps
 from hapair.monitor.metrics import CONTENT_TYPE as METRICS_TYPE
 from hapair.monitor.metrics import Metrics
+from hapair.monitor.peer import PairOf, PeerEndpoint
 
 log = logging.getLogger("hapair.monitor")
 
@@ -74,6 +75,7 @@ class MonitorServer:
         status: StatusOf,
         act: Act,
         clock: Callable[[], float] = time.monotonic,
+        pair: PairOf = lambda: None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -82,6 +84,7 @@ class MonitorServer:
         self.users = UsersSource(settings.users_file)
         self.gate = Gate(self.users, clock)
         self.api = Api(status, act)
+        self.peer = PeerEndpoint(pair, act)
         self.metrics = Metrics(status)
         self.runners: list[web.AppRunner] = []
         self.listeners: list[Listener] = []
@@ -176,6 +179,7 @@ class MonitorServer:
         app.router.add_get("/", self.index)
         app.router.add_get("/static/{name}", self.static_file)
         self.api.route(app)
+        self.peer.route(app)
         app.router.add_get("/metrics", self.metrics_page)
         return app
 
@@ -300,11 +304,12 @@ class MonitorServer:
 
 
 async def start_monitor(
-    settings: MonitorConfig, status: StatusOf, act: Act
+    settings: MonitorConfig, status: StatusOf, act: Act, pair: PairOf
 ) -> MonitorServer | None:
     """The web monitor, started; without it (a missing users file, a world-readable key)
-    the agent goes on failing over, and says why."""
-    monitor = MonitorServer(settings, status, act)
+    the agent goes on failing over, and says why. `pair`: what signs the peer's
+    requests (None without a pair file)."""
+    monitor = MonitorServer(settings, status, act, pair=pair)
     try:
         await monitor.start()
     except MonitorError as exc:

@@ -175,6 +175,10 @@ class FakeAgent:
         self.reloads = 0
         self.last_reload: dict[str, Any] | None = None
         self.vips = self
+        self.key = b""
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.config_lock = asyncio.Lock()
+        self.peer_version: str | None = None
 
     async def conflicts(self, vips: list[Any]) -> list[Any]:
         return []
@@ -242,7 +246,7 @@ def test_check_invalid_and_stale_answers(folder: Path) -> None:
     assert reply["reason"] == "stale" and agent.reloads == 0
 
 
-def test_a_pair_file_is_refused_without_the_peer_push(folder: Path) -> None:
+def test_a_pair_file_without_the_peers_monitor_is_refused(folder: Path) -> None:
     pair = BASE.replace(
         '[node]\nname = "lvs1"\npriority = 150\n',
         '[[nodes]]\nname = "lvs1"\npriority = 150\n',
@@ -254,8 +258,15 @@ def test_a_pair_file_is_refused_without_the_peer_push(folder: Path) -> None:
     shown = ask(agent, {"cmd": "config_show"}, status)["result"]
     assert shown["pair"] is True
     assert shown["peer"] == {"node": "lvs2", "version": "a" * 64, "in_sync": False}
-    reply = ask(agent, {"cmd": "config_apply", "toml": pair + SERVICE, "version": version_of(pair)})
-    assert reply["reason"] == "peer" and "peer" in reply["error"]
+    new = pair.replace("priority = 150", "priority = 140")
+    message = {"cmd": "config_apply", "toml": new, "version": version_of(pair)}
+
+    async def change() -> dict[str, Any]:
+        agent.config_lock = asyncio.Lock()  # of this event loop
+        return await configure.change(agent, control.check_request(message))  # type: ignore[arg-type]
+
+    reply = asyncio.run(change())
+    assert reply["reason"] == "peer" and "lvs2's monitor cannot be reached" in reply["error"]
     assert path.read_text() == pair and agent.reloads == 0
 
 
