@@ -30,7 +30,7 @@ from hapair.holder import VipHolder
 from hapair.inputs import Asked, Checked, Input, Received, Reload, Stop, Tick, WarmedUp
 from hapair.links import open_links
 from hapair.services import Services, describe_change
-from hapair.status import ReloadStatus, Status, compose
+from hapair.status import ReloadStatus, Status, compose, config_of
 from hapair.track import start_checks
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class Agent:
         """A checked request. A config change waits for the peer outside the loop."""
         from hapair import configure
 
-        if request.cmd in configure.CHANGES:
+        if request.cmd in configure.OUTSIDE:
             return await configure.change(self, request)
         return await self.ask(request)
 
@@ -286,6 +286,13 @@ class Agent:
             timer_late_max=self.timer_late_max,
             alerts=self.alerter.status(),
             reload=self.last_reload,
+            config=config_of(
+                self.cfg.version,
+                self.node.settings.whole_file,
+                self.node.in_sync,
+                self.node.peer_digest,
+                self.peer_version,
+            ),
         )
 
     # Reload.

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from hapair import control
 from hapair.config import version_of
-from hapair.config.store import Store, StoreError, changes_between
+from hapair.config.store import VERSION, Store, StoreError, changes_between
+from hapair.status import config_of
 
 if TYPE_CHECKING:
     from hapair.agent import Agent
@@ -34,6 +35,8 @@ log = logging.getLogger("hapair")
 CHANGES = frozenset(
     {"config_apply", "config_rollback", "config_apply_here", "config_rollback_here"}
 )
+OUTSIDE = CHANGES | {"config_show"}  # done outside the agent's loop of inputs (`change`)
+SHOW_TIMEOUT = 3.0  # s for the peer to say which version it runs
 BUSY = "another config change is being applied on this director; try again"
 
 
@@ -45,9 +48,12 @@ def refused(reason: str, error: str, errors: list[str] | None = None) -> dict[st
 
 
 async def change(agent: Agent, request: control.Request) -> dict[str, Any]:
-    """A change (CHANGES), made outside the agent's loop of inputs: waiting for the peer
-    must not hold up a heartbeat. Each local step is asked through the loop (`ask`).
-    The change runs to its end even when the one who asked stops waiting."""
+    """A change (CHANGES) or a show, made outside the agent's loop of inputs: waiting
+    for the peer must not hold up a heartbeat. Each local step is asked through the loop
+    (`ask`). A change runs to its end even when the one who asked stops waiting."""
+    if request.cmd == "config_show":
+        await _ask_peer_version(agent)
+        return await agent.ask(request)
     if agent.config_lock.locked():
         return refused("busy", BUSY)
     task = asyncio.create_task(_locked(agent, request), name=request.cmd)
@@ -71,6 +77,37 @@ async def _locked(agent: Agent, request: control.Request) -> dict[str, Any]:
             return control.refusal(f"internal error: {type(exc).__name__}: {exc}")
 
 
+def _peer_runs(agent: Agent) -> str | None:
+    """The version the peer runs, when known (status.config_of)."""
+    node = agent.node
+    return config_of(
+        agent.cfg.version,
+        node.settings.whole_file,
+        node.in_sync,
+        node.peer_digest,
+        agent.peer_version,
+    )["peer_version"]
+
+
+async def _ask_peer_version(agent: Agent) -> None:
+    """When the peer's heartbeats say it runs another pair file, ask it which (the page
+    shows both); what it says is kept as `agent.peer_version`."""
+    from hapair.monitor.peer import PeerError, ask
+
+    pair, where = pair_of(agent), agent.cfg.peer_monitor
+    if pair is None or where is None or _wildcard(where) or agent.node.in_sync is not False:
+        return
+    try:
+        reply = await ask(where, pair, {"cmd": "config_show_here"}, timeout=SHOW_TIMEOUT)
+    except PeerError as exc:
+        log.info("config: cannot ask %s which config it runs: %s", pair.peer, exc)
+        return
+    result = reply.get("result")
+    version = result.get("version") if isinstance(result, dict) else None
+    if isinstance(version, str) and VERSION.fullmatch(version):
+        agent.peer_version = version
+
+
 def pair_of(agent: Agent) -> Pair | None:
     """What signs the requests between the directors; None without a pair file."""
     from hapair.monitor.peer import Pair
@@ -84,7 +121,7 @@ def pair_of(agent: Agent) -> Pair | None:
 async def handle(agent: Agent, request: control.Request, status: Any) -> dict[str, Any]:
     store = Store(agent.config_path, agent.cfg.node.state_dir)
     try:
-        if request.cmd == "config_show":
+        if request.cmd in ("config_show", "config_show_here"):
             return {"ok": True, "result": _show(agent, store, status)}
         if request.cmd == "config_history":
             return {"ok": True, "result": {"versions": store.history()}}
@@ -181,7 +218,9 @@ async def _pair_change(agent: Agent, request: control.Request) -> dict[str, Any]
             f"with its own address, and both directors a [monitor]); {nothing}",
         )
     user = f"{request.user or '-'} via {agent.cfg.node.name}"[: control.MAX_TEXT]
-    expected = agent.peer_version or base
+    if agent.node.in_sync is False:  # out of sync: this director's change wins (see README)
+        await _ask_peer_version(agent)
+    expected = _peer_runs(agent) or base
     there = {"cmd": "config_apply_here", "toml": text, "version": expected, "user": user}
     try:
         reply = await ask(where, pair, there)

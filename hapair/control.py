@@ -48,6 +48,7 @@ CONFIG_COMMANDS = {
     "config_apply": frozenset({"toml", "version", "user"}),
     "config_rollback": frozenset({"version", "user"}),
     # On this director alone: what a pair's change asks of each (configure.py).
+    "config_show_here": frozenset(),
     "config_apply_here": frozenset({"toml", "version", "user"}),
     "config_rollback_here": frozenset({"version", "user"}),
 }

@@ -102,6 +102,12 @@ class ReloadStatus(TypedDict):
     error: str | None
 
 
+class ConfigStatus(TypedDict):
+    version: str | None  # the running config's: SHA-256 of the file's bytes
+    peer_version: str | None  # the peer's, when known (a pair file)
+    in_sync: bool | None  # whether the live peer runs the same (None: no live peer)
+
+
 class Status(TypedDict):
     node: str
     state: str
@@ -117,6 +123,25 @@ class Status(TypedDict):
     timer_late_max_ms: float
     alerts: AlertsStatus
     reload: ReloadStatus | None
+    config: ConfigStatus
+
+
+def config_of(
+    version: str | None,
+    whole_file: bool,
+    in_sync: bool | None,
+    peer_digest: bytes | None,
+    asked: str | None,
+) -> ConfigStatus:
+    """The config line of the status. A pair file's heartbeats carry 8 bytes of its
+    version (`peer_digest`): in sync, the peer's version is ours; otherwise it is the one
+    last asked of the peer (`asked`, configure.py) while the heartbeats still match it."""
+    peer_version = None
+    if whole_file and in_sync:
+        peer_version = version
+    elif whole_file and in_sync is False and asked and peer_digest == bytes.fromhex(asked[:16]):
+        peer_version = asked
+    return {"version": version, "peer_version": peer_version, "in_sync": in_sync}
 
 
 def compose(
@@ -133,6 +158,7 @@ def compose(
     timer_late_max: float,
     alerts: AlertsStatus,
     reload: ReloadStatus | None,
+    config: ConfigStatus,
 ) -> Status:
     """The status from the HA core's own (`HaNode.status`, in loop time `now`; `wall` is
     the UNIX time of the same moment) and what the agent's other parts hold."""
@@ -174,4 +200,5 @@ def compose(
         "timer_late_max_ms": round(timer_late_max * 1000, 1),
         "alerts": alerts,
         "reload": reload,
+        "config": config,
     }

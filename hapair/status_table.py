@@ -39,6 +39,19 @@ def _endpoint(address: Any, port: Any) -> str:
     return host if port is None else f"{host}:{port}"
 
 
+def _config_line(config: Any) -> str:
+    """The running config's version (12 digits, as `config history` starts them) and
+    whether the peer runs the same."""
+    version = str(config.get("version") or "-")[:12]
+    in_sync, peer = config.get("in_sync"), config.get("peer_version")
+    if in_sync is None:
+        return f"config  {version}  (peer not compared)"
+    if in_sync:
+        return f"config  {version}  peer the same"
+    theirs = str(peer)[:12] if peer else "another"
+    return f"config  {version}  PEER RUNS {theirs}: OUT OF SYNC (hapair config show)"
+
+
 def format_status(s: Status, now: float | None = None) -> str:
     """The status JSON as a table an operator reads in one look: the HA state on top,
     then the services and real servers laid out like `ipvsadm -Ln`."""
@@ -70,6 +83,7 @@ def format_status(s: Status, now: float | None = None) -> str:
     if not vips:
         lines.append("VIPs  none")
     lines.append(f"sync  {sync.get('role') if sync.get('enabled') else 'off'}")
+    lines.append(_config_line(s.get("config") or {}))
     health = s.get("health") or {}
     for check, reason in (health.get("failing") or {}).items():
         lines.append(f"FAILING  {check}: {reason}")

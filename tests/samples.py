@@ -101,6 +101,7 @@ STATUS: Status = {
     "timer_late_max_ms": 3.2,
     "alerts": {"queued": 2, "recent": []},
     "reload": None,
+    "config": {"version": "c0ffee" + "0" * 58, "peer_version": None, "in_sync": False},
 }
 
 

@@ -27,7 +27,7 @@ MAX_CHANGES = 200  # lines of `changes`
 MAX_SUMMARY = 200  # characters of a history entry's summary
 MAX_USER = 64
 HISTORY_DIR = "config-history"
-_VERSION = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreError(Exception):
@@ -80,12 +80,12 @@ class Store:
             for e in entries
             if isinstance(e, dict)
             and isinstance(e.get("version"), str)
-            and _VERSION.fullmatch(e["version"])
+            and VERSION.fullmatch(e["version"])
         ]
 
     def text_of(self, version: str) -> str:
         """A kept version's text; StoreError("unknown") when there is none."""
-        if _VERSION.fullmatch(version) is None:
+        if VERSION.fullmatch(version) is None:
             raise StoreError("unknown", "a version is 64 hexadecimal digits (SHA-256)")
         try:
             data = (self.dir / f"{version}.toml").read_bytes()[: MAX_BYTES + 1]

@@ -21,6 +21,7 @@ from hapair.core.refused import Refused
 from hapair.core.states import State
 
 LEAVING_COPIES = 3  # a STOPPED heartbeat is sent this often: one may be lost
+MISMATCH_AFTER = 60.0  # s the peer's config may differ (a change under way) before an alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,8 @@ class Settings:
     initdead: float
     preempt: bool
     preempt_delay: float
-    digest: bytes = b"\0" * 8
+    digest: bytes = b"\0" * 8  # of the config; heartbeats carry it
+    whole_file: bool = False  # digest is of the whole pair file (else: the shared settings)
 
 
 def link_names(cfg: Config) -> list[str]:
@@ -80,8 +82,18 @@ def settings_of(cfg: Config, key: bytes) -> Settings:
         initdead=c.initdead_after,
         preempt=c.preempt,
         preempt_delay=c.preempt_delay,
-        digest=cfg.shared_digest(),
+        digest=config_digest(cfg),
+        whole_file=cfg.pair and cfg.version is not None,
     )
+
+
+def config_digest(cfg: Config) -> bytes:
+    """What heartbeats carry of the config: for a pair file, the first 8 bytes of its
+    version (both directors run the same file); for a `[node]` file, of the settings
+    both directors must share."""
+    if cfg.pair and cfg.version is not None:
+        return bytes.fromhex(cfg.version[:16])
+    return cfg.shared_digest()
 
 
 @dataclass
@@ -115,7 +127,9 @@ class HaNode:
         self._next_send = now
         self._last_tick = now
         self._grace_until = now
-        self._digest_warned = False
+        self.peer_digest: bytes | None = None  # of the peer's config, from its heartbeats
+        self._mismatch_since: float | None = None  # the two differ since then
+        self._mismatch_told = False
         self._last_announced: tuple[State, int] = (State.INIT, 0)
 
     @property
@@ -164,11 +178,7 @@ class HaNode:
         actions += self._detector_events(
             self.detector.heard(link, now if newest else peer.newest_at)
         )
-        if hb.digest != self.settings.digest and not self._digest_warned:
-            self._digest_warned = True
-            actions.append(
-                Notice("config_mismatch", f"{hb.node}'s shared settings differ from ours")
-            )
+        self._config_heard(hb.digest, now)
         if not newest:
             return actions  # its state is old news too
         if peer.heartbeat is None or peer.heartbeat.state != hb.state:
@@ -185,9 +195,38 @@ class HaNode:
             if any(isinstance(e, fd.PeerDown) for e in events):
                 actions += self._carry_out(self.election.peer_lost(now), now)
         actions += self._carry_out(self.election.tick(now), now)
+        actions += self._mismatch(now)
         if now >= self._next_send:
             actions.append(self._heartbeat(now))
         return actions
+
+    def _config_heard(self, digest: bytes, now: float) -> None:
+        self.peer_digest = digest
+        if digest == self.settings.digest:
+            self._mismatch_since, self._mismatch_told = None, False
+        elif self._mismatch_since is None:
+            self._mismatch_since = now
+
+    def _mismatch(self, now: float) -> list[Action]:
+        """`config_mismatch`, once, when the live peer's config has differed for
+        MISMATCH_AFTER (a change under way on both takes a moment)."""
+        since = self._mismatch_since
+        if since is None or self._mismatch_told or not self.detector.peer_alive:
+            return []
+        if now - since < MISMATCH_AFTER:
+            return []
+        self._mismatch_told = True
+        what = "config differs" if self.settings.whole_file else "shared settings differ"
+        return [
+            Notice("config_mismatch", f"{self.peer.name}'s {what} from ours for {now - since:.0f}s")
+        ]
+
+    @property
+    def in_sync(self) -> bool | None:
+        """Whether the live peer runs our config (None: no live peer to compare with)."""
+        if self.peer_digest is None or not self.detector.peer_alive:
+            return None
+        return self.peer_digest == self.settings.digest
 
     def set_health(self, healthy: bool, reason: str, now: float) -> list[Action]:
         woke = self._woke(now)
@@ -239,13 +278,19 @@ class HaNode:
             settings.preempt_delay,
         )
         self.detector.deadtime, self.detector.warntime = settings.deadtime, settings.warntime
+        if self.peer_digest is not None:  # compared again with our new config
+            self._mismatch_since = None
+            self._config_heard(self.peer_digest, self._last_tick)
         self._next_send = min(self._next_send, self._last_tick + settings.interval)
 
     def next_deadline(self) -> float:
         judge = self.detector.next_deadline()
         if judge is not None:
             judge = max(judge, self._grace_until)  # no verdicts during the grace after a stall
-        times = [self._next_send, judge, self.election.next_deadline()]
+        mismatch = None
+        if self._mismatch_since is not None and not self._mismatch_told:
+            mismatch = self._mismatch_since + MISMATCH_AFTER
+        times = [self._next_send, judge, self.election.next_deadline(), mismatch]
         return min(t for t in times if t is not None)
 
     # Outputs.

@@ -33,7 +33,7 @@ MAX_REPLY = 1024 * 1024
 TIMEOUT = 15.0  # s for the peer to check a change and reload (seconds in a slow VM)
 AGENT_TIMEOUT = TIMEOUT - 5.0  # the peer answers before its sender stops waiting
 # What a peer may ask: the version it runs, or a change applied there alone.
-COMMANDS = frozenset({"config_show", "config_apply_here", "config_rollback_here"})
+COMMANDS = frozenset({"config_show_here", "config_apply_here", "config_rollback_here"})
 
 
 class PeerError(Exception):

@@ -15,6 +15,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from hapair.config import load, version_of
 from hapair.core import push
 from hapair.monitor.peer import PATH, Pair, PeerError, ask
 from hapair.monitor.server import MonitorServer
+from hapair.status import config_of
 
 pytestmark = pytest.mark.unit
 __all__ = ["files"]
@@ -85,6 +87,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class NodeView:
+    """The HA core's view of the peer's config, as its heartbeats tell it (HaNode)."""
+
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(whole_file=True)
+        self.in_sync: bool | None = True
+        self.peer_digest: bytes | None = None
+
+    def heard(self) -> dict[str, Any]:
+        return {"in_sync": self.in_sync, "peer_digest": self.peer_digest}
+
+    def hears(self, peer_text: str, own_text: str) -> None:
+        self.peer_digest = bytes.fromhex(version_of(peer_text)[:16])
+        self.in_sync = peer_text == own_text
+
+
 class Director:
     """configure.py's view of an agent: its config file, a reload that reads it (or
     refuses, `reload_ok`), the lock and the monitor; requests go the agent's way."""
@@ -102,6 +120,7 @@ class Director:
         self.config_lock = asyncio.Lock()
         self.peer_version: str | None = None
         self.monitor: MonitorServer | None = None
+        self.node = NodeView()
 
     async def conflicts(self, vips: list[Any]) -> list[Any]:
         return []
@@ -116,7 +135,12 @@ class Director:
         self.last_reload = {"time": 0.0, "ok": self.reload_ok, "error": "IPVS refused it"}
 
     async def ask(self, request: control.Request) -> dict[str, Any]:
-        return await configure.handle(self, request, {})  # type: ignore[arg-type]
+        status = {
+            "config": config_of(
+                self.cfg.version, True, **self.node.heard(), asked=self.peer_version
+            )
+        }
+        return await configure.handle(self, request, status)  # type: ignore[arg-type]
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """As the control socket and the monitor send a request to the agent."""
@@ -260,6 +284,36 @@ def test_the_peer_is_rolled_back_when_this_director_refuses(folders: tuple[Path,
     asyncio.run(main())
 
 
+def test_out_of_sync_the_page_shows_both_and_an_apply_here_wins(
+    folders: tuple[Path, Path],
+) -> None:
+    """lvs2 was down while lvs1 changed: it came back with its old file. The show says
+    which version each runs; an apply on lvs1 (its own text: one click) brings lvs2 in
+    line."""
+
+    async def main() -> None:
+        one, two = await pair_of(folders)
+        old = one.text()
+        new = old + SERVICE
+        one.config_path.write_text(new)  # as a change made while lvs2 was down
+        await one._reload()
+        one.node.hears(old, new)
+        two.node.hears(new, old)
+        try:
+            shown = await one.request({"cmd": "config_show"})
+            peer = shown["result"]["peer"]
+            assert peer == {"node": "lvs2", "version": version_of(old), "in_sync": False}, shown
+            reply = await one.request(apply(new, version_of(new)))
+            assert reply["ok"], reply
+            assert reply["result"]["applied"] == ["lvs2", "lvs1"]
+            assert two.text() == new and two.cfg.version == version_of(new)
+        finally:
+            await one.stop_monitor()
+            await two.stop_monitor()
+
+    asyncio.run(main())
+
+
 def test_stale_busy_and_invalid_are_refused_before_the_peer(folders: tuple[Path, Path]) -> None:
     async def main() -> None:
         one, two = await pair_of(folders)
@@ -384,10 +438,10 @@ def test_a_reply_not_signed_by_the_peer_is_not_believed(folders: tuple[Path, Pat
         wrong = Pair(os.urandom(32), "lvs1", "lvs2")
         try:
             with pytest.raises(PeerError, match="without lvs2's signature"):
-                await ask(where, wrong, {"cmd": "config_show"})
+                await ask(where, wrong, {"cmd": "config_show_here"})
             good = configure.pair_of(one)  # type: ignore[arg-type]
             assert good is not None
-            reply = await ask(where, good, {"cmd": "config_show"})
+            reply = await ask(where, good, {"cmd": "config_show_here"})
             assert reply["ok"] and reply["result"]["version"] == version_of(two.text())
         finally:
             await one.stop_monitor()

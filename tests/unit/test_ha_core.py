@@ -421,3 +421,49 @@ def test_the_winner_announces_even_when_the_loser_hears_first() -> None:
     assert [x for x in a_acts if isinstance(x, Announce)]
     later = next(x.payload for x in b.tick(now + 0.1) if isinstance(x, Send))
     assert not [x for x in a.receive("udp", later, now + 0.1) if isinstance(x, Announce)]
+
+
+def mismatch_notices(actions: list[object]) -> list[str]:
+    return [a.detail for a in actions if isinstance(a, Notice) and a.event == "config_mismatch"]
+
+
+def test_a_config_that_differs_for_a_minute_is_told_once_and_again_after_agreeing() -> None:
+    pair = Pair(
+        settings_for("a", 150, digest=b"v1v1v1v1", whole_file=True),
+        settings_for("b", 100, digest=b"v1v1v1v1", whole_file=True),
+    )
+    pair.run(0.5)
+    a = pair.nodes["a"]
+    assert a.in_sync is True and mismatch_notices(pair.actions["a"]) == []
+    # b is given a new config; a, not yet: a change under way on both takes a moment.
+    b = pair.nodes["b"]
+    b.reconfigure(replace(b.settings, digest=b"v2v2v2v2"))
+    pair.run(1.0)
+    assert a.in_sync is False and b.in_sync is False
+    pair.run(58.0)
+    assert mismatch_notices(pair.actions["a"]) == []
+    pair.run(1.5)
+    told = mismatch_notices(pair.actions["a"])
+    assert told == ["b's config differs from ours for 60s"], told
+    assert mismatch_notices(pair.actions["b"]) == ["a's config differs from ours for 60s"]
+    pair.run(120.0)
+    assert len(mismatch_notices(pair.actions["a"])) == 1  # once, not every tick
+    # a takes it too: in sync, and a later difference is told again.
+    a.reconfigure(replace(a.settings, digest=b"v2v2v2v2"))
+    pair.run(0.5)
+    assert a.in_sync is True and b.in_sync is True
+    b.reconfigure(replace(b.settings, digest=b"v3v3v3v3"))
+    pair.run(61.0)
+    assert len(mismatch_notices(pair.actions["a"])) == 2
+
+
+def test_a_dead_peer_is_not_compared() -> None:
+    pair = Pair(
+        settings_for("a", 150, digest=b"v1v1v1v1"), settings_for("b", 100, digest=b"zzzzzzzz")
+    )
+    pair.run(0.5)
+    assert pair.nodes["a"].in_sync is False
+    pair.links = set()  # b is cut off: its old config is not news
+    pair.run(61.0)
+    assert pair.nodes["a"].in_sync is None
+    assert mismatch_notices(pair.actions["a"]) == []

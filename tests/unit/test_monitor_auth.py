@@ -141,7 +141,8 @@ def test_status_table_reads_in_one_look() -> None:
     assert lines[3] == "      serial /dev/ttyS1  DOWN  heard never"
     assert lines[4] == "VIPs  10.0.0.100/24 on eth0  held"
     assert lines[5] == "sync  master"
-    assert lines[6] == "alerts  2 queued"
+    assert lines[6] == "config  c0ffee000000  PEER RUNS another: OUT OF SYNC (hapair config show)"
+    assert lines[7] == "alerts  2 queued"
     table = lines[lines.index("Prot LocalAddress:Port Scheduler Flags") :]
     assert table[1].split() == [
         "->",
@@ -175,3 +176,7 @@ def test_status_table_with_a_dead_peer_and_no_services() -> None:
     assert "sync  off" in text
     assert "FAILING  icmp 10.0.0.254: timed out" in text
     assert "Prot" not in text
+    status["config"] |= {"in_sync": None}
+    assert "config  c0ffee000000  (peer not compared)" in format_status(status, now=0)
+    status["config"] |= {"in_sync": True, "peer_version": status["config"]["version"]}
+    assert "config  c0ffee000000  peer the same" in format_status(status, now=0)
