@@ -54,6 +54,7 @@ class Director:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     nofile: int | None = None  # the agent's soft and hard limit on open files, if set
+    node: str | None = None  # `run --node`: the entry of a pair file to run as
 
     @property
     def socket(self) -> Path:
@@ -62,8 +63,9 @@ class Director:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
         with open(self.log, "ab") as log:
+            node = [] if self.node is None else ["--node", self.node]
             self.proc = subprocess.Popen(
-                shell.agent_command(self.ns.name, self.config),
+                shell.agent_command(self.ns.name, self.config) + node,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.nofile is None else self._limit_files,

@@ -47,7 +47,8 @@ MAX_DEPTH = 16  # tables and arrays within each other; hapair's own schema needs
 # Discriminator values pydantic puts into error locations of tagged unions.
 _TAGS = {"udp", "serial", "icmp", "tcp", "http", "https", "smtp", "dns", "script", "interface"}
 _UNION_LISTS = {"links", "track"}  # lists whose entries are tagged by `type`
-# Relative paths in these keys are relative to the config file's folder.
+# Relative paths in these keys (and in a serial link's `device`) are relative to the
+# config file's folder.
 PATH_KEYS = {
     ("cluster", "auth_key_file"),
     ("monitor", "tls_cert"),
@@ -341,6 +342,15 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
             table = table.get(section) if isinstance(table, dict) else None
         if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
             table[key] = str(base_dir / table[key])
+    # A serial link's device too: a pair file's copies in two folders (a lab on one host)
+    # then name each its own; /dev/ttyS0 stays as it is.
+    cluster = raw.get("cluster")
+    links = cluster.get("links") if isinstance(cluster, dict) else None
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("type") == "serial":
+            device = link.get("device")
+            if isinstance(device, str) and device and not device.startswith("/"):
+                link["device"] = str(base_dir / device)
 
 
 def _is_tag(loc: tuple[Any, ...], i: int) -> bool:
