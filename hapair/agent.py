@@ -286,13 +286,7 @@ class Agent:
             timer_late_max=self.timer_late_max,
             alerts=self.alerter.status(),
             reload=self.last_reload,
-            config=config_of(
-                self.cfg.version,
-                self.node.settings.whole_file,
-                self.node.in_sync,
-                self.node.peer_digest,
-                self.peer_version,
-            ),
+            config=config_of(self.cfg.version, self.node, self.peer_version),
         )
 
     # Reload.

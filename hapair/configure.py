@@ -79,14 +79,7 @@ async def _locked(agent: Agent, request: control.Request) -> dict[str, Any]:
 
 def _peer_runs(agent: Agent) -> str | None:
     """The version the peer runs, when known (status.config_of)."""
-    node = agent.node
-    return config_of(
-        agent.cfg.version,
-        node.settings.whole_file,
-        node.in_sync,
-        node.peer_digest,
-        agent.peer_version,
-    )["peer_version"]
+    return config_of(agent.cfg.version, agent.node, agent.peer_version)["peer_version"]
 
 
 async def _ask_peer_version(agent: Agent) -> None:

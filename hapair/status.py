@@ -8,7 +8,7 @@ each; the rest are hapair's additions (README, "Using it").
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from hapair.core.health import Health
 
@@ -126,20 +126,27 @@ class Status(TypedDict):
     config: ConfigStatus
 
 
-def config_of(
-    version: str | None,
-    whole_file: bool,
-    in_sync: bool | None,
-    peer_digest: bytes | None,
-    asked: str | None,
-) -> ConfigStatus:
+class HeardConfig(Protocol):
+    """The HA core's view of the peer's config (HaNode)."""
+
+    @property
+    def settings(self) -> Any: ...  # its whole_file: the digest is of the whole pair file
+    @property
+    def in_sync(self) -> bool | None: ...
+    @property
+    def peer_digest(self) -> bytes | None: ...
+
+
+def config_of(version: str | None, node: HeardConfig, asked: str | None) -> ConfigStatus:
     """The config line of the status. A pair file's heartbeats carry 8 bytes of its
-    version (`peer_digest`): in sync, the peer's version is ours; otherwise it is the one
-    last asked of the peer (`asked`, configure.py) while the heartbeats still match it."""
+    version (`node.peer_digest`): in sync, the peer's version is ours; otherwise it is
+    the one last asked of the peer (`asked`, configure.py) while the heartbeats still
+    match it."""
+    whole_file, in_sync, digest = node.settings.whole_file, node.in_sync, node.peer_digest
     peer_version = None
     if whole_file and in_sync:
         peer_version = version
-    elif whole_file and in_sync is False and asked and peer_digest == bytes.fromhex(asked[:16]):
+    elif whole_file and in_sync is False and asked and digest == bytes.fromhex(asked[:16]):
         peer_version = asked
     return {"version": version, "peer_version": peer_version, "in_sync": in_sync}
 

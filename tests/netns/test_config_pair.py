@@ -6,86 +6,21 @@ exit codes and messages."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
-from monitor_lab import ADMIN
-from pair import GROUP, INTERVAL, VIP, Lab, started, wait_for
+from pair import Lab, wait_for
+from pair_file_lab import config_of, hapair, pair_file_lab_factory, pair_text
 
 from hapair.config import version_of
-from hapair.config.toml_out import to_toml
-from lab.config import serial_link, udp_link, vip
 
 pytestmark = pytest.mark.netns
-
-
-def hapair(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hapair", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
-def pair_text(tmp: Path, priorities: tuple[int, int] = (150, 100)) -> str:
-    nodes = [
-        {
-            "name": f"dir{i}",
-            "priority": priority,
-            "control_socket": tmp / f"d{i}" / "hapair.sock",
-            "state_dir": tmp / f"d{i}" / "state",
-            "monitor_listen": f"10.78.0.{i}:8443",
-        }
-        for i, priority in ((1, priorities[0]), (2, priorities[1]))
-    ]
-    doc: dict[str, Any] = {
-        "nodes": nodes,
-        "cluster": {
-            "id": 77,
-            "auth_key_file": tmp / "authkey",
-            "interval": INTERVAL,
-            "deadtime": 0.6,
-            "initdead": 2.0,
-            # Relative: each copy's own end of the cable, beside it.
-            "links": [udp_link("eth1", GROUP, 6694), serial_link("tty")],
-        },
-        "vips": [vip(f"{VIP}/24", "eth0")],
-        "monitor": {
-            "tls_cert": tmp / "monitor.crt",
-            "tls_key": tmp / "monitor.key",
-            "users_file": tmp / "users",
-        },
-    }
-    return to_toml(doc)
+__all__ = ["pair_file_lab_factory"]
 
 
 @pytest.fixture
-def pair_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Lab:
-    """The lab of tests/pair.py, its directors running one pair file (a copy each)."""
-    lab = lab_factory()
-    assert hapair("gen-cert", str(tmp_path / "monitor.crt"), str(tmp_path / "monitor.key"))
-    done = hapair("passwd", "-f", str(tmp_path / "users"), ADMIN[0], stdin=ADMIN[1] + "\n")
-    assert done.returncode == 0, done
-    text = pair_text(tmp_path)
-    for i, d in enumerate(lab.dirs, 1):
-        folder = tmp_path / f"d{i}"
-        (folder / "state").mkdir(parents=True)
-        (folder / "tty").symlink_to(tmp_path / f"tty{i}")
-        d.config = folder / "hapair.toml"
-        d.config.write_text(text)
-        d.node = d.name
-    return started(lab)
-
-
-def config_of(d: Any) -> dict[str, Any]:
-    status = d.status() or {}
-    return dict(status.get("config") or {})
+def pair_lab(pair_file_lab_factory: Callable[..., Lab]) -> Lab:
+    return pair_file_lab_factory()
 
 
 def test_a_change_reaches_both_directors_or_neither(pair_lab: Lab) -> None:

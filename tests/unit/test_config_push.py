@@ -95,9 +95,6 @@ class NodeView:
         self.in_sync: bool | None = True
         self.peer_digest: bytes | None = None
 
-    def heard(self) -> dict[str, Any]:
-        return {"in_sync": self.in_sync, "peer_digest": self.peer_digest}
-
     def hears(self, peer_text: str, own_text: str) -> None:
         self.peer_digest = bytes.fromhex(version_of(peer_text)[:16])
         self.in_sync = peer_text == own_text
@@ -135,11 +132,7 @@ class Director:
         self.last_reload = {"time": 0.0, "ok": self.reload_ok, "error": "IPVS refused it"}
 
     async def ask(self, request: control.Request) -> dict[str, Any]:
-        status = {
-            "config": config_of(
-                self.cfg.version, True, **self.node.heard(), asked=self.peer_version
-            )
-        }
+        status = {"config": config_of(self.cfg.version, self.node, self.peer_version)}
         return await configure.handle(self, request, status)  # type: ignore[arg-type]
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
