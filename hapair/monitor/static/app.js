@@ -73,7 +73,7 @@ async function call(method, path, body) {
   if (response.status === 401) { location.assign("/login"); return null; }
   let reply = {};
   try { reply = await response.json(); } catch (e) { reply = { error: response.statusText }; }
-  return { ok: response.ok && reply.ok !== false, reply };
+  return { ok: response.ok && reply.ok !== false, reply, status: response.status };
 }
 
 function confirmAction(text) {
@@ -259,12 +259,252 @@ function drawAlerts(s) {
     tag(a.severity || "info"), " ", el("strong", {}, a.event || ""), " ", a.summary || "")) : [el("li", { class: "muted" }, "none recently")]));
 }
 
+// The configuration editor: the running config file, checked and applied by the agent
+// (GET/PUT /api/config, POST /api/config/check, history and rollback).
+
+const short = (version) => (version ? String(version).slice(0, 12) : "-");
+const editor = {
+  base: null, // the version the text in the editor started from
+  loaded: false, // the editor holds a loaded config (and maybe edits of it)
+  dirty: false, // edited since it was loaded
+  running: null, // the running version, as the last status said
+  peerNode: null,
+  pair: null, // a pair file (both directors' in one); null until GET /api/config said
+  bannerKey: null,
+};
+
+function configResult(cls, headline, lines, extra) {
+  const box = document.getElementById("config-result");
+  box.className = `config-result banner ${cls}`;
+  box.replaceChildren(...[
+    el("p", {}, headline),
+    lines && lines.length ? el("ul", {}, lines.map((line) => el("li", {}, el("code", {}, line)))) : null,
+    extra,
+  ].filter(Boolean));
+  box.hidden = false;
+}
+
+// What the peer runs: a pair file's version is the whole file's; a one-director file's
+// heartbeats compare only the settings both directors must share.
+function drawConfigPeer(node, inSync, peerVersion) {
+  let text = "";
+  if (editor.pair === false) {
+    text = "(a one-director file: it applies to this director alone)";
+    if (inSync === false) text += `; ${node}'s shared settings differ`;
+  } else if (editor.pair === true) {
+    if (inSync === true) text = `· ${node} runs the same`;
+    else if (inSync === false) text = `· ${node} runs ${peerVersion ? short(peerVersion) : "another version"}: they differ`;
+    else text = `· ${node}: not known (not heard)`;
+  }
+  document.getElementById("config-peer").textContent = text;
+}
+
+async function loadConfig(force) {
+  const result = await call("GET", "/api/config");
+  if (result === null) return;
+  if (!result.ok) {
+    configResult("bad", `Cannot load the running config: ${result.reply.error || result.status}`);
+    return;
+  }
+  const reply = result.reply;
+  editor.running = reply.version;
+  document.getElementById("config-version").textContent = short(reply.version);
+  document.getElementById("config-version").title = reply.version;
+  editor.pair = Boolean(reply.pair);
+  const peer = reply.peer || {};
+  editor.peerNode = peer.node || editor.peerNode;
+  drawConfigPeer(peer.node || "the peer", peer.in_sync, peer.version);
+  if (editor.dirty && !force) return; // keep the edit
+  document.getElementById("config-editor").value = reply.toml;
+  editor.base = reply.version;
+  editor.loaded = true;
+  editor.dirty = false;
+  document.getElementById("config-stale").hidden = true;
+}
+
+function historyEntry(entry) {
+  const when = entry.time ? new Date(entry.time * 1000).toLocaleString() : "-";
+  const running = entry.version === editor.running;
+  const rollback = isAdmin && !running
+    ? el("button", {
+      type: "button", class: "config-rollback danger",
+      onclick: () => rollbackTo(entry, when),
+    }, "Roll back")
+    : null;
+  return el("li", { "data-version": entry.version },
+    el("code", { title: entry.version }, short(entry.version)), " ",
+    el("span", { class: "muted" }, when), " ",
+    el("strong", {}, entry.user || "-"), " ",
+    el("span", { class: "summary" }, entry.summary || ""),
+    running ? tag("running", "ok") : null,
+    rollback ? " " : null, rollback);
+}
+
+async function loadHistory() {
+  const list = document.getElementById("config-history");
+  const result = await call("GET", "/api/config/history");
+  if (result === null) return;
+  if (!result.ok) {
+    list.replaceChildren(el("li", { class: "bad" }, `Cannot load the history: ${result.reply.error || result.status}`));
+    return;
+  }
+  const versions = result.reply.versions || [];
+  list.replaceChildren(...(versions.length ? versions.map(historyEntry) : [el("li", { class: "muted" }, "none kept yet: the first change keeps the file as found and the new version")]));
+}
+
+async function reloadAll(force) {
+  await loadConfig(force);
+  await loadHistory();
+}
+
+function editorText() {
+  return document.getElementById("config-editor").value;
+}
+
+async function checkConfig() {
+  configResult("", "Checking…");
+  let result;
+  try {
+    result = await call("POST", "/api/config/check", { toml: editorText() });
+  } catch (e) {
+    configResult("bad", `Check failed: ${e}`);
+    return null;
+  }
+  if (result === null) return null;
+  if (result.ok) {
+    const changes = result.reply.changes || [];
+    configResult("ok", changes.length ? `Valid. It would change (nothing is written by a check):` : "Valid, and no change from the running config.", changes);
+    return changes;
+  }
+  const errors = result.reply.errors || [result.reply.error || `error ${result.status}`];
+  configResult("bad", `Invalid: ${errors.length} error${errors.length === 1 ? "" : "s"}. Nothing was written.`, errors);
+  return null;
+}
+
+// The outcome of a PUT or a rollback, in the result box; after a success the editor
+// and the history show the running config again.
+async function changed(result, what) {
+  if (result === null) return;
+  const reply = result.reply;
+  if (result.ok) {
+    configResult("ok", `${what}: applied ${short(reply.version)} on ${(reply.applied || []).join(", ") || "-"}`, reply.changes || []);
+    await reloadAll(true);
+    refresh();
+    return;
+  }
+  const error = reply.error || `error ${result.status}`;
+  if (result.status === 409) {
+    configResult("bad", `${what} refused: someone else changed the running config since this edit started, or another change is under way. Nothing was changed. (${error})`, [],
+      el("button", { type: "button", id: "config-load-running", onclick: () => reloadAll(true).then(() => configResult("", "Loaded the running config: your edit was discarded.")) },
+        "Load the running config (discards this edit)"));
+  } else if (result.status === 502) {
+    configResult("bad", `${what} refused by the peer director: ${error}. Nothing was changed on either director.`);
+  } else if (result.status === 422) {
+    configResult("bad", `${what} refused: the running agent cannot take it. Nothing was changed.`, reply.errors || [error]);
+  } else {
+    configResult("bad", `${what} refused: ${error}`);
+  }
+  loadHistory();
+}
+
+async function applyConfig() {
+  const changes = await checkConfig();
+  if (changes === null) return;
+  if (!changes.length) return;
+  const target = editor.pair ? ` on this director and ${editor.peerNode || "the peer"}` : " on this director";
+  const ok = await confirmAction(`Apply this config${target}? The agent reloads it now.\n\n${changes.join("\n")}`);
+  if (!ok) { configResult("", "Not applied."); return; }
+  configResult("", "Applying…");
+  try {
+    await changed(await call("PUT", "/api/config", { toml: editorText(), version: editor.base }), "Apply");
+  } catch (e) {
+    configResult("bad", `Apply failed: ${e}`);
+  }
+}
+
+async function rollbackTo(entry, when) {
+  const ok = await confirmAction(`Roll the running config back to ${short(entry.version)} (${when}, ${entry.user || "-"}: ${entry.summary || ""})? The agent reloads it now.`);
+  if (!ok) return;
+  configResult("", `Rolling back to ${short(entry.version)}…`);
+  try {
+    await changed(await call("POST", "/api/config/rollback", { version: entry.version }), `Roll back to ${short(entry.version)}`);
+  } catch (e) {
+    configResult("bad", `Roll back failed: ${e}`);
+  }
+}
+
+// A pair whose directors run different files: the peer is given this director's own.
+async function pushOwnConfig(peer) {
+  const shown = await call("GET", "/api/config");
+  if (shown === null) return;
+  if (!shown.ok) { show("notice", `Cannot load the running config: ${shown.reply.error}`); return; }
+  const ok = await confirmAction(`Make ${peer} run this director's config ${short(shown.reply.version)}? ${peer} reloads it now.`);
+  if (!ok) return;
+  const result = await call("PUT", "/api/config", { toml: shown.reply.toml, version: shown.reply.version });
+  if (result === null) return;
+  const notice = document.getElementById("notice");
+  if (result.ok) show("notice", `${peer} now runs ${short(result.reply.version)} (applied on ${(result.reply.applied || []).join(", ")})`);
+  else show("notice", `${peer} was not changed: ${result.reply.error || (result.reply.errors || []).join("; ")}${result.status === 502 ? " (nothing was changed)" : ""}`);
+  notice.className = `banner ${result.ok ? "ok" : "bad"}`;
+  refresh();
+  loadHistory();
+}
+
+function drawConfig(s) {
+  const config = s.config || {};
+  const peer = (s.peer || {}).node || "the peer";
+  editor.running = config.version || null;
+  if ((s.peer || {}).node) editor.peerNode = s.peer.node;
+  const version = document.getElementById("config-version");
+  version.textContent = short(config.version);
+  version.title = config.version || "";
+  drawConfigPeer(peer, config.in_sync, config.peer_version);
+  const stale = document.getElementById("config-stale");
+  const isStale = editor.loaded && config.version && config.version !== editor.base;
+  stale.hidden = !isStale;
+  if (isStale) stale.textContent = `The running config is now ${short(config.version)}; this editor started from ${short(editor.base)}. Load the running config before you apply.`;
+
+  const banner = document.getElementById("config-banner");
+  const differ = config.in_sync === false && editor.pair !== null;
+  const key = differ ? `${editor.pair} ${config.version} ${config.peer_version} ${peer}` : null;
+  if (key === editor.bannerKey) return; // unchanged: keep the button under the pointer
+  editor.bannerKey = key;
+  if (key === null) { banner.hidden = true; banner.replaceChildren(); return; }
+  if (editor.pair) {
+    banner.replaceChildren(
+      `This director runs ${short(config.version)}, ${peer} runs ${config.peer_version ? short(config.peer_version) : "another version"}: the directors' configurations differ. `,
+      ...(isAdmin ? [el("button", { type: "button", id: "config-push", onclick: () => pushOwnConfig(peer) }, `Make ${peer} run this director's config`)] : []));
+  } else {
+    banner.replaceChildren(`The settings this director and ${peer} must share differ (each has its own one-director file): change them on both.`);
+  }
+  banner.hidden = false;
+}
+
+function setUpEditor() {
+  const area = document.getElementById("config-editor");
+  area.readOnly = !isAdmin;
+  document.getElementById("config-readonly").hidden = isAdmin;
+  if (!isAdmin) for (const node of document.querySelectorAll(".admin-only")) node.remove();
+  area.addEventListener("input", () => { editor.dirty = true; });
+  document.getElementById("config").addEventListener("toggle", (event) => {
+    if (event.target.open) reloadAll(false).catch((e) => configResult("bad", `Cannot load the running config: ${e}`));
+  });
+  document.getElementById("config-check").addEventListener("click", checkConfig);
+  if (isAdmin) document.getElementById("config-apply").addEventListener("click", applyConfig);
+  document.getElementById("config-reload").addEventListener("click", async () => {
+    if (editor.dirty && !(await confirmAction("Discard your edit and load the running config?"))) return;
+    await reloadAll(true);
+    document.getElementById("config-result").hidden = true;
+  });
+}
+
 function draw(s) {
   drawPair(s);
   drawLinks(s);
   drawVips(s);
   drawServices(s);
   drawAlerts(s);
+  drawConfig(s);
 }
 
 async function refresh() {
@@ -284,4 +524,8 @@ async function refresh() {
   timer = setTimeout(refresh, POLL_MS);
 }
 
-document.addEventListener("DOMContentLoaded", refresh);
+document.addEventListener("DOMContentLoaded", () => {
+  setUpEditor();
+  refresh();
+  loadConfig(false).catch((e) => configResult("bad", `Cannot load the running config: ${e}`));
+});
