@@ -127,6 +127,7 @@ class Lab:
     heartbeat: Bridge  # the heartbeat and connection-sync network
     socat: subprocess.Popen[bytes] | None = None
     extra: list[Callable[[], None]] = field(default_factory=list)  # undone at teardown
+    net: int = 0  # tests/pair_file_lab.py: the management network 10.79.`net`.0/24
 
     def cable(self) -> None:
         """(Re)connect the serial cable between the directors."""

@@ -1,11 +1,13 @@
 """The pair of tests/pair.py running one pair file: a copy of the same file for each
 director, in a folder of its own (d1/, d2/) with its end of the serial cable (`tty`,
 relative in the file). Each director's monitor listens on a management network
-(10.79.0.N, a bridge in the root namespace, where the test is 10.79.0.254): a change is
+(10.79.M.N, a bridge in the root namespace, where the test is 10.79.M.254; M is
+`lab.net`): a change is
 pushed to the peer there, and the test reaches both monitors."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -19,6 +21,7 @@ from topology import Bridge
 
 from hapair.config.toml_out import to_toml
 from lab.config import serial_link, udp_link, vip
+from lab.shell import sh
 
 __all__ = ["pair_file_lab_factory"]
 
@@ -34,20 +37,21 @@ def hapair(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 
 
 def pair_text(
-    tmp: Path,
+    lab: Lab,
     priorities: tuple[int, int] = (150, 100),
     sections: Mapping[str, Any] | None = None,
     **cluster: object,
 ) -> str:
     """The pair file; `sections`: more top-level tables (services, sync); `cluster`:
     timing beyond the lab's."""
+    tmp, net = lab.tmp, lab.net
     nodes = [
         {
             "name": f"dir{i}",
             "priority": priority,
             "control_socket": tmp / f"d{i}" / "hapair.sock",
             "state_dir": tmp / f"d{i}" / "state",
-            "monitor_listen": f"{monitor_address(i)}:8443",
+            "monitor_listen": f"{monitor_address(i, net)}:8443",
         }
         for i, priority in ((1, priorities[0]), (2, priorities[1]))
     ]
@@ -73,8 +77,19 @@ def pair_text(
     return to_toml(doc | dict(sections or {}))
 
 
-def monitor_address(i: int) -> str:
-    return f"10.79.0.{i}"
+def monitor_address(i: int, net: int) -> str:
+    """Director `i`'s monitor address on management network 10.79.`net`.0/24."""
+    return f"10.79.{net}.{i}"
+
+
+def free_net() -> int:
+    """A 10.79.N.0/24 no address of the root namespace is in (tests may run side by side)."""
+    used = sh("ip", "-o", "-4", "addr", "show").stdout
+    for _ in range(100):
+        net = random.randrange(100, 250)
+        if f" 10.79.{net}." not in used:
+            return net
+    raise AssertionError("no free 10.79.N.0/24 for the management network")
 
 
 def config_of(d: Any) -> dict[str, Any]:
@@ -97,10 +112,11 @@ def pair_file_lab_factory(
             done = hapair("passwd", "-f", users, user, "--role", role, stdin=password + "\n")
             assert done.returncode == 0, done
         mgmt = bridge_factory("mgmt", root=True)
-        mgmt.ip("addr", "add", "10.79.0.254/24", "dev", mgmt.name)
-        text = pair_text(tmp_path, sections=sections, **cluster)
+        lab.net = free_net()
+        mgmt.ip("addr", "add", f"{monitor_address(254, lab.net)}/24", "dev", mgmt.name)
+        text = pair_text(lab, sections=sections, **cluster)
         for i, d in enumerate(lab.dirs, 1):
-            mgmt.attach(d.ns, "eth2", f"{monitor_address(i)}/24")
+            mgmt.attach(d.ns, "eth2", f"{monitor_address(i, lab.net)}/24")
             folder = tmp_path / f"d{i}"
             (folder / "state").mkdir(parents=True)
             (folder / "tty").symlink_to(tmp_path / f"tty{i}")

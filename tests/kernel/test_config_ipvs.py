@@ -49,7 +49,7 @@ def test_a_change_reaches_both_ipvs_tables(pair_file_lab_factory: Callable[..., 
     old = dir1.config.read_text()
 
     new = lab.tmp / "new.toml"
-    new.write_text(pair_text(lab.tmp, sections=sections(AFTER), **TIMING))
+    new.write_text(pair_text(lab, sections=sections(AFTER), **TIMING))
     done = hapair("config", "apply", str(new), "--socket", str(dir1.socket))
     assert done.returncode == 0, done
     assert "service web: real server 10.77.0.23 added" in done.stdout, done

@@ -35,7 +35,7 @@ def test_a_change_reaches_both_directors_or_neither(pair_lab: Lab) -> None:
 
     # A new priority for dir2, applied from dir1: dir2 takes it first, then dir1.
     new = pair_lab.tmp / "new.toml"
-    new.write_text(pair_text(pair_lab.tmp, (150, 110)))
+    new.write_text(pair_text(pair_lab, (150, 110)))
     done = hapair("config", "apply", str(new), "--socket", str(dir1.socket))
     assert done.returncode == 0, done
     assert done.stdout.splitlines()[0] == "director dir2.priority: 100 -> 110", done
@@ -50,7 +50,7 @@ def test_a_change_reaches_both_directors_or_neither(pair_lab: Lab) -> None:
     # dir2 frozen: the push waits for it, then nothing changes on either director.
     before = dir1.config.read_text()
     third = pair_lab.tmp / "third.toml"
-    third.write_text(pair_text(pair_lab.tmp, (150, 120)))
+    third.write_text(pair_text(pair_lab, (150, 120)))
     dir2.signal(signal.SIGSTOP)
     try:
         done = hapair("config", "apply", str(third), "--socket", str(dir1.socket))
@@ -71,7 +71,7 @@ def test_a_director_back_with_its_old_file_is_shown_and_brought_in_line(
     wait_for(lambda: config_of(dir1).get("in_sync") is True, 10)
     # dir2 is down while dir1's file is changed (by hand here, and reloaded).
     assert dir2.stop() == 0
-    changed = pair_text(pair_lab.tmp, (140, 100))
+    changed = pair_text(pair_lab, (140, 100))
     dir1.config.write_text(changed)
     dir1.signal(signal.SIGHUP)
     wait_for(lambda: (dir1.status() or {}).get("priority") == 140, 10)
