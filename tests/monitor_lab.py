@@ -113,9 +113,15 @@ class Monitor:
         if auth is not None:
             token = base64.b64encode(":".join(auth).encode()).decode()
             headers["Authorization"] = f"Basic {token}"
-        data = None if body is None else json.dumps(body)
+        data = None if body is None else json.dumps(body).encode()
         if data is not None:
             headers["Content-Type"] = "application/json"
+        return self.raw(method, path, data, headers)
+
+    def raw(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, Any]:
+        """(status, JSON or text) of a request with these bytes and headers, as sent."""
         conn = http.client.HTTPSConnection(self.address, 8443, context=self.context, timeout=20)
         try:
             conn.request(method, path, body=data, headers=headers)
