@@ -57,6 +57,7 @@ import lab.commands
 import lab.measure
 import lab.shell
 import lab.topology
+from lab.config import DirectorFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_GUEST = os.environ.get("HAPAIR_IN_GUEST") == "1"
@@ -86,11 +87,11 @@ def no_preempt(config: str) -> str:
 
 def hapair_check(config: Path) -> None:
     """What `hapair check -c CONFIG` checks, in this process (a process costs seconds in
-    the guest): the config loader itself."""
-    from hapair.config import ConfigError, load
+    the guest): the config loader itself, for both directors of the pair file."""
+    from hapair.config import ConfigError, load_all
 
     try:
-        load(config)
+        load_all(config)
     except ConfigError as exc:
         raise BenchError(f"hapair check -c {config}: {exc}") from None
 
@@ -131,7 +132,7 @@ class Bench:
     def up(self) -> None:
         self.lab.build()
         for d in lab.topology.DIRECTORS:
-            config = self.lab.dir / f"{d}.toml"
+            config = DirectorFiles.lab(d, self.lab.dir).config
             config.write_text(no_preempt(config.read_text()))
             hapair_check(config)
         self.lab.step(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.config import DirectorFiles, director_config, write_authkey
+from lab.config import DirectorFiles, director_config, pair_config, write_authkey
 from lab.provision import monitor_login
 from lab.roles import real_server_network
 from lab.shell import (
@@ -116,11 +116,11 @@ class Lab:
         self.dir.chmod(0o700)
         self.lay_out(["client", "ops", *REALS, *DIRECTORS])
         interfaces = dict(TOPOLOGY["interfaces"])
-        for d in DIRECTORS:
-            files = DirectorFiles.lab(d, self.dir)
-            files.state_dir.mkdir(exist_ok=True)
-            serial = str(self.dir / f"tty-{d}")
-            files.config.write_text(director_config(d, self.mode, files, interfaces, serial))
+        files = {d: DirectorFiles.lab(d, self.dir) for d in DIRECTORS}
+        configs = {d: director_config(d, self.mode, f, interfaces, "tty") for d, f in files.items()}
+        text = pair_config(configs, f"written by scripts/lab for the {self.mode} lab")
+        for f in files.values():
+            f.config.write_text(text)  # the same file on both directors
         # One certificate and login for both monitors.
         self.password, _ = monitor_login(DirectorFiles.lab(DIRECTORS[0], self.dir), "hapair-lab")
 
@@ -128,10 +128,13 @@ class Lab:
         """Into the lab's directory: the pair's key and the serial cable (socat); `hosts` on
         fresh bridges."""
         write_authkey(self.dir / "authkey")
-        self.spawn("socat", None, *serial_cable(self.dir / "tty-lvs1", self.dir / "tty-lvs2"))
+        ends = [self.dir / d / "tty" for d in DIRECTORS]  # beside each director's config
+        for end in ends:
+            end.parent.mkdir(exist_ok=True)
+        self.spawn("socat", None, *serial_cable(*ends))
         self.save()
         self.wire(hosts, bridges=True)
-        wait_for("the serial cable (socat)", lambda: (self.dir / "tty-lvs2").exists(), 10)
+        wait_for("the serial cable (socat)", lambda: all(end.exists() for end in ends), 10)
 
     def wire(self, hosts: list[str], bridges: bool = False) -> None:
         """Create `hosts` (fresh namespaces) on their networks, with `ip -batch`: one `ip`
@@ -195,7 +198,8 @@ class Lab:
         return found
 
     def start_agent(self, d: str) -> None:
-        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
+        config = str(DirectorFiles.lab(d, self.dir).config)
+        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", config, "--node", d)
 
     def alive(self, key: str, what: str = "") -> bool:
         """True, unless process `key` has exited: LabError with the end of its log."""

@@ -20,6 +20,7 @@ from typing import Any
 import lab
 from lab import host_act
 from lab.build import Lab, down
+from lab.config import DirectorFiles
 from lab.measure import (
     ArpWatch,
     Poller,
@@ -117,14 +118,15 @@ def print_up(lab: Lab) -> None:
     say()
     say(f"The lab is up (files and logs in {lab.dir}):")
     for d in DIRECTORS:
-        say(f"  {d}: config {lab.dir / (d + '.toml')}, log {lab.dir / (d + '.log')}")
+        config = DirectorFiles.lab(d, lab.dir).config
+        say(f"  {d}: config {config} (the same on both), log {lab.dir / (d + '.log')}")
         say(f"    monitor {monitor_check(lab, d)}")
     say(f"  monitor login: {MONITOR_USER} / {lab.password}")
     say(f"  (self-signed certificate {lab.dir / 'monitor.crt'}: curl --cacert it, or -k)")
     say(f"  alerts received by ops: {lab.dir / 'alerts.jsonl'}")
     say("Try:")
     say(f"  ip netns exec {ns_name('client')} curl -s http://{VIP}/")
-    say(f"  .venv/bin/hapair status -c {lab.dir / 'lvs1.toml'}")
+    say(f"  .venv/bin/hapair status -c {DirectorFiles.lab('lvs1', lab.dir).config} --node lvs1")
     say(f"  ip netns exec {ns_name('lvs1')} ipvsadm -Ln")
     say("  scripts/lab status; scripts/lab down")
 
@@ -136,8 +138,9 @@ def cmd_status(lab_dir: Path) -> int:
     rc = 0
     for d in DIRECTORS:
         say(f"=== {d}")
+        config = str(DirectorFiles.lab(d, lab_dir).config)
         out = subprocess.run(
-            [PYTHON, "-m", "hapair", "status", "-c", str(lab_dir / f"{d}.toml")], check=False
+            [PYTHON, "-m", "hapair", "status", "-c", config, "--node", d], check=False
         )
         rc = rc or out.returncode
     return rc

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hapair.config.merge import pair_document
 from hapair.config.toml_out import to_toml
 from lab.topology import (
     CLUSTER_ID,
@@ -47,9 +49,11 @@ class DirectorFiles:
 
     @classmethod
     def lab(cls, name: str, lab: Path) -> DirectorFiles:
-        """The namespace lab's: all in its directory, one monitor login for both."""
+        """The namespace lab's: in its directory, one monitor login for both; each
+        director's copy of the pair file in a folder of its own, with its end of the
+        serial cable (`tty`) beside it."""
         return cls(
-            config=lab / f"{name}.toml",
+            config=lab / name / "hapair.toml",
             socket=lab / f"{name}.sock",
             state_dir=lab / name,
             authkey=lab / "authkey",
@@ -135,7 +139,7 @@ def director_config(
                 "min_interval": "0s",
                 "email": {
                     "smtp": f"{sink}:{SMTP_SINK_PORT}",
-                    "from": f"hapair@{name}.lab",
+                    "from": "hapair@lvs.lab",  # shared: a pair file has one [alerts]
                     "to": ["oncall@example.org"],
                 },
                 "pager": {"url": f"http://{sink}:{PAGER_PORT}/alert"},
@@ -149,6 +153,14 @@ def director_config(
         },
         comment=f"written by scripts/lab for the {mode} lab",
     )
+
+
+def pair_config(configs: Mapping[str, str], comment: str) -> str:
+    """One pair file of two directors' configs (director_config's texts, name -> text),
+    as `hapair config merge` makes it: what they share must be the same."""
+    (one, a), (two, b) = configs.items()
+    doc = pair_document(tomllib.loads(a), tomllib.loads(b), (one, two))
+    return f"# {comment}\n" + to_toml(doc)
 
 
 # --- the builder: a director's config as data, written as TOML ----------------------------

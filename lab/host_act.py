@@ -41,7 +41,7 @@ from typing import Any
 
 from hapair.config.toml_out import to_toml
 from lab.build import MARK, Lab, end, running
-from lab.config import DirectorFiles, director_config
+from lab.config import DirectorFiles, director_config, pair_config
 from lab.echo import CLIENT, PERIOD, RESPONDER, RT
 from lab.shell import LabError, existing_namespaces, say, sh, status_of, wait_for
 from lab.topology import DIRECTORS, PYTHON, TOPOLOGY, VIP
@@ -115,20 +115,22 @@ class HostPair(Lab):
         self.dir.mkdir(mode=0o700)
         self.lay_out(HOSTS_HERE)
         checks = []
-        for d in DIRECTORS:
-            files = DirectorFiles.lab(d, self.dir)
-            files.state_dir.mkdir()
-            files.config.write_text(vip_only_config(d, files, str(self.dir / f"tty-{d}")))
-            check = [PYTHON, "-m", "hapair", "check", "-c", str(files.config)]
+        files = {d: DirectorFiles.lab(d, self.dir) for d in DIRECTORS}
+        configs = {d: vip_only_config(d, f, "tty") for d, f in files.items()}
+        text = pair_config(configs, "written by scripts/lab demo, act 1: a VIP-only pair")
+        for d, f in files.items():
+            f.config.write_text(text)  # the same file on both directors
+            check = [PYTHON, "-m", "hapair", "check", "-c", str(f.config), "--node", d]
             checks.append(subprocess.Popen(check, stdout=subprocess.PIPE, text=True))
         for d, proc in zip(DIRECTORS, checks, strict=True):
             out, _ = proc.communicate(timeout=60)
             if proc.returncode != 0 or out.strip() != "ok":
-                raise LabError(f"hapair check -c {self.dir / (d + '.toml')}: {out.strip()}")
+                raise LabError(f"hapair check -c {files[d].config} --node {d}: {out.strip()}")
 
     def start_director(self, d: str) -> None:
         self.spawn(f"echo-{d}", d, *RT, PYTHON, "-c", RESPONDER, d, str(ECHO_PORT))
-        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", str(self.dir / f"{d}.toml"))
+        config = str(DirectorFiles.lab(d, self.dir).config)
+        self.spawn(d, d, PYTHON, "-m", "hapair", "run", "-c", config, "--node", d)
 
     def start_client(self) -> None:
         cmd = [*RT, PYTHON, "-c", CLIENT, VIP, str(ECHO_PORT), str(PERIOD)]
@@ -338,7 +340,8 @@ def run(pair: HostPair | None = None) -> HostActResult:
         pair.wait_steady("lvs1", "lvs2")
 
         say()
-        ctl = [PYTHON, "-m", "hapair", "ctl", "release", "-c", str(pair.dir / "lvs1.toml")]
+        config = str(DirectorFiles.lab("lvs1", pair.dir).config)
+        ctl = [PYTHON, "-m", "hapair", "ctl", "release", "-c", config, "--node", "lvs1"]
         wall, t0 = time.time(), time.monotonic()
         out = subprocess.run(ctl, capture_output=True, text=True, timeout=30, check=False)
         if out.returncode != 0:

@@ -42,22 +42,31 @@ def merge(a: Path, b: Path) -> str:
     """The pair file's text, or MergeError."""
     first, second = _input(a), _input(b)
     _same_folder(first, second)
-    shared = [_shared(first.raw), _shared(second.raw)]
+    doc = pair_document(first.raw, second.raw, (str(a), str(b)))
+    text = f"# A pair file: hapair config merge {a} {b}\n\n" + to_toml(doc)
+    _same_views(text, first, second)
+    return text
+
+
+def pair_document(
+    a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")
+) -> dict[str, Any]:
+    """The pair file of two one-director documents (as tomllib reads them), or
+    MergeError (REFUSED) with every difference in what they share; `names` say which
+    is which in the message."""
+    shared = [_shared(a), _shared(b)]
     differences = changes_in(*shared)
+    one, two = names
     if differences:
-        head = f"hapair: {a} and {b} differ in what a pair shares ({a} -> {b}):"
+        head = f"hapair: {one} and {two} differ in what a pair shares ({one} -> {two}):"
         raise MergeError(REFUSED, [head, *(f"  {line}" for line in differences)])
-    nodes = [_entry(first.raw), _entry(second.raw)]
+    nodes = [_entry(a), _entry(b)]
     for key in ("name", "priority"):
         if nodes[0][key] == nodes[1][key]:
             raise MergeError(
-                REFUSED, [f"hapair: {a} and {b} have the same node.{key} ({nodes[0][key]!r})"]
+                REFUSED, [f"hapair: {one} and {two} have the same node.{key} ({nodes[0][key]!r})"]
             )
-    text = f"# A pair file: hapair config merge {a} {b}\n\n" + to_toml(
-        {"nodes": nodes, **shared[0]}
-    )
-    _same_views(text, first, second)
-    return text
+    return {"nodes": nodes, **shared[0]}
 
 
 def _input(path: Path) -> _Input:
