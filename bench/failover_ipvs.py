@@ -283,14 +283,14 @@ class Bench:
         master, backup = self.ready()
         # The request `hapair ctl release` sends, made in-process: the CLI process alone
         # took 36-41 s to start in the guest (not counted in the outage, but in the time).
-        from hapair import control
+        from hapair import control_client
 
         started = time.time()
         try:
-            reply = control.request(
+            reply = control_client.request(
                 self.lab.dir / f"{master}.sock", {"cmd": "release"}, 5 * lab.topology.SLOWDOWN
             )
-        except (control.NoAgent, OSError) as exc:
+        except (control_client.NoAgent, OSError) as exc:
             raise BenchError(f"hapair ctl release on {master}: {exc}") from exc
         if not reply.get("ok"):
             raise BenchError(f"hapair ctl release on {master}: refused: {reply.get('error')}")

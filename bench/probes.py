@@ -63,7 +63,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from hapair import control
+from hapair import control_client
 from lab.benchkit import BenchError, Child, exit_status, in_guest
 from lab.config import director_toml, service, write_authkey
 from lab.shell import LabError, netns_add, stop
@@ -499,8 +499,8 @@ def agent_status(sock_path: Path, timeout: float = 120) -> dict[str, Any]:
     """The agent's status over its control socket (the guest's busy agent may take a
     while to write 1,000 servers' status: a longer timeout than the CLI's)."""
     try:
-        reply = control.request(sock_path, {"cmd": "status"}, timeout)
-    except control.NoAgent as e:
+        reply = control_client.request(sock_path, {"cmd": "status"}, timeout)
+    except control_client.NoAgent as e:
         raise BenchError(str(e)) from None
     if not reply.get("ok"):
         raise BenchError(f"the agent refused the status request: {reply}")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from hapair import __version__, control
+from hapair import __version__, control_client
 from hapair.status_table import format_status
 
 if TYPE_CHECKING:
@@ -233,8 +233,8 @@ def _socket(args: argparse.Namespace) -> Path | None:
             return None
         explicit = cfg.node.socket_path
     try:
-        return control.find_socket(explicit)
-    except control.NoAgent as exc:
+        return control_client.find_socket(explicit)
+    except control_client.NoAgent as exc:
         print(f"hapair: {exc}", file=sys.stderr)
         return None
 
@@ -254,10 +254,10 @@ def _ask(
         raise _Exit(no_agent)
     try:
         if timeout is None:
-            reply = control.request(path, message)
+            reply = control_client.request(path, message)
         else:
-            reply = control.request(path, message, timeout=timeout)
-    except control.NoAgent as exc:
+            reply = control_client.request(path, message, timeout=timeout)
+    except control_client.NoAgent as exc:
         print(f"hapair: {exc}", file=sys.stderr)
         raise _Exit(no_agent) from None
     if not reply.get("ok"):
@@ -335,8 +335,8 @@ def _config_check(args: argparse.Namespace) -> int:
         return BAD_INPUT
     try:
         path = _socket_quiet(args)
-        reply = control.request(path, {"cmd": "config_check", "toml": text})
-    except control.NoAgent:
+        reply = control_client.request(path, {"cmd": "config_check", "toml": text})
+    except control_client.NoAgent:
         print("ok (no agent answers: not compared with a running config)")
         return OK
     if not reply.get("ok"):
@@ -377,8 +377,8 @@ def _socket_quiet(args: argparse.Namespace) -> Path:
         try:
             explicit = load(args.config, args.node).node.socket_path
         except ConfigError:
-            raise control.NoAgent("no config") from None
-    return control.find_socket(explicit)
+            raise control_client.NoAgent("no config") from None
+    return control_client.find_socket(explicit)
 
 
 def _read_text(path: Path) -> str | None:

@@ -163,11 +163,11 @@ def status_of(director: str, lab: Path) -> dict[str, Any] | None:
 def status_at(socket: Path) -> dict[str, Any] | None:
     """What `hapair status --json` prints (the same control-socket request, in-process) for
     the agent on control socket `socket`; None when no agent answers there."""
-    from hapair import control
+    from hapair import control_client
 
     try:
-        reply = control.request(socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
-    except (control.NoAgent, OSError):
+        reply = control_client.request(socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
+    except (control_client.NoAgent, OSError):
         return None
     result = reply.get("result") if reply.get("ok") else None
     return result if isinstance(result, dict) else None

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from topology import Bridge, Netns
 
-from hapair import control
+from hapair import control_client
 from lab import shell
 from lab.config import director_toml, serial_link, udp_link, vip, write_authkey
 from lab.measure import ArpWatch
@@ -102,8 +102,8 @@ class Director:
         """The agent's status over its control socket (what `hapair status --json` prints;
         asked in-process, as starting a CLI per poll is slow in the guest)."""
         try:
-            reply = control.request(self.socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
-        except control.NoAgent:
+            reply = control_client.request(self.socket, {"cmd": "status"}, timeout=5 * SLOWDOWN)
+        except control_client.NoAgent:
             return None
         return reply.get("result") if reply.get("ok") else None
 

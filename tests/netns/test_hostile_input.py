@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pair import AGAINST_A_PAIR, VIP, Director, Lab, started, wait_for
 
-from hapair import control
+from hapair import control, control_client
 from lab.config import service
 
 pytestmark = pytest.mark.netns
@@ -133,7 +133,9 @@ def test_control_socket_answers_every_line_and_the_master_lives(pair: Lab) -> No
     print(f"control socket: {len(KILLERS) + asked[0]} hostile lines answered")
     assert_undisturbed(pair, pid, since)
     # And the socket still does its job.
-    done = control.request(dir1.socket, {"cmd": "drain", "service": "web", "server": "10.77.0.10"})
+    done = control_client.request(
+        dir1.socket, {"cmd": "drain", "service": "web", "server": "10.77.0.10"}
+    )
     assert done == {"ok": True, "result": "10.77.0.10:80 of web drained"}, done
 
 

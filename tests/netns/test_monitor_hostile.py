@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from monitor_lab import ADMIN, EXTRA, attach_monitor, monitor_address
 from pair import AGAINST_A_PAIR, Lab, started
 
-from hapair import control
+from hapair import control_client
 from hapair.monitor import listener
 
 pytestmark = pytest.mark.netns
@@ -104,8 +104,8 @@ def test_a_minute_of_slow_tls_clients_moves_nothing(
         while time.monotonic() < end:
             asked += 1
             try:
-                reply = control.request(dir1.socket, {"cmd": "status"}, timeout=5)
-            except control.NoAgent:
+                reply = control_client.request(dir1.socket, {"cmd": "status"}, timeout=5)
+            except control_client.NoAgent:
                 reply = {}
             if reply.get("ok"):
                 answered += 1

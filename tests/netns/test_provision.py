@@ -26,7 +26,7 @@ import pytest
 from topology import Bridge, Netns
 
 import lab.topology
-from hapair import control
+from hapair import control_client
 from lab.config import write_authkey
 from lab.shell import LabError, sh, stop, wait_for
 
@@ -264,8 +264,8 @@ def test_two_provisioned_directors_elect_lvs1_and_fail_over_to_lvs2(
     def status(m: Machine) -> dict[str, Any] | None:
         sock = m.root / "run" / "hapair" / f"{m.name}.sock"
         try:
-            reply = control.request(sock, {"cmd": "status"}, timeout=5)
-        except (control.NoAgent, OSError):
+            reply = control_client.request(sock, {"cmd": "status"}, timeout=5)
+        except (control_client.NoAgent, OSError):
             return None
         return reply.get("result") if reply.get("ok") else None
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hapair import configure, control
+from hapair import configure, control, control_client
 from hapair.agent import Agent
 from hapair.config import load, version_of
 from hapair.config.store import KEEP, Store, StoreError, changes_between
@@ -311,7 +311,7 @@ def test_the_socket_takes_a_config_line_larger_than_other_requests(tmp_path: Pat
             big = {"cmd": "config_check", "toml": "x" * (1 << 20)}
             other = {"cmd": "status", "pad": "x" * control.MAX_MESSAGE}
             return [
-                await asyncio.to_thread(control.request, tmp_path / "c.sock", message)
+                await asyncio.to_thread(control_client.request, tmp_path / "c.sock", message)
                 for message in (big, other)
             ]
         finally:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loop_thread import LoopThread
 
-from hapair import control
+from hapair import control, control_client
 from hapair.control import ControlServer, Request, decode_request
 
 pytestmark = pytest.mark.unit
@@ -244,7 +244,7 @@ def test_a_flood_of_idle_clients_leaves_the_socket_answering(served: Served) -> 
     try:
         assert flood.stdout is not None and flood.stdout.readline() == "held\n"
         start = time.monotonic()
-        reply = control.request(served.path, {"cmd": "status"}, 5.0)
+        reply = control_client.request(served.path, {"cmd": "status"}, 5.0)
         assert reply == {"ok": True, "result": {"cmd": "status"}}
         assert time.monotonic() - start < 1.0
         wait = time.monotonic() + 5
@@ -288,7 +288,7 @@ def test_the_client_retries_a_full_listen_backlog(tmp_path: Path) -> None:
     server = threading.Thread(target=serve_later, daemon=True)
     server.start()
     try:
-        assert control.request(path, {"cmd": "status"}, timeout=5.0) == {
+        assert control_client.request(path, {"cmd": "status"}, timeout=5.0) == {
             "ok": True,
             "result": "late but there",
         }
