@@ -216,11 +216,13 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _leaves(path: str, a: Any, b: Any) -> list[str]:
+def _leaves(path: str, a: Any, b: Any, sep: str = ".") -> list[str]:
+    """One line per leaf that differs: `path` and the keys under it, joined by `sep` at
+    the first level (" " after an entry named in words: `real server 10.0.0.1 weight`)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(a.keys() | b.keys()):
-            out += _leaves(f"{path}.{key}", a.get(key), b.get(key))
+            out += _leaves(f"{path}{sep}{key}", a.get(key), b.get(key))
         return out
     if a == b:
         return []
@@ -283,7 +285,7 @@ def _keyed(what: str, olds: Any, news: Any, key: Any, inner: Any) -> list[str]:
             if inner is not None and isinstance(a[k], dict) and isinstance(b[k], dict):
                 out += inner(k, a[k], b[k])
             elif isinstance(a[k], dict) and isinstance(b[k], dict):
-                out += _leaves(f"{what} {k}", a[k], b[k])
+                out += _leaves(f"{what} {k}", a[k], b[k], sep=" ")
             else:
                 out.append(f"{what} {k} changed")
     return out

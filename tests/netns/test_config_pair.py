@@ -45,7 +45,7 @@ def test_a_change_reaches_both_directors_or_neither(pair_lab: Lab) -> None:
     new.write_text(pair_text(pair_lab, (150, 110)))
     done = hapair("config", "apply", str(new), "--socket", str(dir1.socket))
     assert done.returncode == 0, done
-    assert done.stdout.splitlines()[0] == "director dir2.priority: 100 -> 110", done
+    assert done.stdout.splitlines()[0] == "director dir2 priority: 100 -> 110", done
     assert f"applied {version_of(new.read_text())} on dir2, dir1" in done.stdout
     assert dir1.config.read_text() == dir2.config.read_text() == new.read_text()
     wait_for(lambda: (dir2.status() or {}).get("priority") == 110, 10)

@@ -161,6 +161,10 @@ def test_changes_are_readable_lines() -> None:
     assert changes_between(BASE, BASE + "# a comment\n")[0] == "only comments or layout changed:"
     assert changes_between(BASE, BASE) == []
     assert changes_between(BASE, "not toml [") != []
+    weighted = SERVICE + "weight = 4\n"  # in the last table: the real server
+    assert changes_between(old, BASE + weighted) == [
+        "service web: real server 10.0.0.11:80 weight: added 4"
+    ]
 
 
 # The agent's side: configure.handle with an agent that reloads from its file.
