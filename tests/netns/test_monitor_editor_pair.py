@@ -140,7 +140,7 @@ def test_editor_changes_both_directors(service_lab: Lab, tmp_path: Path) -> None
         # Check: the readable line, nothing written on either director.
         page.type_in(new)
         page.find("config-check").click()
-        line = "service web: real server 10.77.0.22.weight: 1 -> 4"
+        line = "service web: real server 10.77.0.22 weight: 1 -> 4"
         page.says("config-result", line)
         assert dir1.config.read_text() == dir2.config.read_text() == old
 
