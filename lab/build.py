@@ -152,6 +152,10 @@ class Lab:
                 f"link set {link} up",
             ]
         ip_batch(root)
+        for d in (h for h in hosts if h in DIRECTORS and self.management):
+            # Forwarded between the directors' management links only (the input link's
+            # flag decides): a config change travels from one monitor to the other.
+            sh("sysctl", "-qw", f"net.ipv4.conf.{mgmt_link(d)}.forwarding=1")
         inside: dict[str, list[str]] = {h: ["link set lo up"] for h in hosts}
         for network in self.bridges:
             batch = ["link set lo up", "link add br0 type bridge", "link set br0 up"]
@@ -175,6 +179,11 @@ class Lab:
                 inside[h] += [
                     f"addr add {HOSTS[h]['management']}/{PREFIXLEN} dev {mgmt}",
                     f"link set {mgmt} up",
+                    *(
+                        f"route add {HOSTS[peer]['management']}/32 via {mgmt_root_address(h)}"
+                        for peer in DIRECTORS
+                        if peer != h
+                    ),
                 ]
             ip_batch(inside[h], self.ns(h))
             if h in REALS:

@@ -25,6 +25,7 @@ from lab.measure import (
     ArpWatch,
     Poller,
     alerts_received,
+    config_change,
     connections_after,
     learned,
     log_events,
@@ -84,6 +85,7 @@ class DemoResult:
     failback_no_master: float | None = None
     alerts: list[str] = field(default_factory=list)  # alert email subjects after the kill
     monitor: list[str] = field(default_factory=list)
+    config: str = ""  # a change applied on lvs1, pushed to lvs2 first
     leftovers: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -163,6 +165,8 @@ def cmd_demo(mode: str, lab_dir: Path, connections: int = 200) -> DemoResult:
         for d in DIRECTORS:
             result.monitor.append(monitor_check(lab, d))
             lab.step(f"monitor: {result.monitor[-1]}")
+        result.config = config_change(lab)
+        lab.step(f"one pair file: {result.config}")
         lab.step(f"SMTP through the VIP: {smtp_through_vip()}")
         # In the emulated guest a Python server manages a fraction of the host's rate.
         period, line_period = (0.05, 2.0) if IN_GUEST else (0.01, 0.5)

@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from lab.build import Lab
+from lab.config import DirectorFiles
 from lab.shell import LabError, sh, wait_for
-from lab.topology import HOSTS, MONITOR_PORT, MONITOR_USER, PYTHON, SLOWDOWN, VIP, ns_name
+from lab.topology import (
+    HOSTS,
+    MONITOR_PORT,
+    MONITOR_USER,
+    PYTHON,
+    SLOWDOWN,
+    VIP,
+    ns_name,
+    timing,
+)
 
 
 def watch_arp(iface: str, vip: str, period: float) -> None:
@@ -297,6 +307,29 @@ def monitor_check(lab: Lab, d: str) -> str:
         return f"{url} answers: {body['node']} {body['state']}"
     except Exception as exc:
         return f"{url} did NOT answer ({exc}); see {lab.dir / (d + '.log')}"
+
+
+def config_change(lab: Lab) -> str:
+    """`hapair config apply` on lvs1 of a change that alters no behaviour (the warntime
+    given at its default), which lvs1 pushes to lvs2 first; a line to print."""
+    config = DirectorFiles.lab("lvs1", lab.dir).config
+    old = config.read_text()
+    t = timing()
+    warntime = f'warntime = "{(t["interval"] + t["deadtime"]) / 2:g}s"\n'
+    new = re.sub(r"^deadtime = .*\n", lambda m: m.group(0) + warntime, old, count=1, flags=re.M)
+    change = lab.dir / "change.toml"
+    change.write_text(new)
+    cmd = [PYTHON, "-m", "hapair", "config", "apply", str(change), "-c", str(config)]
+    out = subprocess.run(
+        [*cmd, "--node", "lvs1"], capture_output=True, text=True, timeout=60 * SLOWDOWN
+    )
+    copies = {DirectorFiles.lab(d, lab.dir).config.read_text() for d in ("lvs1", "lvs2")}
+    last = (out.stdout.strip().splitlines() or [""])[-1]  # "applied VERSION on lvs2, lvs1"
+    if out.returncode != 0 or copies != {new} or not last.startswith("applied "):
+        why = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+        return f"a change applied on lvs1 did NOT reach both directors: {why[0]}"
+    _, version, on = last.split(" ", 2)
+    return f"hapair config apply on lvs1 ({warntime.strip()}): version {version[:12]} {on}"
 
 
 def smtp_through_vip() -> str:

@@ -57,6 +57,7 @@ def test_the_lab_demo_fails_over_and_back_keeping_the_connections(
     assert result.failback_no_master is not None and result.failback_no_master < margin
     assert any(" lvs2 state_change: lvs2 is now MASTER" in s for s in result.alerts)
     assert all("answers:" in line for line in result.monitor), result.monitor
+    assert result.config.endswith("on lvs2, lvs1"), result.config  # pushed to lvs2 first
 
     assert result.leftovers == [] and lab.build.leftovers(lab_dir) == []
     leftover = processes_mentioning(
