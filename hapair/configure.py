@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hapair import control
 from hapair.config import version_of
+from hapair.config.lines import lines_of_problems
 from hapair.config.store import VERSION, Store, StoreError, changes_between
 from hapair.status import config_of
 
@@ -69,7 +70,7 @@ async def _locked(agent: Agent, request: control.Request) -> dict[str, Any]:
         try:
             return await _pair_change(agent, request)
         except StoreError as exc:
-            return refused(exc.reason, str(exc), exc.problems)
+            return _store_refusal(exc, request.toml)
         except OSError as exc:
             return refused("reload", f"{exc.filename or agent.config_path}: {exc.strerror}")
         except Exception as exc:  # a bug of ours must not take the agent down
@@ -101,6 +102,15 @@ async def _ask_peer_version(agent: Agent) -> None:
         agent.peer_version = version
 
 
+def _store_refusal(exc: StoreError, text: str) -> dict[str, Any]:
+    """A refusal of the store's; an invalid text's errors with the line each is at
+    (`lines`, None where none is), for the page's editor."""
+    answer = refused(exc.reason, str(exc), exc.problems)
+    if exc.reason == "invalid" and text:
+        answer["lines"] = lines_of_problems(text, exc.problems)
+    return answer
+
+
 def pair_of(agent: Agent) -> Pair | None:
     """What signs the requests between the directors; None without a pair file."""
     from hapair.monitor.peer import Pair
@@ -128,7 +138,7 @@ async def handle(agent: Agent, request: control.Request, status: Any) -> dict[st
             return await _apply(agent, store, text, request.user, base, request.version)
         return await _apply(agent, store, request.toml, request.user, request.version, None)
     except StoreError as exc:
-        return refused(exc.reason, str(exc), exc.problems)
+        return _store_refusal(exc, request.toml)
     except OSError as exc:
         return refused("reload", f"{exc.filename or agent.config_path}: {exc.strerror or exc}")
 

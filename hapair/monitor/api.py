@@ -120,7 +120,10 @@ class Api:
             log.info("monitor: %s: %s refused: %s", user, command["cmd"], error)
         if reason in ("invalid", "reload"):
             errors = reply.get("errors") or [error]
-            return web.json_response({"ok": False, "error": error, "errors": errors}, status=422)
+            answer = {"ok": False, "error": error, "errors": errors}
+            if isinstance(reply.get("lines"), list):  # where each error is, for the editor
+                answer["lines"] = reply["lines"]
+            return web.json_response(answer, status=422)
         status = {"stale": 409, "busy": 409, "peer": 502, "unknown": 404}.get(str(reason), 409)
         return json_error(status, error)
 

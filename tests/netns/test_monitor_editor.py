@@ -153,6 +153,25 @@ def test_browser_edits_checks_applies_and_rolls_back(monitor_lab: Lab, tmp_path:
         type_in(edited + "\n[x]\n")
         find("config-check").click()
         result_says("x: unknown key (a typo?)")
+        # Each error says its line; its button selects that line in the editor.
+        at = len((edited + "\n[x]\n").splitlines())
+        button = driver.find_element(By.CSS_SELECTOR, "#config-result button.at-line")
+        assert button.text == f"line {at}" and button.get_attribute("data-line") == str(at)
+        button.click()
+        chosen = driver.execute_script(
+            "const a = document.getElementById('config-editor');"
+            "return a.value.slice(a.selectionStart, a.selectionEnd);"
+        )
+        assert chosen == "[x]", chosen
+        type_in(edited.replace("[cluster]", "[cluster", 1))  # a TOML syntax error
+        find("config-check").click()
+        result_says("toml: syntax error")
+        broken = edited.splitlines().index("[cluster]") + 1
+        button = driver.find_element(By.CSS_SELECTOR, "#config-result button.at-line")
+        assert button.text == f"line {broken}", button.text
+        type_in(edited + "\n[x]\n")
+        find("config-check").click()
+        result_says("x: unknown key (a typo?)")
         find("config-apply").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "config-result"), "Invalid"))
         assert "x: unknown key (a typo?)" in find("config-result").text

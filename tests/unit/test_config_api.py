@@ -49,6 +49,7 @@ class ConfigAgent(FakeAgent):
                 "error": "invalid",
                 "reason": "invalid",
                 "errors": ["node.priority: bad"],
+                "lines": [3],
             }
         if cmd == "config_check":
             return {"ok": True, "result": {"changes": ["service web added"]}}
@@ -100,6 +101,7 @@ def test_a_viewer_reads_and_checks_but_cannot_change(browser: Browser, agent: Co
     reply = browser.api("POST", "/api/config/check", {"toml": "bad"}, csrf=csrf)
     assert reply.status == 422
     assert reply.json()["ok"] is False and reply.json()["errors"] == ["node.priority: bad"]
+    assert reply.json()["lines"] == [3]  # passed on for the editor
     assert browser.api("PUT", "/api/config", {"toml": "y", "version": V1}, csrf=csrf).status == 403
     assert browser.api("POST", "/api/config/rollback", {"version": V1}, csrf=csrf).status == 403
     assert not any(r["cmd"] in ("config_apply", "config_rollback") for r in agent.requests)

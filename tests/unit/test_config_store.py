@@ -246,6 +246,7 @@ def test_check_invalid_and_stale_answers(folder: Path) -> None:
     assert reply == {"ok": True, "result": {"changes": ["service web added"]}}
     reply = ask(agent, {"cmd": "config_check", "toml": BASE + "[x]\n"})
     assert reply["reason"] == "invalid" and reply["errors"] == ["x: unknown key (a typo?)"]
+    assert reply["lines"] == [len(BASE.splitlines()) + 1]  # where [x] is, for the editor
     reply = ask(agent, {"cmd": "config_apply", "toml": with_priority(140), "version": "f" * 64})
     assert reply["reason"] == "stale" and agent.reloads == 0
 

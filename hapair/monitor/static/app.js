@@ -278,10 +278,38 @@ function configResult(cls, headline, lines, extra) {
   box.className = `config-result banner ${cls}`;
   box.replaceChildren(...[
     el("p", {}, headline),
-    lines && lines.length ? el("ul", {}, lines.map((line) => el("li", {}, el("code", {}, line)))) : null,
+    lines && lines.length ? el("ul", {}, lines.map(resultLine)) : null,
     extra,
   ].filter(Boolean));
   box.hidden = false;
+}
+
+// A line of the result: a text, or an error with the line of the editor it is at
+// ({text, line}); the line's button selects it in the editor.
+function resultLine(item) {
+  if (typeof item === "string") return el("li", {}, el("code", {}, item));
+  if (!item.line) return el("li", {}, el("code", {}, item.text));
+  return el("li", {},
+    el("button", { type: "button", class: "at-line", "data-line": String(item.line), onclick: () => showLine(item.line) }, `line ${item.line}`),
+    " ", el("code", {}, item.text));
+}
+
+// Each error of an invalid text with its line (the API's `lines`, where it gives one).
+function errorItems(reply, fallback) {
+  const errors = reply.errors || [reply.error || fallback];
+  const lines = Array.isArray(reply.lines) ? reply.lines : [];
+  return errors.map((text, i) => ({ text, line: Number.isInteger(lines[i]) ? lines[i] : null }));
+}
+
+function showLine(number) {
+  const editor = document.getElementById("config-editor");
+  const lines = editor.value.split("\n");
+  const start = lines.slice(0, number - 1).reduce((n, line) => n + line.length + 1, 0);
+  const end = start + (lines[number - 1] || "").length;
+  editor.focus();
+  editor.setSelectionRange(start, end);
+  const height = parseFloat(getComputedStyle(editor).lineHeight) || 18;
+  editor.scrollTop = Math.max(0, (number - 3) * height);
 }
 
 // What the peer runs: a pair file's version is the whole file's; a one-director file's
@@ -376,7 +404,7 @@ async function checkConfig() {
     configResult("ok", changes.length ? `Valid. It would change (nothing is written by a check):` : "Valid, and no change from the running config.", changes);
     return changes;
   }
-  const errors = result.reply.errors || [result.reply.error || `error ${result.status}`];
+  const errors = errorItems(result.reply, `error ${result.status}`);
   configResult("bad", `Invalid: ${errors.length} error${errors.length === 1 ? "" : "s"}. Nothing was written.`, errors);
   return null;
 }
@@ -400,7 +428,7 @@ async function changed(result, what) {
   } else if (result.status === 502) {
     configResult("bad", `${what} refused by the peer director: ${error}. Nothing was changed on either director.`);
   } else if (result.status === 422) {
-    configResult("bad", `${what} refused: the running agent cannot take it. Nothing was changed.`, reply.errors || [error]);
+    configResult("bad", `${what} refused: the running agent cannot take it. Nothing was changed.`, errorItems(reply, error));
   } else {
     configResult("bad", `${what} refused: ${error}`);
   }
