@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hapair import control
-from hapair.config import version_of
+from hapair.config import Config, version_of
 from hapair.config.lines import lines_of_problems
 from hapair.config.store import VERSION, Store, StoreError, changes_between
 from hapair.status import config_of
@@ -129,7 +129,9 @@ async def handle(agent: Agent, request: control.Request, status: Any) -> dict[st
         if request.cmd == "config_history":
             return {"ok": True, "result": {"versions": store.history()}}
         if request.cmd == "config_check":
-            store.check(request.toml)
+            refusal = await _refusal(agent, store.check(request.toml))
+            if refusal is not None:
+                return refusal
             text, _ = store.current()
             return {"ok": True, "result": {"changes": changes_between(text, request.toml)}}
         if request.cmd in ("config_rollback", "config_rollback_here"):
@@ -168,13 +170,9 @@ def _show(agent: Agent, store: Store, status: Any) -> dict[str, Any]:
 async def _apply(
     agent: Agent, store: Store, text: str, user: str, base: str, rollback: str | None
 ) -> dict[str, Any]:
-    configs = store.check(text)
-    mine = next((c for c in configs if c.node.name == agent.cfg.node.name), configs[0])
-    problems = await agent.refusals(mine)
-    if problems:
-        return refused(
-            "reload", "the running agent cannot take this config", [str(p) for p in problems]
-        )
+    refusal = await _refusal(agent, store.check(text))
+    if refusal is not None:
+        return refusal
     who = user or "-"
     applied = store.rollback(rollback, who, base) if rollback else store.apply(text, who, base)
     await agent._reload()
@@ -194,6 +192,18 @@ async def _apply(
     return {"ok": True, "result": result}
 
 
+async def _refusal(agent: Agent, configs: list[Config]) -> dict[str, Any] | None:
+    """Why the running agent cannot take `configs` (its own view of them) by a reload,
+    as a refusal; None when it can."""
+    mine = next((c for c in configs if c.node.name == agent.cfg.node.name), configs[0])
+    problems = await agent.refusals(mine)
+    if not problems:
+        return None
+    return refused(
+        "reload", "the running agent cannot take this config", [str(p) for p in problems]
+    )
+
+
 async def _pair_change(agent: Agent, request: control.Request) -> dict[str, Any]:
     """Checked here, then applied on the peer, then here; the peer rolled back when
     this director refuses it after all."""
@@ -203,15 +213,14 @@ async def _pair_change(agent: Agent, request: control.Request) -> dict[str, Any]
     _, base = store.current()
     rollback = request.cmd == "config_rollback"
     text = store.text_of(request.version) if rollback else request.toml
-    configs = store.check(text)  # an invalid text is told so before a stale one
+    store.check(text)  # an invalid text is told so before a stale one
     if not rollback:
         store.expect(request.version, base)
-    mine = next((c for c in configs if c.node.name == agent.cfg.node.name), configs[0])
-    problems = await agent.refusals(mine)
-    if problems:
-        return refused(
-            "reload", "the running agent cannot take this config", [str(p) for p in problems]
-        )
+    # What the running agent would refuse, asked in its loop (it reads the host's
+    # addresses, as the loop's own work does).
+    checked = await agent.ask(control.Request("config_check", toml=text))
+    if not checked["ok"]:
+        return checked
     peer, where, pair = agent.cfg.peer_node or "the peer", agent.cfg.peer_monitor, pair_of(agent)
     nothing = "nothing was changed on either director"
     if where is None or pair is None or _wildcard(where):

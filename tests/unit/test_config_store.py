@@ -190,6 +190,9 @@ class FakeAgent:
     async def refusals(self, cfg: Any) -> list[Any]:
         return await Agent.refusals(self, cfg)  # type: ignore[arg-type]  # the agent's own
 
+    async def ask(self, request: control.Request) -> dict[str, Any]:
+        return await configure.handle(self, request, {})  # type: ignore[arg-type]
+
     async def _reload(self) -> None:
         self.reloads += 1
         if self.reload_ok:
@@ -242,8 +245,11 @@ def test_a_change_that_needs_a_restart_is_refused_before_writing(folder: Path) -
 
 def test_check_invalid_and_stale_answers(folder: Path) -> None:
     agent = FakeAgent(folder / "hapair.toml")
+    reply = ask(agent, {"cmd": "config_check", "toml": with_priority(140)})
+    assert reply == {"ok": True, "result": {"changes": ["node.priority: 150 -> 140"]}}
+    # Valid, but not what this running agent can take by a reload: told by the check.
     reply = ask(agent, {"cmd": "config_check", "toml": BASE + SERVICE})
-    assert reply == {"ok": True, "result": {"changes": ["service web added"]}}
+    assert reply["reason"] == "reload" and "added with a restart" in reply["errors"][0]
     reply = ask(agent, {"cmd": "config_check", "toml": BASE + "[x]\n"})
     assert reply["reason"] == "invalid" and reply["errors"] == ["x: unknown key (a typo?)"]
     assert reply["lines"] == [len(BASE.splitlines()) + 1]  # where [x] is, for the editor
