@@ -278,7 +278,7 @@ def _keyed(what: str, olds: Any, news: Any, key: Any, inner: Any) -> list[str]:
     news = news if isinstance(news, list) else [news]
     a = {key(e): e for e in olds}
     b = {key(e): e for e in news}
-    out = [f"{what} {k} added" for k in b if k not in a]
+    out = [f"{what} {k} added{_weight(b[k])}" for k in b if k not in a]
     out += [f"{what} {k} removed" for k in a if k not in b]
     for k in a:
         if k in b and a[k] != b[k]:
@@ -289,6 +289,12 @@ def _keyed(what: str, olds: Any, news: Any, key: Any, inner: Any) -> list[str]:
             else:
                 out.append(f"{what} {k} changed")
     return out
+
+
+def _weight(entry: Any) -> str:
+    """A real server's weight, said when it is added with one."""
+    weight = entry.get("weight") if isinstance(entry, dict) and "address" in entry else None
+    return f" (weight {weight})" if isinstance(weight, int) else ""
 
 
 def _line_diff(old_text: str, new_text: str) -> list[str]:

@@ -93,7 +93,7 @@ def test_a_change_reaches_both_ipvs_tables_and_breaks_no_connection(
         applied = time.time()
         done = hapair("config", "apply", str(new), "--socket", str(dir1.socket))
         assert done.returncode == 0, done
-        assert "service echo: real server 10.77.0.23 added" in done.stdout, done
+        assert "service echo: real server 10.77.0.23 added (weight 1)" in done.stdout, done
         assert done.stdout.rstrip().endswith("on dir2, dir1"), done
         for d in lab.dirs:  # the apply answers after both reloads: no waiting
             assert ipvs_table(d.ns) == {ECHO: dests(AFTER)}, d.name

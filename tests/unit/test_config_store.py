@@ -161,6 +161,10 @@ def test_changes_are_readable_lines() -> None:
     assert changes_between(BASE, BASE + "# a comment\n")[0] == "only comments or layout changed:"
     assert changes_between(BASE, BASE) == []
     assert changes_between(BASE, "not toml [") != []
+    added = '\n[[services.real_servers]]\naddress = "10.0.0.13"\nport = 80\nweight = 2\n'
+    assert changes_between(old, old + added) == [
+        "service web: real server 10.0.0.13:80 added (weight 2)"
+    ]
     weighted = SERVICE + "weight = 4\n"  # in the last table: the real server
     assert changes_between(old, BASE + weighted) == [
         "service web: real server 10.0.0.11:80 weight: added 4"
