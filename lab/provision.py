@@ -12,10 +12,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from lab.config import DirectorFiles, director_config
+from lab.config import DirectorFiles, director_config, pair_config
 from lab.roles import real_server_network
 from lab.shell import LabError, say, sh
 from lab.topology import (
+    DIRECTORS,
     HOSTS,
     MONITOR_USER,
     NAT_GATEWAY,
@@ -144,7 +145,10 @@ def provision_director(
             f"{files.tls_cert}, {files.users}: the monitor's certificate and login"
             f" ({MONITOR_USER}, the password in {files.password})"
         )
-    text = director_config(name, mode, files, interfaces, serial)
+    # One pair file, the same on both directors when they found the same interface names.
+    both = {d: DirectorFiles.installed(d, root) for d in DIRECTORS}
+    configs = {d: director_config(d, mode, f, interfaces, serial) for d, f in both.items()}
+    text = pair_config(configs, f"written by scripts/lab provision for the {mode} lab")
     candidate = files.config.with_name(f".{files.config.name}.check")
     write_private(candidate, text.encode(), 0o644)
     check = sh(PYTHON, "-m", "hapair", "check", "-c", str(candidate), check=False)
@@ -155,7 +159,7 @@ def provision_director(
         changed.append(f"{files.config} (hapair check: ok)")
     unit = systemd_unit(
         f"hapair: the HA agent of LVS director {name}",
-        [PYTHON, "-m", "hapair", "run", "-c", str(files.config)],
+        [PYTHON, "-m", "hapair", "run", "-c", str(files.config), "--node", name],
         ["-/sbin/modprobe -q ip_vs"],
         "Environment=HAPAIR_LOG=INFO",
         "ExecReload=/bin/kill -HUP $MAINPID",

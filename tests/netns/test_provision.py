@@ -177,8 +177,11 @@ def test_director_configs_name_the_interfaces_found_and_a_second_run_changes_not
         assert (check.returncode, check.stdout) == (0, "ok\n"), check.stdout
         cfg = tomllib.loads(config.read_text())
 
-        assert cfg["node"]["name"] == m.name
-        assert cfg["node"]["priority"] == HOSTS[m.name]["priority"]
+        # One pair file: both directors' entries, this one's as its own.
+        names = [e["name"] for e in cfg["nodes"]]
+        assert names == list(lab.topology.DIRECTORS) and "node" not in cfg, cfg
+        node = cfg["nodes"][names.index(m.name)]
+        assert node["priority"] == HOSTS[m.name]["priority"]
         assert cfg["cluster"]["links"] == [
             {"type": "udp", "interface": m.interfaces["heartbeat"], "group": lab.topology.GROUP}
             | {"port": lab.topology.HB_PORT}
@@ -189,20 +192,21 @@ def test_director_configs_name_the_interfaces_found_and_a_second_run_changes_not
             expected[f"{lab.topology.NAT_GATEWAY}/24"] = m.interfaces["private"]
         assert vips == expected
         assert cfg["sync"]["interface"] == m.interfaces["heartbeat"]
-        assert (
-            cfg["monitor"]["listen"] == f"{HOSTS[m.name]['management']}:{lab.topology.MONITOR_PORT}"
-        )
+        for entry in cfg["nodes"]:  # the push between the directors goes there
+            where = f"{HOSTS[entry['name']]['management']}:{lab.topology.MONITOR_PORT}"
+            assert entry["monitor_listen"] == where
+        assert "listen" not in cfg["monitor"]
         servers = {rs["address"] for s in cfg["services"] for rs in s["real_servers"]}
         assert servers == {lab.topology.real_address(mode, rs) for rs in lab.topology.REALS}
         assert {s["forward"] for s in cfg["services"]} == {mode}
         for key in ("control_socket", "state_dir"):
-            assert cfg["node"][key].startswith(f"{m.root}/"), cfg["node"][key]
+            assert node[key].startswith(f"{m.root}/"), node[key]
 
         assert (etc / "authkey").read_bytes() == authkey.read_bytes()
         for private in ("authkey", "monitor.key", "users", "monitor-password"):
             assert (etc / private).stat().st_mode & 0o777 == 0o600, private
         unit = m.unit("hapair.service")
-        command = f"{sys.executable} -m hapair run -c {config}"
+        command = f"{sys.executable} -m hapair run -c {config} --node {m.name}"
         assert unit["ExecStart"] == [command], unit
         assert (
             os.readlink(m.root / "usr/local/bin/hapair") == f"{Path(sys.executable).parent}/hapair"
