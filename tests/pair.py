@@ -172,6 +172,19 @@ def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.05
     return time.monotonic() - start
 
 
+def talking_since(holder: Any, since: float) -> float:
+    """Seconds until every held connection (lab.traffic.Holder) answered after `since`,
+    each by the server it always had; fails at once on a broken or moved one."""
+
+    def all_talking() -> bool:
+        conns = holder.report()
+        broken = [c for c in conns if c["error"] or c["moved"]]
+        assert not broken, f"{len(broken)} connections broken: {broken[:3]}"
+        return all(c["last_ok"] > since for c in conns)
+
+    return wait_for(all_talking, 20, step=0.5)
+
+
 def write_config(
     path: Path,
     name: str,

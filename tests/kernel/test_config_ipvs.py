@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from ipvsadm import ipvs_daemons, ipvs_table
-from pair import SLOWDOWN, VIP, Lab, wait_for
+from pair import SLOWDOWN, VIP, Lab, talking_since, wait_for
 from pair_file_lab import config_of, hapair, pair_file_lab_factory, pair_text
 from topology import Netns
 
@@ -51,18 +51,6 @@ def servers() -> Iterator[Servers]:
     s = Servers()
     yield s
     s.close()
-
-
-def talking_since(holder: Holder, since: float) -> None:
-    """Every connection answered after `since`, by the server it always had."""
-
-    def all_talking() -> bool:
-        conns = holder.report()
-        broken = [c for c in conns if c["error"] or c["moved"]]
-        assert not broken, f"{len(broken)} connections broken: {broken[:3]}"
-        return all(c["last_ok"] > since for c in conns)
-
-    wait_for(all_talking, 20, step=0.5)
 
 
 def test_a_change_reaches_both_ipvs_tables_and_breaks_no_connection(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pair
 import pytest
 from ipvsadm import ipvs_table
 from pair import SLOWDOWN, VIP, Director, Lab, started, wait_for
@@ -184,15 +185,7 @@ def synced(ns: Netns) -> int:
 
 
 def talking_since(holder: Holder, since: float) -> None:
-    """Every connection answered after `since`, by the server it always had, none broken."""
-
-    def all_talking() -> bool:
-        conns = holder.report()
-        broken = [c for c in conns if c["error"] or c["moved"]]
-        assert not broken, f"{len(broken)} connections broken: {broken[:3]}"
-        return all(c["last_ok"] > since for c in conns)
-
-    took = wait_for(all_talking, 20, step=0.5)
+    took = pair.talking_since(holder, since)
     print(f"all {CONNECTIONS} connections talking again {took:.1f}s later")
 
 
