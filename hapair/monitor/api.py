@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hapair.control import parse_json
 from hapair.monitor.gate import IDENTITY, json_error
+from hapair.monitor.peer import read_limited
 from hapair.status import Status
 
 log = logging.getLogger("hapair.monitor")
@@ -35,18 +36,11 @@ async def _config_body(
     """The JSON body of a config request with `keys`, all strings, read up to
     MAX_CONFIG_BODY bytes; or the 400/413 that says what is wrong."""
     wanted = "{" + ", ".join(f'"{k}": ...' for k in keys) + "}"
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(1 << 16)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_CONFIG_BODY:
-            return json_error(413, f"the body is larger than {MAX_CONFIG_BODY} bytes")
-        chunks.append(chunk)
+    data = await read_limited(request.content, MAX_CONFIG_BODY)
+    if data is None:
+        return json_error(413, f"the body is larger than {MAX_CONFIG_BODY} bytes")
     try:
-        body = parse_json(b"".join(chunks))
+        body = parse_json(data)
     except ValueError as exc:
         return json_error(400, f"expected a JSON body {wanted} ({exc})")
     if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in keys):

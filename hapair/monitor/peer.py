@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, StreamReader, web
 
 from hapair.control import parse_json
 from hapair.core import push
@@ -70,14 +70,14 @@ async def ask(
                 allow_redirects=False,
             ) as response,
         ):
-            data = await response.content.read(MAX_REPLY + 1)
+            data = await read_limited(response.content, MAX_REPLY)
             status = response.status
             signature = response.headers.get(push.REPLY_HEADER)
     except TimeoutError:
         raise PeerError(f"no answer from https://{where} within {timeout:g}s") from None
     except (ClientError, OSError) as exc:
         raise PeerError(f"https://{where}: {exc}") from None
-    if len(data) > MAX_REPLY:
+    if data is None:
         raise PeerError(f"https://{where} answered more than {MAX_REPLY} bytes")
     if not push.reply_ok(pair.key, nonce, status, data, signature):
         why = _error_of(data) if status in (403, 404) else ""
@@ -92,6 +92,19 @@ async def ask(
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise PeerError(f"{pair.peer}'s reply is not a control reply")
     return reply
+
+
+async def read_limited(stream: StreamReader, limit: int) -> bytes | None:
+    """The whole body (a read returns what has arrived, not all of it), or None once it
+    passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error_of(data: bytes) -> str:
@@ -124,8 +137,8 @@ class PeerEndpoint:
         pair = self.pair()
         if pair is None:
             return self._refuse(request, 404, "this director does not run a pair file")
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
+        body = await read_limited(request.content, MAX_BODY)
+        if body is None:
             return self._refuse(request, 413, f"the body is larger than {MAX_BODY} bytes")
         try:
             signed = self.guard.check(

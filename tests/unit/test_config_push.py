@@ -224,6 +224,31 @@ def test_a_change_lands_on_the_peer_then_here(folders: tuple[Path, Path]) -> Non
     asyncio.run(main())
 
 
+def test_a_config_of_many_chunks_is_pushed_and_shown_whole(folders: tuple[Path, Path]) -> None:
+    """A body and a reply of hundreds of kilobytes arrive in many reads: each side reads
+    them whole before it checks the signature."""
+
+    async def main() -> None:
+        one, two = await pair_of(folders)
+        old = one.text()
+        big = old + SERVICE + "".join(f"# note {i:06d} {'x' * 60}\n" for i in range(10_000))
+        assert 600_000 < len(big) < 1_000_000
+        try:
+            reply = await one.request(apply(big, version_of(old)))
+            assert reply["ok"], reply
+            assert one.text() == two.text() == big
+            good = configure.pair_of(one)  # type: ignore[arg-type]
+            assert good is not None and two.monitor is not None
+            where = f"127.0.0.1:{two.monitor.addresses[0][1]}"
+            shown = await ask(where, good, {"cmd": "config_show_here"})
+            assert shown["result"]["toml"] == big
+        finally:
+            await one.stop_monitor()
+            await two.stop_monitor()
+
+    asyncio.run(main())
+
+
 def test_an_unreachable_peer_changes_nothing_anywhere(folders: tuple[Path, Path]) -> None:
     async def main() -> None:
         one, two = await pair_of(folders)
