@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hapair import control, host, logs
+from hapair import answers, control, host, logs
 from hapair.alerts import Alerter
 from hapair.config import Config, ConfigError, Problem, load
 from hapair.config.reload import restart_needed
 from hapair.core.election import Announce, Transition
 from hapair.core.health import Health
 from hapair.core.node import Action, HaNode, Notice, Send, link_names, settings_of
-from hapair.core.refused import Refused
 from hapair.core.states import State
 from hapair.holder import VipHolder
 from hapair.inputs import Asked, Checked, Input, Received, Reload, Stop, Tick, WarmedUp
@@ -82,7 +81,9 @@ class Agent:
         await self.vips.remove_stale()
         await self.services.start()
         self.links = await open_links(self.cfg, self._receiver)
-        server = control.ControlServer(self.cfg.node.socket_path, self._handle_request)
+        server = control.ControlServer(
+            self.cfg.node.socket_path, lambda request: answers.handle(self, request)
+        )
         await server.start()
         for sig, event in (
             (signal.SIGTERM, Stop()),
@@ -97,7 +98,7 @@ class Agent:
         self.tasks += start_checks(self.cfg, self._on_check)
         self.tasks.append(asyncio.create_task(self._clock(), name="clock"))
         await self._warm_up()
-        monitor = await self._start_monitor()
+        monitor = await answers.start_monitor(self)
         log.info(
             "%s started: priority %d, links %s, VIPs %s",
             self.cfg.node.name,
@@ -147,37 +148,33 @@ class Agent:
             item = await self.inbox.get()
             now = self.loop.time()
             if isinstance(item, Received):
-                await self._carry_out(self.node.receive(item.link, item.payload, now))
+                await self.carry_out(self.node.receive(item.link, item.payload, now))
             elif isinstance(item, Tick):
-                await self._carry_out(self.node.tick(now))
+                await self.carry_out(self.node.tick(now))
             elif isinstance(item, Checked):
                 log.info(
                     "check %s: %s (%s)", item.check, "ok" if item.ok else "FAILING", item.reason
                 )
                 if self.health.set(item.check, item.ok, item.reason):
-                    await self._carry_out(
+                    await self.carry_out(
                         self.node.set_health(self.health.ok, self.health.reason(), now)
                     )
             elif isinstance(item, Asked):
-                try:
-                    answer = await self._control(item.request, now)
-                except Exception as exc:  # a bug of ours must not take the MASTER down
-                    log.exception("control request %s failed", item.request.cmd)
-                    answer = control.refusal(f"internal error: {type(exc).__name__}: {exc}")
+                answer = await answers.answer(self, item.request, now)
                 if not item.reply.done():
                     item.reply.set_result(answer)
             elif isinstance(item, WarmedUp):
                 if self.services.warmed_up(item.task):
                     log.info("preemption allowed: %s", item.reason)
-                    await self._carry_out(self.node.hold_preemption(None, now))
+                    await self.carry_out(self.node.hold_preemption(None, now))
             elif isinstance(item, Reload):
                 await self._reload()
             elif isinstance(item, Stop):
-                await self._carry_out(self.node.stop(now))
+                await self.carry_out(self.node.stop(now))
                 return
             self._wake.set()  # the next deadline may have moved
 
-    async def _carry_out(self, actions: list[Action]) -> None:
+    async def carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 for link in self.links.values():
@@ -208,7 +205,7 @@ class Agent:
         done = self.inbox.put_nowait
         reason = self.services.warm_up(self.cfg.cluster.preempt, lambda t, r: done(WarmedUp(t, r)))
         if reason is not None:
-            await self._carry_out(self.node.hold_preemption(reason, self.loop.time()))
+            await self.carry_out(self.node.hold_preemption(reason, self.loop.time()))
 
     async def _clock(self) -> None:
         """A Tick at each of the core's deadlines. Waits with asyncio.timeout_at, not
@@ -231,46 +228,11 @@ class Agent:
             self.inbox.put_nowait(Tick())
             await asyncio.sleep(0)
 
-    # Requests: the control socket and the monitor.
-
-    async def _handle_request(self, request: control.Request) -> dict[str, Any]:
-        """A checked request. A config change waits for the peer outside the loop."""
-        from hapair import configure
-
-        if request.cmd in configure.OUTSIDE:
-            return await configure.change(self, request)
-        return await self.ask(request)
-
     async def ask(self, request: control.Request) -> dict[str, Any]:
-        """A checked request, handled in turn with every other input."""
+        """A checked request, handled in turn with every other input (answers.py)."""
         answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.inbox.put_nowait(Asked(request, answer))
         return await answer
-
-    async def _control(self, request: control.Request, now: float) -> dict[str, Any]:
-        if request.cmd == "status":
-            return {"ok": True, "result": self.status(now)}
-        if request.cmd == "release":
-            try:
-                await self._carry_out(self.node.release(now))
-            except Refused as exc:
-                return control.refusal(str(exc))
-            return {"ok": True, "result": "released: the peer takes the VIPs"}
-        if request.cmd.startswith("config_"):
-            from hapair import configure
-
-            return await configure.handle(self, request, self.status(now))
-        return await self.services.operator(request)
-
-    async def _start_monitor(self) -> Any:
-        if self.cfg.monitor is None:
-            return None
-        from hapair.configure import pair_of
-        from hapair.monitor.server import start_monitor
-
-        status = lambda: self.status(self.loop.time())  # noqa: E731
-        act = control.checked(self._handle_request)
-        return await start_monitor(self.cfg.monitor, status, act, lambda: pair_of(self))
 
     def status(self, now: float) -> Status:
         return compose(

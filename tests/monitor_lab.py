@@ -12,10 +12,13 @@ import shutil
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pair import VIP, Lab
+import pytest
+from hapair_cli import hapair
+from pair import VIP, Lab, started
 from topology import unique_name
 
 from lab.shell import sh
@@ -58,12 +61,6 @@ def monitor_address(index: int) -> str:
     return f"10.79.{index}.2"
 
 
-def hapair(*args: str, stdin: str = "") -> None:
-    subprocess.run(
-        [sys.executable, "-m", "hapair", *args], input=stdin, text=True, check=True, timeout=60
-    )
-
-
 def delete_link(name: str) -> None:
     sh("ip", "link", "del", name, check=False)
 
@@ -76,10 +73,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def attach_monitor(lab: Lab, tmp_path: Path) -> Lab:
     """Give the lab (made with EXTRA in its config) its certificate, users and veths;
     the directors are not started yet."""
-    hapair("gen-cert", str(tmp_path / "monitor.crt"), str(tmp_path / "monitor.key"))
+    hapair("gen-cert", str(tmp_path / "monitor.crt"), str(tmp_path / "monitor.key"), check=True)
     users = tmp_path / "users"
     for (user, password), role in ((ADMIN, "admin"), (VIEWER, "viewer")):
-        hapair("passwd", "-f", str(users), user, "--role", role, stdin=password + "\n")
+        hapair("passwd", "-f", str(users), user, "--role", role, stdin=password + "\n", check=True)
     for i, d in enumerate(lab.dirs, 1):
         users_file = users if i == 1 else tmp_path / "no-users-here"
         text = d.config.read_text().replace("@LISTEN@", f"{monitor_address(i)}:8443")
@@ -146,3 +143,9 @@ def server(status: dict[str, Any] | None, address: str) -> dict[str, Any]:
             if f"{rs['address']}:{rs['port']}" == address:
                 return dict(rs)
     return {}
+
+
+@pytest.fixture
+def monitor_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[Lab]:
+    """The pair with a service and [monitor]; each director reachable at 10.79.N.2."""
+    yield started(attach_monitor(lab_factory(EXTRA), tmp_path))

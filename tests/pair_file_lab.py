@@ -8,13 +8,12 @@ pushed to the peer there, and the test reaches both monitors."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hapair_cli import hapair
 from monitor_lab import ADMIN, VIEWER
 from pair import GROUP, INTERVAL, VIP, Lab, started
 from topology import Bridge
@@ -24,16 +23,6 @@ from lab.config import serial_link, udp_link, vip
 from lab.shell import sh
 
 __all__ = ["pair_file_lab_factory"]
-
-
-def hapair(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hapair", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def pair_text(

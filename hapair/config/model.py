@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hapair.config.checks import PROBE_TIMING_KEYS, Probe, Track
 from hapair.config.types import (
@@ -29,6 +29,7 @@ from hapair.config.types import (
     IPWithPrefix,
     Line,
     LongDuration,
+    Mailbox,
     Section,
 )
 
@@ -266,20 +267,6 @@ class Service(Section):
             return f"FWM {self.fwmark}"
         host = f"[{self.address}]" if self.address and self.address.version == 6 else self.address
         return f"{self.protocol.upper()} {host}:{self.port}"
-
-
-def _parse_mailbox(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not value.isprintable()
-        or len(value) > 254
-        or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value)
-    ):
-        raise ValueError(f"{value!r} is not an email address")
-    return value
-
-
-Mailbox = Annotated[str, PlainValidator(_parse_mailbox)]
 
 
 class Email(Section):

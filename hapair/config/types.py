@@ -214,6 +214,17 @@ def parse_ifname(value: Any) -> str:
     return value
 
 
+def parse_mailbox(value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.isprintable()
+        or len(value) > 254
+        or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value)
+    ):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
 # Strict: a boolean is not a number (pydantic would take `priority = true` as 1), nor a
 # number a boolean; a float is not an integer.
 Int = Annotated[int, Strict()]
@@ -229,3 +240,4 @@ IPWithPrefix = Annotated[IPInterface, PlainValidator(parse_ip_interface), PlainS
 EndpointStr = Annotated[Endpoint, PlainValidator(parse_endpoint), PlainSerializer(str)]
 HostPortStr = Annotated[HostPort, PlainValidator(parse_host_port), PlainSerializer(str)]
 IfName = Annotated[str, PlainValidator(parse_ifname)]
+Mailbox = Annotated[str, PlainValidator(parse_mailbox)]

@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hapair_cli import hapair
 from ipvsadm import ipvs_daemons, ipvs_table
 from pair import SLOWDOWN, VIP, Lab, talking_since, wait_for
-from pair_file_lab import config_of, hapair, pair_file_lab_factory, pair_text
+from pair_file_lab import config_of, pair_file_lab_factory, pair_text
 from topology import Netns
 
 from hapair.config import version_of

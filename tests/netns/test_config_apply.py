@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
+from hapair_cli import hapair
 from pair import Lab, started, wait_for
 
 pytestmark = pytest.mark.netns
-
-
-def hapair(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hapair", *args], capture_output=True, text=True, timeout=90
-    )
 
 
 def test_apply_reloads_the_agent_and_keeps_the_old_version(lab_factory: Callable[..., Lab]) -> None:

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hapair_cli import hapair
 from monitor_lab import VIEWER, Monitor
 from pair import Lab, wait_for
-from pair_file_lab import config_of, hapair, monitor_address, pair_file_lab_factory, pair_text
+from pair_file_lab import config_of, monitor_address, pair_file_lab_factory, pair_text
 
 from hapair.config import version_of
 from hapair.core import push

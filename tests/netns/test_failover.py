@@ -8,6 +8,7 @@ client's ARP entry for the VIP, and `hapair status` only for the state names.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from pair import DEADTIME, GROUP, VIP, Lab, started, wait_for
@@ -30,6 +32,21 @@ pytestmark = pytest.mark.netns
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     """The pair with the default config, started: dir1 MASTER, dir2 BACKUP."""
     return started(lab_factory())
+
+
+def test_a_running_agent_is_realtime_with_its_memory_locked(lab: Lab) -> None:
+    """As deployed (node.realtime_priority 10): SCHED_FIFO, and its pages locked
+    (host.run_realtime), so no page fault stalls a heartbeat."""
+    for director in lab.dirs:
+        assert director.proc is not None
+        pid = director.proc.pid
+        reset = getattr(os, "SCHED_RESET_ON_FORK", 0)
+        assert os.sched_getscheduler(pid) & ~reset == os.SCHED_FIFO
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        locked_kb = int(status["VmLck"].split()[0])
+        assert locked_kb > 10_000, status["VmLck"]  # the heap and the libraries it touched
 
 
 def test_master_dies_backup_takes_over_and_the_client_follows(lab: Lab) -> None:

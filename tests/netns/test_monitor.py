@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,22 @@ from monitor_lab import (
     ADMIN,
     CHROMEDRIVER,
     CHROMIUM,
-    EXTRA,
     SERVING,
     SILENT,
     VIEWER,
     Monitor,
-    attach_monitor,
     monitor_address,
+    monitor_lab,
     server,
 )
-from pair import VIP, Lab, started, wait_for
+from pair import VIP, Lab, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from samples import conforms
 
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture
-def monitor_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[Lab]:
-    """The pair with a service and [monitor]; each director reachable at 10.79.N.2."""
-    yield started(attach_monitor(lab_factory(EXTRA), tmp_path))
+__all__ = ["monitor_lab"]  # the fixture
 
 
 def test_monitor_of_a_real_agent(monitor_lab: Lab, tmp_path: Path) -> None:

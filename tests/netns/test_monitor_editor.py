@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,16 @@ from monitor_lab import (
     ADMIN,
     CHROMEDRIVER,
     CHROMIUM,
-    EXTRA,
     VIEWER,
-    attach_monitor,
     monitor_address,
+    monitor_lab,
 )
-from pair import Lab, started, wait_for
+from pair import Lab, wait_for
 
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture
-def monitor_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[Lab]:
-    """The pair with a service and [monitor] (as tests/netns/test_monitor.py has it)."""
-    yield started(attach_monitor(lab_factory(EXTRA), tmp_path))
+__all__ = ["monitor_lab"]  # the fixture
 
 
 def chromium(tmp_path: Path) -> Any:

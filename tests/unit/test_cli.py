@@ -16,22 +16,13 @@ from typing import Any
 
 import pytest
 import samples
+from hapair_cli import hapair
 
 from hapair.monitor.users import read_users, verify_password
 
 pytestmark = pytest.mark.unit
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
-
-
-def hapair(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hapair", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import ETC, FakeAgent, hapair
+from hapair_cli import hapair
+from test_cli import ETC, FakeAgent
 
 pytestmark = pytest.mark.unit
 

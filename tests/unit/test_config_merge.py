@@ -7,7 +7,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_cli import ETC, hapair
+from hapair_cli import hapair
+from test_cli import ETC
 
 from hapair.config import load, parse_all
 from hapair.config.merge import MergeError, merge

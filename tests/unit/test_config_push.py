@@ -22,9 +22,10 @@ import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_config_store import SERVICE as WEB  # the service "web", one real server
 from test_monitor_http import PASSWORDS, files
 
-from hapair import configure, control
+from hapair import answers, configure, control
 from hapair.agent import Agent
 from hapair.config import load, version_of
 from hapair.core import push
@@ -35,7 +36,8 @@ from hapair.status import config_of
 pytestmark = pytest.mark.unit
 __all__ = ["files"]
 
-PAIR = """\
+PAIR = (
+    """\
 [[nodes]]
 name = "lvs1"
 priority = 150
@@ -63,17 +65,9 @@ peer = "127.0.0.2"
 tls_cert = "monitor.crt"
 tls_key = "monitor.key"
 users_file = "users"
-
-[[services]]
-name = "web"
-protocol = "tcp"
-address = "10.0.0.100"
-port = 80
-
-[[services.real_servers]]
-address = "10.0.0.11"
-port = 80
 """
+    + WEB
+)
 SERVICE = """
 [[services.real_servers]]
 address = "10.0.0.12"
@@ -137,7 +131,7 @@ class Director:
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """As the control socket and the monitor send a request to the agent."""
-        handle = Agent._handle_request
+        handle = answers.handle
         return await control.checked(lambda r: handle(self, r))(message)  # type: ignore[arg-type]
 
     async def start_monitor(self) -> None:

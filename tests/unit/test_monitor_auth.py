@@ -9,7 +9,6 @@ import pytest
 import samples
 from prometheus_client.parser import text_string_to_metric_families
 
-from hapair.cli import format_status
 from hapair.monitor.auth import (
     BasicCache,
     LoginLimiter,
@@ -19,6 +18,7 @@ from hapair.monitor.auth import (
     tokens_equal,
 )
 from hapair.monitor.metrics import Metrics
+from hapair.status_table import format_status
 
 pytestmark = pytest.mark.unit
 

@@ -12,14 +12,13 @@ import json
 import re
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hapair_cli import hapair
 from loop_thread import LoopThread
 from prometheus_client.parser import text_string_to_metric_families
 from samples import STATUS
@@ -34,20 +33,25 @@ pytestmark = pytest.mark.unit
 PASSWORDS = {"alice": "correct horse", "victor": "viewer pass"}
 
 
-def hapair(*args: str, stdin: str = "") -> None:
-    subprocess.run(
-        [sys.executable, "-m", "hapair", *args], input=stdin, text=True, check=True, timeout=60
-    )
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A certificate and a users file made by the `hapair` commands an operator runs."""
     tmp = tmp_path_factory.mktemp("monitor")
     cert, key, users = tmp / "monitor.crt", tmp / "monitor.key", tmp / "users"
-    hapair("gen-cert", str(cert), str(key), "--cn", "127.0.0.1")
-    hapair("passwd", "-f", str(users), "alice", "--role", "admin", stdin=PASSWORDS["alice"] + "\n")
-    hapair("passwd", "-f", str(users), "victor", "--role", "viewer", stdin="viewer pass\n")
+    hapair("gen-cert", str(cert), str(key), "--cn", "127.0.0.1", check=True)
+    hapair(
+        "passwd",
+        "-f",
+        str(users),
+        "alice",
+        "--role",
+        "admin",
+        stdin=PASSWORDS["alice"] + "\n",
+        check=True,
+    )
+    hapair(
+        "passwd", "-f", str(users), "victor", "--role", "viewer", stdin="viewer pass\n", check=True
+    )
     return {"cert": cert, "key": key, "users": users}
 
 
@@ -418,7 +422,9 @@ def test_a_changed_role_ends_the_session(
     own = Browser(running.port, files["cert"])
     own.login("alice", PASSWORDS["alice"])
     assert own.request("GET", "/api/status").status == 200
-    hapair("passwd", "-f", str(users), "alice", "--role", "viewer", stdin="correct horse\n")
+    hapair(
+        "passwd", "-f", str(users), "alice", "--role", "viewer", stdin="correct horse\n", check=True
+    )
     assert own.request("GET", "/api/status").status == 401
 
 
@@ -535,7 +541,7 @@ def test_a_bad_certificate_is_explained(files: dict[str, Path], tmp_path: Path) 
     with pytest.raises(MonitorError, match="gen-cert"):
         _start(settings(files, cert=tmp_path / "none.crt"))
     other_key = tmp_path / "other.key"
-    hapair("gen-cert", str(tmp_path / "other.crt"), str(other_key))
+    hapair("gen-cert", str(tmp_path / "other.crt"), str(other_key), check=True)
     with pytest.raises(MonitorError, match="cannot load TLS certificate"):
         _start(settings(files, key=other_key))
 

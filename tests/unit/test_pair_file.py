@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hapair_cli import hapair
 
 from hapair import agent as agent_module
 from hapair.agent import Agent
@@ -74,12 +73,6 @@ def problems_of(text: str, here: Path, node: str | None = None, every: bool = Fa
         else:
             load(path, node)
     return [str(p) for p in info.value.problems]
-
-
-def hapair(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hapair", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,9 @@ interface = "lo"
 START = """
 import asyncio, sys
 from pathlib import Path
-from hapair import cli
+from hapair.cli.ask import load
 config = Path(sys.argv[1])
-assert cli._load(config) is not None
+assert load(config) is not None
 from hapair import agent, holder, interfaces, vip
 from hapair.config import load
 
