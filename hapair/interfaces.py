@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
-from hapair.rtnl import RTMGRP_LINK, AsyncIPRoute, NetlinkError
+from hapair.rtnl import RTMGRP_LINK, NetlinkError, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ async def watch_interfaces(ifnames: Iterable[str]) -> AsyncIterator[InterfaceSta
     names = frozenset(ifnames)
     known: dict[str, bool] = {}
     while True:
-        ipr = AsyncIPRoute()
+        ipr = Rtnl()
         try:
             # Subscribe before the dump, so no change between the two is missed.
             await ipr.bind(groups=RTMGRP_LINK)
             current = dict.fromkeys(names, False)
             by_index: dict[int, str] = {}
-            async for msg in await ipr.get_links():
+            for msg in await ipr.links():
                 name = msg.get("ifname")
                 if name in names:
                     current[name] = is_up(msg)

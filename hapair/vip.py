@@ -17,10 +17,9 @@ import socket
 import struct
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, IPv6Interface, ip_address
-from typing import Any
 
 from hapair.config.model import Vip
-from hapair.rtnl import IFA_F_NODAD, AsyncIPRoute, NetlinkError
+from hapair.rtnl import IFA_F_NODAD, NetlinkError, Rtnl
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,8 @@ class VipAddresses:
     Every method is idempotent, and reads the kernel's state rather than remembering its own.
     """
 
-    def __init__(self, ipr: AsyncIPRoute | None = None) -> None:
-        self._ipr = ipr
-        self._own = ipr is None
+    def __init__(self) -> None:
+        self._ipr: Rtnl | None = None
 
     async def __aenter__(self) -> VipAddresses:
         return self
@@ -64,26 +62,28 @@ class VipAddresses:
         self.close()
 
     def close(self) -> None:
-        if self._own and self._ipr is not None:
+        if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
 
     @property
-    def ipr(self) -> AsyncIPRoute:
+    def ipr(self) -> Rtnl:
+        if self._ipr is not None and self._ipr.spoiled:
+            self.close()
         if self._ipr is None:
-            self._ipr = AsyncIPRoute()
+            self._ipr = Rtnl()
         return self._ipr
 
     async def _index(self, ifname: str) -> int | None:
-        found = await self.ipr.link_lookup(ifname=ifname)
-        return int(found[0]) if found else None
+        found = [int(m["index"]) for m in await self.ipr.links() if m.get("ifname") == ifname]
+        return found[0] if found else None
 
     async def _prefixes_on(self, vip: Vip, index: int) -> list[int]:
         """Prefix lengths with which the VIP's address is on its interface (usually 0 or 1)."""
         ip = vip.address.ip
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         found = []
-        async for msg in await self.ipr.addr("dump", family=family):
+        for msg in await self.ipr.addresses(family):
             if msg["index"] != index:
                 continue
             text = msg.get("local") or msg.get("address")
@@ -104,15 +104,11 @@ class VipAddresses:
             raise VipError(f"{_where(vip)}: interface {vip.interface!r} does not exist")
         if vip.address.network.prefixlen in await self._prefixes_on(vip, index):
             return False
-        spec: dict[str, Any] = {
-            "index": index,
-            "address": str(vip.address.ip),
-            "prefixlen": vip.address.network.prefixlen,
-        }
-        if isinstance(vip.address, IPv6Interface):
-            spec["flags"] = IFA_F_NODAD
+        flags = IFA_F_NODAD if isinstance(vip.address, IPv6Interface) else 0
         try:
-            await self.ipr.addr("add", **spec)
+            await self.ipr.add_address(
+                index, str(vip.address.ip), vip.address.network.prefixlen, flags
+            )
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 return False
@@ -128,9 +124,7 @@ class VipAddresses:
         removed = False
         for prefixlen in await self._prefixes_on(vip, index):
             try:
-                await self.ipr.addr(
-                    "del", index=index, address=str(vip.address.ip), prefixlen=prefixlen
-                )
+                await self.ipr.remove_address(index, str(vip.address.ip), prefixlen)
             except NetlinkError as exc:
                 if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
                     continue  # gone meanwhile
@@ -142,12 +136,9 @@ class VipAddresses:
 
     async def local_addresses(self) -> dict[IPv4Address | IPv6Address, str]:
         """Every address on this host's interfaces (in this namespace): address -> ifname."""
-        names = {
-            int(link["index"]): str(link.get("ifname"))
-            async for link in await self.ipr.link("dump")
-        }
+        names = {int(link["index"]): str(link.get("ifname")) for link in await self.ipr.links()}
         found: dict[IPv4Address | IPv6Address, str] = {}
-        async for msg in await self.ipr.addr("dump"):
+        for msg in await self.ipr.addresses():
             text = msg.get("local") or msg.get("address")
             with contextlib.suppress(ValueError):
                 found.setdefault(ip_address(text), names.get(int(msg["index"]), "?"))

@@ -80,18 +80,24 @@ def test_start_without_monitor_or_alerts_imports_no_library_they_need(tmp_path: 
     assert not {"aiohttp", "aiosmtplib", "scapy"} & top, sorted(top)
 
 
-def test_start_imports_pyroute2_without_its_package_init(tmp_path: Path) -> None:
+def test_start_imports_pyroute2_without_its_package_init_or_iproute(tmp_path: Path) -> None:
+    """The netlink socket and the link and address messages (hapair/rtnl.py), not the
+    package's every API nor IPRoute's request filters, message types and mock engine."""
     modules = _modules_at_start(tmp_path)
-    assert "pyroute2.iproute.linux" in modules
-    assert not {"pyroute2.ndb", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"} & modules
+    assert "pyroute2.netlink.nlsocket" in modules
+    assert "pyroute2.netlink.rtnl.ifaddrmsg" in modules
+    unused = {"pyroute2.ndb", "pyroute2.ipdb", "pyroute2.nftables", "sqlite3"}
+    unused |= {"pyroute2.iproute", "pyroute2.iproute.linux", "pyroute2.netlink.rtnl.rtmsg"}
+    assert not unused & modules, sorted(unused & modules)
+    assert len({m for m in modules if m.startswith("pyroute2")}) <= 40
 
 
 def test_start_imports_neither_plugin_discovery_nor_unittest(tmp_path: Path) -> None:
-    """pydantic's plugin loader (importlib.metadata, with zipfile and email) and pyroute2's
-    import of unittest.mock: megabytes the agent never uses (hapair/config/no_plugins.py,
-    hapair/rtnl.py)."""
+    """pydantic's plugin loader (importlib.metadata, with zipfile and email) and unittest
+    (pyroute2's IPRoute socket imports unittest.mock): megabytes the agent never uses
+    (hapair/config/no_plugins.py, hapair/rtnl.py)."""
     modules = _modules_at_start(tmp_path)
-    assert "pydantic" in modules and "pyroute2.netlink.rtnl.iprsocket" in modules
+    assert "pydantic" in modules and "pyroute2.netlink.nlsocket" in modules
     unused = {"importlib.metadata", "unittest", "unittest.mock", "email", "zipfile"}
     assert not unused & modules, sorted(unused & modules)
 
@@ -101,26 +107,32 @@ def _python(code: str) -> None:
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, env={**os.environ})
 
 
-def test_pyroute2_mock_is_real_when_used_and_unittest_is_whole() -> None:
-    """The one Mock pyroute2 makes at import becomes a unittest.mock.Mock when used, and
-    unittest, imported after hapair.rtnl, is the real package."""
+def test_the_lean_socket_speaks_to_the_kernel_and_leaves_iproute_whole() -> None:
+    """hapair/rtnl.py's socket lists this namespace's links and addresses, and pyroute2's
+    own IPRoute socket, imported after it, works with the real unittest.mock."""
     _python(
         """
-        import sys, hapair.rtnl
-        assert 'unittest' not in sys.modules
+        import asyncio, socket, sys, hapair.rtnl
+        assert 'unittest' not in sys.modules and 'pyroute2.iproute' not in sys.modules
+
+        async def main():
+            rtnl = hapair.rtnl.Rtnl()
+            try:
+                links = {m.get('ifname'): m['index'] for m in await rtnl.links()}
+                assert links['lo'] == socket.if_nametoindex('lo'), links
+                found = [m.get('address') for m in await rtnl.addresses(socket.AF_INET)]
+                assert '127.0.0.1' in found, found
+                return links
+            finally:
+                rtnl.close()
+
+        links = asyncio.run(main())
+        from pyroute2.iproute.linux import IPRoute
         from pyroute2.netlink.rtnl import iprsocket
-        queue = iprsocket.NotLocal.msg_queue
-        queue.put(1)
-        queue.put.assert_called_once_with(1)
-        queue.size = 3
-        assert queue.size == 3 and queue() is queue()
-        import unittest, unittest.mock
-        assert isinstance(queue._mock(), unittest.mock.Mock)
-        assert unittest.TestCase and unittest.mock.patch and unittest.mock.MagicMock
-        assert iprsocket.mock.Mock is not unittest.mock.Mock
-        assert iprsocket.mock.patch is unittest.mock.patch
-        socket = iprsocket.IPRSocket()
-        socket.close()
+        import unittest.mock
+        assert iprsocket.mock is unittest.mock
+        with IPRoute() as ipr:
+            assert ipr.link_lookup(ifname='lo') == [links['lo']]
         """
     )
 
@@ -153,7 +165,7 @@ def test_the_whole_of_pyroute2_is_there_for_who_asks() -> None:
         from pyroute2 import AsyncIPVS, IPRoute, NDB
         from pyroute2.netlink.exceptions import NetlinkError
         assert hapair.rtnl.NetlinkError is NetlinkError
-        assert hapair.rtnl.AsyncIPRoute is pyroute2.AsyncIPRoute
+        assert IPRoute and NDB and AsyncIPVS
         assert pyroute2.__version__
         """
     )
