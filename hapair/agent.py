@@ -26,10 +26,11 @@ from hapair.core.health import Health
 from hapair.core.node import Action, HaNode, Notice, Send, link_names, settings_of
 from hapair.core.states import State
 from hapair.holder import VipHolder
-from hapair.inputs import Asked, Checked, Input, Received, Reload, Stop, Tick, WarmedUp
+from hapair.inputs import Asked, Checked, Input, Pet, Received, Reload, Stop, Tick, WarmedUp
 from hapair.links import open_links
 from hapair.services import Services, describe_change
-from hapair.status import ReloadStatus, Status, compose, config_of
+from hapair.status import ReloadStatus, Status
+from hapair.systemd import Notifier, status_line
 from hapair.track import start_checks
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class Agent:
         self.last_reload: ReloadStatus | None = None  # the latest SIGHUP's outcome
         self.config_lock = asyncio.Lock()  # one config change at a time (configure.py)
         self.peer_version: str | None = None  # the pair file's version the peer runs
+        self.systemd = Notifier()
 
     # Start-up and shutdown.
 
@@ -80,7 +82,7 @@ class Agent:
         self.alerter.start()  # resends what an earlier run left in the spool
         await self.vips.remove_stale()
         await self.services.start()
-        self.links = await open_links(self.cfg, self._receiver)
+        self.links = await open_links(self.cfg, lambda *got: self.inbox.put_nowait(Received(*got)))
         server = control.ControlServer(
             self.cfg.node.socket_path, lambda request: answers.handle(self, request)
         )
@@ -95,8 +97,10 @@ class Agent:
         host.settle_heap()
         # The core's clock starts when the links can carry its first heartbeat.
         self.node = HaNode(settings_of(self.cfg, self.key), epoch=self.epoch, now=self.loop.time())
-        self.tasks += start_checks(self.cfg, self._on_check)
+        self.tasks += start_checks(self.cfg, lambda *seen: self.inbox.put_nowait(Checked(*seen)))
         self.tasks.append(asyncio.create_task(self._clock(), name="clock"))
+        if self.systemd.watchdog_every is not None:
+            self.tasks.append(asyncio.create_task(self._pets(self.systemd.watchdog_every)))
         await self._warm_up()
         monitor = await answers.start_monitor(self)
         log.info(
@@ -120,6 +124,7 @@ class Agent:
             await self.vips.close()
             await self.services.close()  # a pass under way finishes: no half-made table
             await self.alerter.close()  # last: it may wait a moment for a delivery under way
+            self.systemd.close()
         log.info("%s stopped", self.cfg.node.name)
         return 0
 
@@ -134,12 +139,6 @@ class Agent:
 
             del monitor_server
         self.services.preload()
-
-    def _receiver(self, name: str, payload: bytes) -> None:
-        self.inbox.put_nowait(Received(name, payload))
-
-    def _on_check(self, name: str, ok: bool, reason: str) -> None:
-        self.inbox.put_nowait(Checked(name, ok, reason))
 
     # The one consumer of inputs.
 
@@ -167,11 +166,16 @@ class Agent:
                 if self.services.warmed_up(item.task):
                     log.info("preemption allowed: %s", item.reason)
                     await self.carry_out(self.node.hold_preemption(None, now))
+            elif isinstance(item, Pet):
+                self.systemd.watchdog()
             elif isinstance(item, Reload):
-                await self._reload()
+                with self.systemd.reloading():
+                    await self._reload()
             elif isinstance(item, Stop):
+                self.systemd.stopping()
                 await self.carry_out(self.node.stop(now))
                 return
+            self.systemd.status(status_line(self.node, self.vips.held, len(self.cfg.vips)))
             self._wake.set()  # the next deadline may have moved
 
     async def carry_out(self, actions: list[Action]) -> None:
@@ -179,8 +183,11 @@ class Agent:
             if isinstance(action, Send):
                 for link in self.links.values():
                     link.send(action.payload)
+                if not self.systemd.ready_sent:  # the control socket listens already
+                    self.systemd.ready()
             elif isinstance(action, Transition):
-                log.info("%s -> %s: %s", action.old, action.new, action.reason)
+                event = logs.event("state_change", old=action.old.name, new=action.new.name)
+                log.info("%s -> %s: %s", action.old, action.new, action.reason, extra=event)
                 if action.new is State.MASTER:
                     await self.vips.take(list(self.cfg.services))
                 elif action.old is State.MASTER:
@@ -196,7 +203,7 @@ class Agent:
                 log.info("announcing the VIPs again: %s", action.reason)
                 self.vips.announce_all()
             elif isinstance(action, Notice):
-                log.warning("%s: %s", action.event, action.detail)
+                log.warning("%s: %s", action.event, action.detail, extra=logs.event(action.event))
                 self.alerter.emit(action.event, action.subject, action.detail)
 
     async def _warm_up(self) -> None:
@@ -228,6 +235,13 @@ class Agent:
             self.inbox.put_nowait(Tick())
             await asyncio.sleep(0)
 
+    async def _pets(self, every: float) -> None:
+        """A Pet in the inbox every `every` s: the watchdog is told only by the loop of
+        inputs itself, so a loop that hangs stops telling it."""
+        while True:
+            await asyncio.sleep(every)
+            self.inbox.put_nowait(Pet())
+
     async def ask(self, request: control.Request) -> dict[str, Any]:
         """A checked request, handled in turn with every other input (answers.py)."""
         answer: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -235,21 +249,7 @@ class Agent:
         return await answer
 
     def status(self, now: float) -> Status:
-        return compose(
-            self.node.status(now),
-            now=now,
-            wall=time.time(),
-            links=link_names(self.cfg),
-            vips=[(str(v.address), v.interface) for v in self.cfg.vips],
-            vips_held=self.vips.held,
-            syncing=bool(self.cfg.sync and self.cfg.sync.enabled),
-            services=self.services.status(),
-            health=self.health,
-            timer_late_max=self.timer_late_max,
-            alerts=self.alerter.status(),
-            reload=self.last_reload,
-            config=config_of(self.cfg.version, self.node, self.peer_version),
-        )
+        return answers.status(self, now)
 
     # Reload.
 
@@ -329,16 +329,18 @@ class Agent:
         self.alerter.reload_failed(str(self.config_path), why)
 
 
-def run(config_path: Path, node: str | None = None) -> int:
+def run(config_path: Path, node: str | None = None, log_format: str | None = None) -> int:
     """`hapair run`: the config is loaded by the caller's check; exit 0 on a clean stop.
-    `node` names a pair file's entry (None: the one named like this host)."""
-    logs.setup(os.environ.get("HAPAIR_LOG", "INFO"))
+    `node` names a pair file's entry (None: the one named like this host); `log_format`
+    one of logs.STYLES (None: the journal's under systemd, else text)."""
     cfg = load(config_path, node)
+    style = logs.style_of(log_format)
+    logs.setup(os.environ.get("HAPAIR_LOG", "INFO"), style, cfg.node.name)
     host.raise_file_limit()
     host.run_realtime(cfg.node.realtime_priority)
     from hapair.vipguard import VipGuard
 
-    guard = VipGuard.start(cfg.vips, cfg.node.realtime_priority)
+    guard = VipGuard.start(cfg.vips, cfg.node.realtime_priority, style, cfg.node.name)
 
     async def main() -> int:
         return await Agent(cfg, config_path, guard, node).run()

@@ -8,10 +8,13 @@ input, so that a `release` or a `ctl` is ordered with the heartbeats around it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from hapair import control
+from hapair.core.node import link_names
 from hapair.core.refused import Refused
+from hapair.status import Status, compose, config_of
 
 if TYPE_CHECKING:
     from hapair.agent import Agent
@@ -66,4 +69,23 @@ async def start_monitor(agent: Agent) -> MonitorServer | None:
         lambda: agent.status(agent.loop.time()),
         control.checked(lambda request: handle(agent, request)),
         lambda: pair_of(agent),
+    )
+
+
+def status(agent: Agent, now: float) -> Status:
+    """The agent's status: what `hapair status`, the monitor and the metrics show."""
+    return compose(
+        agent.node.status(now),
+        now=now,
+        wall=time.time(),
+        links=link_names(agent.cfg),
+        vips=[(str(v.address), v.interface) for v in agent.cfg.vips],
+        vips_held=agent.vips.held,
+        syncing=bool(agent.cfg.sync and agent.cfg.sync.enabled),
+        services=agent.services.status(),
+        health=agent.health,
+        timer_late_max=agent.timer_late_max,
+        alerts=agent.alerter.status(),
+        reload=agent.last_reload,
+        config=config_of(agent.cfg.version, agent.node, agent.peer_version),
     )

@@ -175,7 +175,8 @@ async def _apply(
         return refusal
     who = user or "-"
     applied = store.rollback(rollback, who, base) if rollback else store.apply(text, who, base)
-    await agent._reload()
+    with agent.systemd.reloading():
+        await agent._reload()
     outcome = agent.last_reload
     if outcome is None or not outcome["ok"]:
         store.undo(applied)

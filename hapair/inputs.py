@@ -52,6 +52,11 @@ class WarmedUp:
 
 
 @dataclass(frozen=True, slots=True)
+class Pet:
+    """Time to tell systemd's watchdog this loop of inputs is alive (systemd.py)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Reload:
     """SIGHUP."""
 
@@ -61,4 +66,4 @@ class Stop:
     """SIGTERM or SIGINT."""
 
 
-Input = Received | Tick | Checked | Asked | WarmedUp | Reload | Stop
+Input = Received | Tick | Checked | Asked | WarmedUp | Pet | Reload | Stop

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 DONE = b"done"
 EXIT_WAIT = 2.0  # seconds a clean stop waits for the guard to be gone
-FORMAT = "%(asctime)s %(levelname)s %(message)s"  # the agent's own (hapair/logs.py)
+PRIORITY = {"ERROR": 3, "WARNING": 4, "INFO": 6}  # syslog's, as hapair/logs.py gives them
 
 
 class VipGuard:
@@ -44,10 +44,11 @@ class VipGuard:
 
     @classmethod
     def start(
-        cls, vips: Iterable[Vip], realtime_priority: int = 0, log_format: str = FORMAT
+        cls, vips: Iterable[Vip], realtime_priority: int = 0, style: str = "text", node: str = ""
     ) -> VipGuard:
         """Start the guard: a Python of its own (no site packages) running this file, in a
-        session of its own; it shares the agent's standard error, where it logs."""
+        session of its own; it shares the agent's standard error, where it logs in the
+        agent's `style` (hapair/logs.py)."""
         import subprocess
 
         read_end, write_end = os.pipe()
@@ -62,7 +63,8 @@ class VipGuard:
                     str(os.getpid()),
                     str(realtime_priority),
                     _ip_command(),
-                    log_format,
+                    style,
+                    node,
                 ],
                 pass_fds=(read_end,),
                 stdin=subprocess.DEVNULL,
@@ -132,25 +134,23 @@ def _ip_command() -> str:
 class Guard:
     """The guard's side: what it was told, and what it says."""
 
-    def __init__(self, agent: int, ip: str, log_format: str) -> None:
-        self.agent, self.ip, self.log_format = agent, ip, log_format
+    def __init__(self, agent: int, ip: str, style: str = "text", node: str = "") -> None:
+        self.agent, self.ip, self.style, self.node = agent, ip, style, node
         self.vips: list[tuple[str, str]] = []
 
     def say(self, level: str, message: str) -> None:
-        """One line on standard error, in the agent's own format."""
+        """One line on standard error, as the agent's log has it (hapair/logs.py)."""
         now = time.time()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        fields = {
-            "asctime": f"{stamp},{int(now % 1 * 1000):03d}",
-            "levelname": level,
-            "name": "hapair.vipguard",
-            "message": message,
-        }
-        try:
-            line = self.log_format % fields
-        except (KeyError, ValueError, TypeError):
-            line = f"{level} {message}"
-        os.write(2, (line + "\n").encode(errors="replace"))
+        if self.style == "journal":
+            line = f"<{PRIORITY.get(level, 6)}>{message}"
+        elif self.style == "json":
+            entry = {"time": round(now, 3), "level": level.lower(), "event": "vip_guard"}
+            entry |= {"node": self.node, "message": message, "fields": {}}
+            line = json.dumps(entry, ensure_ascii=False)
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            line = f"{stamp},{int(now % 1 * 1000):03d} {level} {message}"
+        os.write(2, (" ".join(line.splitlines()) + "\n").encode(errors="replace"))
 
     def serve(self, fd: int, realtime_priority: int) -> int:
         """Wait for "done" or the end of the pipe; at the end, remove the last VIPs told."""
@@ -217,8 +217,8 @@ class Guard:
 
 
 def main(argv: list[str]) -> int:
-    fd, agent, realtime_priority, ip, log_format = argv
-    guard = Guard(int(agent), ip, log_format)
+    fd, agent, realtime_priority, ip, style, node = argv
+    guard = Guard(int(agent), ip, style, node)
     try:
         return guard.serve(int(fd), int(realtime_priority))
     except BaseException as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -149,3 +150,34 @@ def server(status: dict[str, Any] | None, address: str) -> dict[str, Any]:
 def monitor_lab(lab_factory: Callable[..., Lab], tmp_path: Path) -> Iterator[Lab]:
     """The pair with a service and [monitor]; each director reachable at 10.79.N.2."""
     yield started(attach_monitor(lab_factory(EXTRA), tmp_path))
+
+
+def chromium(tmp_path: Path) -> Any:
+    """A headless Chromium driven by Selenium (skipped, or failed with
+    HAPAIR_REQUIRE_LAYERS=1, without Debian's chromium and chromium-driver)."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        why = "needs Debian's chromium and chromium-driver (scripts/setup installs them)"
+        if os.environ.get("HAPAIR_REQUIRE_LAYERS") == "1":
+            pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this test cannot run here: {why}")
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # as root
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        "--ignore-certificate-errors",  # the lab's self-signed certificate
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    options.accept_insecure_certs = True
+    # An explicit driver path: Selenium Manager downloads nothing.
+    return webdriver.Chrome(
+        service=Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log")),
+        options=options,
+    )

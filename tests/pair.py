@@ -55,6 +55,7 @@ class Director:
     proc: subprocess.Popen[bytes] | None = None
     nofile: int | None = None  # the agent's soft and hard limit on open files, if set
     node: str | None = None  # `run --node`: the entry of a pair file to run as
+    options: tuple[str, ...] = ()  # more of `hapair run`'s, e.g. ("--log-format", "json")
 
     @property
     def socket(self) -> Path:
@@ -65,7 +66,7 @@ class Director:
         with open(self.log, "ab") as log:
             node = [] if self.node is None else ["--node", self.node]
             self.proc = subprocess.Popen(
-                shell.agent_command(self.ns.name, self.config) + node,
+                shell.agent_command(self.ns.name, self.config) + node + list(self.options),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.nofile is None else self._limit_files,

@@ -21,6 +21,7 @@ from hapair.alerts.policy import Alert, AlertPolicy, Backoff, is_alert, make_ale
 from hapair.alerts.scripts import ScriptRunner
 from hapair.alerts.spool import Spool
 from hapair.config.model import Alerts
+from hapair.logs import event
 from hapair.status import AlertsStatus
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,8 @@ class Alerter:
         return sent
 
     def _dispatch(self, alert: Alert) -> None:
-        log.info("alert (%s): %s", alert.severity, alert.title)
+        fields = {"severity": alert.severity, "subject": alert.subject, "id": alert.id}
+        log.info("alert (%s): %s", alert.severity, alert.title, extra=event(alert.event, **fields))
         delivery = Delivery(alert, dict.fromkeys(self.channels, False))
         self.recent.append(delivery)
         self._track(delivery, save=True)

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         on_file = command(sub, name, func, text, description)
         on_file.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
         node_option(on_file)
+        if name == "run":
+            on_file.add_argument(
+                "--log-format",
+                choices=("text", "journal", "json"),
+                help="text (time, level, message); journal (syslog priorities, no time: "
+                "the default under systemd); json (an object per line, for log shippers)",
+            )
     status = command(
         sub,
         "status",
@@ -152,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         return BAD_INPUT
     from hapair.agent import run
 
-    return run(args.config, args.node)
+    return run(args.config, args.node, args.log_format)
 
 
 def _status(args: argparse.Namespace) -> int:

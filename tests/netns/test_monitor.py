@@ -6,18 +6,16 @@ stays off while the agent itself runs on."""
 from __future__ import annotations
 
 import http.client
-import os
 from pathlib import Path
 
 import pytest
 from monitor_lab import (
     ADMIN,
-    CHROMEDRIVER,
-    CHROMIUM,
     SERVING,
     SILENT,
     VIEWER,
     Monitor,
+    chromium,
     monitor_address,
     monitor_lab,
     server,
@@ -107,36 +105,12 @@ def test_monitor_of_a_real_agent(monitor_lab: Lab, tmp_path: Path) -> None:
 
 
 def test_browser_logs_in_drains_and_logs_out(monitor_lab: Lab, tmp_path: Path) -> None:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        why = "needs Debian's chromium and chromium-driver (scripts/setup installs them)"
-        if os.environ.get("HAPAIR_REQUIRE_LAYERS") == "1":
-            pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this test cannot run here: {why}")
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     dir1 = monitor_lab.dirs[0]
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # as root
-        "--disable-dev-shm-usage",
-        "--no-proxy-server",
-        "--ignore-certificate-errors",  # the lab's self-signed certificate
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    options.accept_insecure_certs = True
-    # An explicit driver path: Selenium Manager downloads nothing.
-    driver = webdriver.Chrome(
-        service=Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log")),
-        options=options,
-    )
+    driver = chromium(tmp_path)
     base = f"https://{monitor_address(1)}:8443"
     wait = WebDriverWait(driver, 20)
     try:

@@ -5,7 +5,6 @@ say what the page says."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 from monitor_lab import (
     ADMIN,
-    CHROMEDRIVER,
-    CHROMIUM,
     VIEWER,
+    chromium,
     monitor_address,
     monitor_lab,
 )
@@ -26,37 +24,6 @@ pytestmark = pytest.mark.netns
 
 
 __all__ = ["monitor_lab"]  # the fixture
-
-
-def chromium(tmp_path: Path) -> Any:
-    """A headless Chromium driven by Selenium (skipped, or failed with
-    HAPAIR_REQUIRE_LAYERS=1, without Debian's chromium and chromium-driver)."""
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        why = "needs Debian's chromium and chromium-driver (scripts/setup installs them)"
-        if os.environ.get("HAPAIR_REQUIRE_LAYERS") == "1":
-            pytest.fail(f"HAPAIR_REQUIRE_LAYERS=1 but this test cannot run here: {why}")
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # as root
-        "--disable-dev-shm-usage",
-        "--no-proxy-server",
-        "--ignore-certificate-errors",  # the lab's self-signed certificate
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    options.accept_insecure_certs = True
-    # An explicit driver path: Selenium Manager downloads nothing.
-    return webdriver.Chrome(
-        service=Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "driver.log")),
-        options=options,
-    )
 
 
 FAKE_PAIR_OUT_OF_SYNC = """

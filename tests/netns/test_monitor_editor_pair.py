@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_lab import ADMIN
+from monitor_lab import ADMIN, chromium
 from pair import VIP, Director, Lab, wait_for
 from pair_file_lab import config_of, monitor_address, pair_file_lab_factory, pair_text
-from test_monitor_editor import chromium
 
 from hapair.config import version_of
 from lab.config import service

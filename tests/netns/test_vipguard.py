@@ -20,9 +20,7 @@ import logging, os, signal, sys, time
 logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")
 from hapair.config.model import Vip
 from hapair.vipguard import VipGuard
-guard = VipGuard.start(
-    [Vip(address="10.9.0.100/24", interface="v0")], log_format="%(levelname)s %(message)s"
-)
+guard = VipGuard.start([Vip(address="10.9.0.100/24", interface="v0")], style="journal")
 # A reload: one more VIP, and one on an interface that does not exist.
 guard.tell([Vip(address=a, interface=i) for a, i in (
     ("10.9.0.100/24", "v0"), ("fd00:9::100/64", "v0"), ("10.9.1.100/24", "nowhere"))])
@@ -82,7 +80,7 @@ def test_an_agent_that_dies_leaves_no_vip(host: Netns, how: str) -> None:
     wait_for(lambda: exited(guard), 2)  # it was exiting: stderr is closed
     said = [line for line in stderr.splitlines() if "hapair vipguard" in line]
     assert said == [
-        f"WARNING hapair vipguard: agent pid {pid} died without shutting down; removed VIP "
+        f"<4>hapair vipguard: agent pid {pid} died without shutting down; removed VIP "
         "10.9.0.100/24 from v0, VIP fd00:9::100/64 from v0"
     ], stderr
 

@@ -32,6 +32,7 @@ from hapair.core import push
 from hapair.monitor.peer import PATH, Pair, PeerError, ask
 from hapair.monitor.server import MonitorServer
 from hapair.status import config_of
+from hapair.systemd import Notifier
 
 pytestmark = pytest.mark.unit
 __all__ = ["files"]
@@ -109,6 +110,7 @@ class Director:
         self.vips = self
         self.tasks: list[asyncio.Task[Any]] = []
         self.config_lock = asyncio.Lock()
+        self.systemd = Notifier({})  # not under systemd
         self.peer_version: str | None = None
         self.monitor: MonitorServer | None = None
         self.node = NodeView()

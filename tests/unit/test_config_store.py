@@ -16,6 +16,7 @@ from hapair import configure, control, control_client
 from hapair.agent import Agent
 from hapair.config import load, version_of
 from hapair.config.store import KEEP, Store, StoreError, changes_between
+from hapair.systemd import Notifier
 
 pytestmark = pytest.mark.unit
 
@@ -186,6 +187,7 @@ class FakeAgent:
         self.key = b""
         self.tasks: list[asyncio.Task[Any]] = []
         self.config_lock = asyncio.Lock()
+        self.systemd = Notifier({})  # not under systemd
         self.peer_version: str | None = None
 
     async def conflicts(self, vips: list[Any]) -> list[Any]:
