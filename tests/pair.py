@@ -56,6 +56,7 @@ class Director:
     nofile: int | None = None  # the agent's soft and hard limit on open files, if set
     node: str | None = None  # `run --node`: the entry of a pair file to run as
     options: tuple[str, ...] = ()  # more of `hapair run`'s, e.g. ("--log-format", "json")
+    program: str | None = None  # the `hapair` command (default: this checkout's, run by python)
 
     @property
     def socket(self) -> Path:
@@ -66,11 +67,16 @@ class Director:
         with open(self.log, "ab") as log:
             node = [] if self.node is None else ["--node", self.node]
             self.proc = subprocess.Popen(
-                shell.agent_command(self.ns.name, self.config) + node + list(self.options),
+                self._command() + node + list(self.options),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=None if self.nofile is None else self._limit_files,
             )
+
+    def _command(self) -> list[str]:
+        if self.program is None:
+            return shell.agent_command(self.ns.name, self.config)
+        return ["ip", "netns", "exec", self.ns.name, self.program, "run", "-c", str(self.config)]
 
     def _limit_files(self) -> None:
         assert self.nofile is not None

@@ -148,8 +148,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if load(args.config, out=sys.stdout, node=args.node, every=True) is None:
+    configs = load(args.config, out=sys.stdout, node=args.node, every=True)
+    if configs is None:
         return BAD_INPUT
+    from hapair.config.risks import host_forwarding, risks
+
+    forwarding = host_forwarding()
+    said = {str(p): None for cfg in configs for p in risks(cfg, forwarding)}
+    for warning in said:  # valid, but risky: on standard error, and still exit 0
+        print(f"warning: {warning}", file=sys.stderr)
     print("ok")
     return OK
 
