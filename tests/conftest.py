@@ -2,7 +2,8 @@
 
 Layers are markers: `unit` (no root), `netns` (root, namespaces on the host
 kernel), `kernel` (a kernel with IPVS: inside the QEMU guest of
-scripts/run-in-kernel). A test whose layer cannot run here is skipped, unless
+scripts/run-in-kernel), `systemd` (systemd as init: a director or a lab VM, not run by
+scripts/test, whose machines have none). A test whose layer cannot run here is skipped, unless
 HAPAIR_REQUIRE_LAYERS=1 (set by scripts/test), which turns such a skip into an
 error so that CI never passes on tests that did not run.
 """
@@ -17,7 +18,7 @@ import pytest
 from pair import *  # noqa: F403  (the director-pair fixture)
 from topology import *  # noqa: F403  (the namespace fixtures)
 
-LAYERS = ("unit", "netns", "kernel")
+LAYERS = ("unit", "netns", "kernel", "systemd")
 
 
 def _why_not(layer: str) -> str | None:
@@ -31,6 +32,8 @@ def _why_not(layer: str) -> str | None:
         os.environ.get("HAPAIR_IN_GUEST") == "1" and Path("/proc/net/ip_vs").exists()
     ):
         return "kernel tests run inside the guest: scripts/run-in-kernel pytest -m kernel"
+    if layer == "systemd" and not Path("/run/systemd/system").is_dir():
+        return "systemd tests need systemd as init (a director, a Vagrant VM)"
     return None
 
 
