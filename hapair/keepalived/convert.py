@@ -129,7 +129,7 @@ def _applicable(
         if not applies(cond, rid):
             notes.drop(
                 st,
-                f"@{cond}: applies only when keepalived runs as {cond} "
+                f"@{cond}: applies only when keepalived runs as {_as(cond)} "
                 f"(router_id is {rid or 'unset'})",
                 changes=False,
             )
@@ -140,6 +140,10 @@ def _applicable(
             st = Statement(st.file, st.line, st.words, tuple(_applicable(st.block, rid, notes)))
         kept.append(st)
     return kept
+
+
+def _as(condition: str) -> str:
+    return f"any but {condition[1:]}" if condition.startswith("^") else condition
 
 
 def _node_name(rid: str, doc: dict[str, Any], notes: Notes) -> None:

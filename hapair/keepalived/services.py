@@ -204,8 +204,10 @@ def _real_server(
                 server["weight"] = weight
         elif word == "inhibit_on_failure":
             svc["on_failure"] = "inhibit"  # hapair's is per service
-        elif word in _PROBES:
-            if probes:
+        elif word.endswith("_check") or word.endswith("_get"):
+            if word not in _PROBES:
+                notes.drop(child, f"hapair has no {child.words[0]}; give a probe by hand", at=at)
+            elif probes:
                 notes.drop(child, "hapair runs one probe per real server", at=at)
             else:
                 probes.append(_probe(child, _PROBES[word], delay_loop, host, at, notes))
@@ -222,12 +224,14 @@ def _probe(
     st: Statement, kind: str, delay_loop: float, host: str | None, at: str, notes: Notes
 ) -> dict[str, Any]:
     probe: dict[str, Any] = {"type": kind, "interval": duration(delay_loop), "rise": 1}
-    timeout, retries = 5.0, 1  # keepalived's defaults
+    timeout, retries = min(5.0, delay_loop), 1  # keepalived's defaults
+    given = False
     urls = 0
     for child in st.children:
         word = child.keyword
         if word in ("connect_timeout", "misc_timeout"):
             timeout = number(notes, child, 0.001, 86400) or timeout
+            given = True
         elif word in ("retry", "nb_get_retry"):
             retries = integer(notes, child, 0, 99) or retries
         elif word == "connect_port":
@@ -266,6 +270,8 @@ def _probe(
             notes.drop(child, "hapair probes again at the probe interval", changes=False)
         elif word == "enable_sni" and kind == "https":
             probe["_sni"] = True
+        elif word in ("connect_ip", "bindto", "bind_port"):
+            notes.drop(child, "hapair probes the real server's own address, from its own", at=at)
         else:
             notes.drop(child, "no hapair equivalent", at=at)
     if host is not None and kind in ("http", "https"):
@@ -279,7 +285,7 @@ def _probe(
     if kind == "script" and "command" not in probe:
         notes.drop(st, "a MISC_CHECK needs misc_path", at=at)
         probe["command"] = "/bin/false"
-    if timeout > delay_loop:
+    if given and timeout > delay_loop:
         notes.comment(at, f"LOOK: connect_timeout {timeout:g}s cut to delay_loop {delay_loop:g}s")
         timeout = delay_loop
     probe["timeout"] = duration(timeout)
