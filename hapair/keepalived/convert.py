@@ -126,7 +126,7 @@ def _applicable(
     kept = []
     for st in tree:
         cond = st.condition
-        if not applies(cond, rid):
+        if cond is not None and not applies(cond, rid):
             notes.drop(
                 st,
                 f"@{cond}: applies only when keepalived runs as {_as(cond)} "
