@@ -160,7 +160,9 @@ def _line(
         if condition is not None:  # kept, for the converter to report when it does not apply
             yield _Token(name, number, [stripped], condition)
         return
-    words, _open = _words(_strip(_substitute(stripped, scope.variables)), name, number)
+    words, unclosed = _words(_strip(_substitute(stripped, scope.variables)), name, number)
+    if unclosed:
+        raise ParseError(name, number, 'a quote (") is not closed on its line')
     if words and words[0].lower() == "include" and len(words) == 2 and condition is None:
         yield from _include(words[1], name, number, scope, depth, folder)
         return

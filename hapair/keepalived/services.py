@@ -157,6 +157,14 @@ def _service(
         for i, s in enumerate(servers)
     ]
     _share_probe(svc, real)
+    inhibit = [s for s in servers if any(c.keyword == "inhibit_on_failure" for c in s.children)]
+    if inhibit and len(inhibit) < len(servers):
+        first = next(s for s in servers if s not in inhibit)
+        notes.drop(
+            first,
+            "without inhibit_on_failure: hapair's on_failure is the service's, inhibit",
+            at=at,
+        )
     if svc.get("forward", "dr") != "nat" and "sorry_server" in svc:
         address, _, sorry_port = svc["sorry_server"].rpartition(":")
         if kind == "fwmark" or sorry_port != str(port):
@@ -233,7 +241,8 @@ def _probe(
             timeout = number(notes, child, 0.001, 86400) or timeout
             given = True
         elif word in ("retry", "nb_get_retry"):
-            retries = integer(notes, child, 0, 99) or retries
+            value = integer(notes, child, 0, 99)
+            retries = retries if value is None else value
         elif word == "connect_port":
             port = integer(notes, child, 1, 65535)
             if port is not None:
@@ -250,10 +259,10 @@ def _probe(
             probe["helo_name"] = child.args[0]
         elif word == "host" and kind == "smtp":  # the old form: host { connect_port N }
             for inner in child.children:
-                if inner.keyword == "connect_port":
-                    probe["port"] = integer(notes, inner, 1, 65535)
-                else:
+                if inner.keyword != "connect_port":
                     notes.drop(inner, "hapair probes the real server's own address", at=at)
+                elif (port := integer(notes, inner, 1, 65535)) is not None:
+                    probe["port"] = port
         elif word == "name" and kind == "dns" and child.args:
             probe["query"] = child.args[0].rstrip(".") or "localhost"
         elif word == "type" and kind == "dns" and child.args:

@@ -341,3 +341,27 @@ def test_parser_fuzz_bytes(data: bytes) -> None:
         parse_file(Path("/x/f.conf"), reader=lambda p: data if p.name == "f.conf" else b"")
     except ParseError as exc:
         assert str(exc).startswith("/x/f.conf:")
+
+
+_WORDS = [
+    "global_defs", "router_id", "vrrp_instance", "virtual_server", "real_server", "HTTP_GET",
+    "url", "path", "status_code", "TCP_CHECK", "SMTP_CHECK", "host", "connect_port",
+    "DNS_CHECK", "MISC_CHECK", "virtual_ipaddress", "track_script", "vrrp_script",
+    "track_interface", "unicast_peer", "priority", "advert_int", "weight", "group",
+    "fwmark", "virtual_server_group", "lvs_sync_daemon", "notification_email", "smtp_server",
+    "retry", "delay_loop", "connect_timeout", "quorum", "sorry_server", "@x", "@^x",
+    "10.0.0.1", "10.0.0.1/24", "80", "0", "-1", "255", "1.5", "dev", "eth0", "id", "x", "{", "}",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([*_WORDS, "\n", "\n", "\n"]), max_size=80).map(" ".join))
+def test_converter_fuzz(text: str) -> None:
+    """Whatever parses converts: a config text and reports, never an exception."""
+    try:
+        parse_text(text, "f.conf")
+    except ParseError:
+        return
+    done = import_files([Path("/x/f.conf")], "/k", reader=lambda p: text.encode())
+    assert done.text.startswith("# Made by hapair import-keepalived")
+    assert done.exit_code in (0, 1)
