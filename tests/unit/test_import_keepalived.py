@@ -365,3 +365,34 @@ def test_converter_fuzz(text: str) -> None:
     done = import_files([Path("/x/f.conf")], "/k", reader=lambda p: text.encode())
     assert done.text.startswith("# Made by hapair import-keepalived")
     assert done.exit_code in (0, 1)
+
+
+def _conf(path: Path, rid: str, priority: int, vip: str, service: str) -> Path:
+    path.write_text(
+        f"global_defs {{\n    router_id {rid}\n}}\n"
+        "vrrp_instance V {\n    interface eth0\n    virtual_router_id 4\n"
+        f"    priority {priority}\n    virtual_ipaddress {{\n        {vip}\n    }}\n}}\n"
+        f"virtual_server {service} 80 {{\n    lb_algo rr\n"
+        f"    real_server 10.0.0.70 80 {{\n        weight 1\n    }}\n}}\n"
+    )
+    return path
+
+
+def test_what_check_would_refuse_is_exit_1(tmp_path: Path) -> None:
+    conf = _conf(tmp_path / "k.conf", "d1", 100, "10.0.0.10/24", "10.0.0.99")
+    code, out, err = _import(str(conf), key=tmp_path / "authkey")
+    assert code == 1
+    assert err == [
+        "hapair check would find: services.0.address: 10.0.0.99 is none of the [[vips]]; "
+        "only the MASTER must receive its traffic"
+    ]
+    assert tomllib.loads(out)["services"][0]["address"] == "10.0.0.99"
+
+
+def test_two_directors_of_different_pairs_exit_1(tmp_path: Path) -> None:
+    a = _conf(tmp_path / "a.conf", "d1", 100, "10.0.0.10/24", "10.0.0.10")
+    b = _conf(tmp_path / "b.conf", "d2", 90, "10.0.0.11/24", "10.0.0.11")
+    out = tmp_path / "pair.toml"
+    code, stdout, err = _import(str(a), str(b), "-o", str(out))
+    assert (code, stdout, out.exists()) == (1, "", False)
+    assert err[0] == f"hapair: {a} and {b} differ in what a pair shares ({a} -> {b}):"
