@@ -181,19 +181,29 @@ def _instances(
         notes.comment("cluster.links", "LOOK: no vrrp_instance: give the heartbeat link")
         return "BACKUP"
     state = "BACKUP"
+    first = instances[0].args[0] if instances[0].args else "the first"
     for i, inst in enumerate(instances):
-        if i and not (inst.args and inst.args[0] in grouped and instances[0].args[0] in grouped):
+        together = bool(inst.args) and inst.args[0] in grouped and first in grouped
+        if i:
+            why = (
+                "in one vrrp_sync_group, as hapair fails over"
+                if together
+                else ("hapair fails every VIP over together")
+            )
             notes.drop(
                 inst,
-                f"hapair fails every VIP over together; its VIPs are carried over "
-                f"with {instances[0].args[0] if instances[0].args else 'the first'}'s "
-                "settings",
+                f"{why}; its VIPs and tracks are carried over with {first}'s settings",
+                changes=not together,
                 at="vips",
             )
+        before = len(doc.get("vips", []))
         for child in inst.children:
             if child.keyword == "state" and i == 0 and child.args:
                 state = child.args[0].upper()
             _instance_statement(child, i == 0, scripts, doc, defaults, notes)
+        own = [c.args[0] for c in inst.children if c.keyword == "interface" and c.args]
+        for vip in doc.get("vips", [])[before:] if own else []:
+            vip.setdefault("interface", own[0])  # no `dev`: the instance's interface
     # VRRP's master-down time: three adverts and a skew that favours the higher priority
     advert = doc["cluster"].pop("_advert", 1.0)
     skew = (256 - doc["node"]["priority"]) / 256 * advert
@@ -244,7 +254,7 @@ def _instance_statement(
     elif word == "track_interface":
         for track in st.children:
             _weighted(track, notes)
-            doc.setdefault("track", []).append({"type": "interface", "interface": track.words[0]})
+            _add_track(doc, {"type": "interface", "interface": track.words[0]})
     elif word == "track_script":
         for track in st.children:
             _weighted(track, notes)
@@ -347,7 +357,14 @@ def _script_track(
     if not track["command"]:
         notes.drop(script, "no script to run", at="track")
         track["command"] = "/bin/false"
-    doc.setdefault("track", []).append(track)
+    _add_track(doc, track)
+
+
+def _add_track(doc: dict[str, Any], track: dict[str, Any]) -> None:
+    """A track two instances share is one track."""
+    tracks = doc.setdefault("track", [])
+    if track not in tracks:
+        tracks.append(track)
 
 
 def _ordered(doc: dict[str, Any]) -> dict[str, Any]:

@@ -234,8 +234,8 @@ def test_odd_syntax(confs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "lvs9 (router_id is lvs9)",
         "odd.conf:20: 10.0.0.150/24 dev eth0 label eth0:1: label eth0:1: hapair adds the "
         "address without it",  # a continued line: reported at its first
-        "odd.conf:28: vrrp_instance VI_2: hapair fails every VIP over together; its VIPs are "
-        "carried over with VI_1's settings",
+        "odd.conf:28: vrrp_instance VI_2: hapair fails every VIP over together; its VIPs and "
+        "tracks are carried over with VI_1's settings",
         "odd.conf:47: url: hapair checks one url per server",
         "odd.conf:51: connect_ip 10.0.0.99: hapair probes the real server's own address, "
         "from its own",
@@ -396,3 +396,30 @@ def test_two_directors_of_different_pairs_exit_1(tmp_path: Path) -> None:
     code, stdout, err = _import(str(a), str(b), "-o", str(out))
     assert (code, stdout, out.exists()) == (1, "", False)
     assert err[0] == f"hapair: {a} and {b} differ in what a pair shares ({a} -> {b}):"
+
+
+def test_instances_of_one_sync_group(tmp_path: Path) -> None:
+    conf = tmp_path / "g.conf"
+    conf.write_text(
+        "global_defs {\n router_id g1\n}\n"
+        "vrrp_sync_group G {\n group {\n  OUT\n  IN\n }\n}\n"
+        "vrrp_instance OUT {\n interface eth0\n virtual_router_id 5\n priority 120\n"
+        " track_interface {\n  eth0\n }\n virtual_ipaddress {\n  192.0.2.10/24\n }\n}\n"
+        "vrrp_instance IN {\n interface eth1\n virtual_router_id 6\n priority 120\n"
+        " track_interface {\n  eth0\n  eth1\n }\n virtual_ipaddress {\n  10.1.0.1/24\n }\n}\n"
+    )
+    done = import_files([conf], str(tmp_path / "key"))
+    assert [str(r) for r in done.reports] == [
+        f"{conf}:21: vrrp_instance IN: in one vrrp_sync_group, as hapair fails over; its VIPs "
+        "and tracks are carried over with OUT's settings"
+    ]
+    doc = tomllib.loads(done.text)
+    assert doc["vips"] == [
+        {"address": "192.0.2.10/24", "interface": "eth0"},
+        {"address": "10.1.0.1/24", "interface": "eth1"},
+    ]
+    assert doc["track"] == [
+        {"type": "interface", "interface": "eth0"},
+        {"type": "interface", "interface": "eth1"},
+    ]
+    assert (done.exit_code, doc["cluster"]["id"]) == (0, 5)
