@@ -114,7 +114,8 @@ def _lines(path: Path, shown: str, line: int, scope: _Scope, depth: int) -> Iter
     try:
         data = scope.reader(path)
     except OSError as exc:
-        raise ParseError(shown, line, f"{path}: {exc.strerror or exc}") from None
+        why = str(exc.strerror or exc)
+        raise ParseError(shown, line, why if shown == str(path) else f"{path}: {why}") from None
     if len(data) > MAX_BYTES:
         raise ParseError(shown, line, f"{path}: larger than {MAX_BYTES} bytes")
     try:
