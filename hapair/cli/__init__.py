@@ -134,6 +134,27 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("-f", "--file", type=Path, required=True, metavar="USERS_FILE")
     passwd.add_argument("user", metavar="USER")
     passwd.add_argument("--role", choices=("admin", "viewer"), default="admin")
+    imp = command(
+        sub,
+        "import-keepalived",
+        _import_keepalived,
+        "write a hapair config from keepalived.conf",
+        "Read KEEPALIVED_CONF (with its includes; with PEER_KEEPALIVED_CONF, both "
+        "directors' files, made one pair file) and write the hapair config to OUT or "
+        "standard output. Every statement not carried over is reported on standard error "
+        "as FILE:LINE: STATEMENT: why. Exit 0: the output passes `hapair check` once the "
+        "key file exists; 1: written, but statements that change behaviour were not "
+        "carried over; 2: an input cannot be read or parsed.",
+    )
+    imp.add_argument("conf", type=Path, metavar="KEEPALIVED_CONF")
+    imp.add_argument("peer", type=Path, nargs="?", metavar="PEER_KEEPALIVED_CONF")
+    imp.add_argument("-o", "--output", type=Path, metavar="OUT")
+    imp.add_argument(
+        "--auth-key-file",
+        default="/etc/hapair/authkey",
+        metavar="PATH",
+        help="cluster.auth_key_file (default /etc/hapair/authkey)",
+    )
     cert = command(
         sub,
         "gen-cert",
@@ -202,6 +223,37 @@ def _passwd(args: argparse.Namespace) -> int:
         print(f"hapair: {exc}", file=sys.stderr)
         return BAD_INPUT
     return OK
+
+
+def _import_keepalived(args: argparse.Namespace) -> int:
+    from hapair import host
+    from hapair.config.merge import MergeError
+    from hapair.keepalived import ParseError, import_files
+
+    paths = [args.conf] + ([args.peer] if args.peer is not None else [])
+    try:
+        done = import_files(paths, args.auth_key_file)
+    except ParseError as exc:
+        print(exc, file=sys.stderr)
+        return BAD_INPUT
+    except MergeError as exc:  # the two directors' files describe different pairs
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return REFUSED
+    for report in done.reports:
+        print(report, file=sys.stderr)
+    for problem in done.problems:
+        print(f"hapair check would find: {problem}", file=sys.stderr)
+    if args.output is None:
+        print(done.text, end="")
+    else:
+        try:
+            host.atomic_write(args.output, done.text)
+        except OSError as exc:
+            print(f"{args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return BAD_INPUT
+        print(f"wrote {args.output}", file=sys.stderr)
+    return done.exit_code
 
 
 def _gen_cert(args: argparse.Namespace) -> int:
