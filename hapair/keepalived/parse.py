@@ -17,6 +17,8 @@ from pathlib import Path
 
 MAX_BYTES = 4 * 1024 * 1024  # a keepalived.conf is small; more is not one
 MAX_INCLUDE_DEPTH = 8  # keepalived's own limit is similar; a loop must end
+MAX_TOTAL_BYTES = 4 * MAX_BYTES  # every file read, includes counted each time: a file
+# that includes itself twice a line would otherwise grow as lines ** depth
 _DEFINE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -100,6 +102,7 @@ class _Scope:
     reader: Reader
     variables: dict[str, str]
     instance: str | None
+    read: int = 0  # bytes read so far, against MAX_TOTAL_BYTES
 
 
 def applies(condition: str | None, instance: str | None) -> bool:
@@ -118,6 +121,11 @@ def _lines(path: Path, shown: str, line: int, scope: _Scope, depth: int) -> Iter
         raise ParseError(shown, line, why if shown == str(path) else f"{path}: {why}") from None
     if len(data) > MAX_BYTES:
         raise ParseError(shown, line, f"{path}: larger than {MAX_BYTES} bytes")
+    scope.read += len(data)
+    if scope.read > MAX_TOTAL_BYTES:
+        raise ParseError(
+            shown, line, f"{path}: the includes read more than {MAX_TOTAL_BYTES} bytes"
+        )
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import tomllib
 from pathlib import Path
 
@@ -306,6 +307,20 @@ def test_include_loop_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.conf").write_text("include a.conf\n")
     with pytest.raises(ParseError, match=r"a.conf:1: include a.conf: nested more than"):
         parse_file(tmp_path / "a.conf")
+
+
+def test_includes_that_fan_out_are_bounded(tmp_path: Path) -> None:
+    """Files that each include the next one 64 times (no loop, under the depth limit)
+    would be read 64 ** 5 times: the parse stops at a total of bytes read, FILE:LINE."""
+    for level in range(5):
+        (tmp_path / f"l{level}.conf").write_text(f"include l{level + 1}.conf\n" * 64)
+    (tmp_path / "l5.conf").write_text(f"! {'x' * 4000}\n")
+    started = time.monotonic()
+    with pytest.raises(ParseError, match=r"l4\.conf:\d+: .*the includes read more than"):
+        parse_file(tmp_path / "l0.conf")
+    assert time.monotonic() - started < 10
+    done = hapair("import-keepalived", str(tmp_path / "l0.conf"))
+    assert done.returncode == 2 and "the includes read more than" in done.stderr
 
 
 def test_parser_shapes() -> None:
