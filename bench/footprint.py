@@ -10,7 +10,9 @@ libraries), then it is stopped. keepalived with one VRRP instance on the same ve
 measured the same way (its first VRRP advertisement, its two processes).
 
 Targets (issue: a lean footprint): the VIP guard <= 8 MB PSS, the whole node <= 40 MB
-PSS, the first heartbeat <= 0.4 s after exec.
+PSS, the first heartbeat <= 0.4 s after exec. A node that probes real servers has one
+process more, the checker (hapair/checker/): it is measured the same way with one
+service and one TCP probe ("hapair, probing"), and its PSS is in that node's figure.
 
 Root, `ip`; keepalived for the baseline (scripts/setup installs it; without it the
 baseline is skipped). Exit 0 when the benchmark ran, 1 when it broke.
@@ -120,11 +122,21 @@ def first_packet(ns: str, what: str, start: Callable[[], object]) -> float:
         capture.wait()
 
 
-def hapair_config(tmp: Path) -> Path:
+def hapair_config(tmp: Path, probing: bool = False) -> Path:
     key = tmp / "authkey"
     key.write_bytes(secrets.token_bytes(32))
     key.chmod(0o600)
-    config = tmp / "fp.toml"
+    config = tmp / ("fp-probing.toml" if probing else "fp.toml")
+    service = """
+[[services]]
+name = "web"
+protocol = "tcp"
+address = "10.99.0.100"
+port = 80
+forward = "dr"
+probe = { type = "tcp", interval = "1s", timeout = "1s" }
+real_servers = [{ address = "10.99.0.1" }]
+"""
     config.write_text(f"""
 [node]
 name = "fp1"
@@ -145,7 +157,7 @@ port = {PORT}
 [[vips]]
 address = "10.99.0.100/24"
 interface = "v0"
-""")
+{service if probing else ""}""")
     return config
 
 
@@ -223,9 +235,9 @@ def main() -> int:
             ("addr", "add", "10.99.0.1/24", "dev", "v0"),
         ):
             sh("ip", "-n", ns, *cmd)
-        config = hapair_config(tmp)
-        hapair = [sys.executable, "-m", "hapair", "run", "-c", str(config)]
-        rows: dict[str, list[tuple[float, Sizes, float]]] = {"hapair": []}
+        hapair = [sys.executable, "-m", "hapair", "run", "-c", str(hapair_config(tmp))]
+        probing = [sys.executable, "-m", "hapair", "run", "-c", str(hapair_config(tmp, True))]
+        rows: dict[str, list[tuple[float, Sizes, float]]] = {"hapair": [], "hapair, probing": []}
         keepalived = shutil.which("keepalived")
         if keepalived:
             rows["keepalived"] = []
@@ -233,6 +245,7 @@ def main() -> int:
             k_argv += ["-p", str(tmp / "k.pid"), "-r", str(tmp / "v.pid")]
         for _ in range(args.runs):
             rows["hapair"].append(measure(ns, hapair, str(PORT), args.idle))
+            rows["hapair, probing"].append(measure(ns, probing, str(PORT), args.idle))
             if keepalived:
                 rows["keepalived"].append(measure(ns, k_argv, "vrrp", args.idle))
         for name, runs in rows.items():
@@ -257,6 +270,17 @@ def main() -> int:
             default=0.0,
         )
         first = statistics.median(f for f, _, _ in rows["hapair"])
+        probing_node = statistics.median(
+            sum(mb for _, mb in s.values()) for _, s, _ in rows["hapair, probing"]
+        )
+        checker = statistics.median(
+            sum(mb for comm, mb in s.values() if comm == "hapair-checker")
+            for _, s, _ in rows["hapair, probing"]
+        )
+        print(
+            f"probing node PSS: {probing_node:.2f} MB, of which the checker {checker:.2f} MB"
+            " (median)"
+        )
         for what, value, target in (
             ("VIP guard PSS", guard, 8.0),
             ("node PSS", node, 40.0),

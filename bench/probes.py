@@ -6,12 +6,16 @@ and nothing else:
 
   host   `hapair run` (the real agent, started with `ip netns exec`) probes --targets
          TCP targets (default 10,000: 100 loopback addresses 127.0.1.1... x 100 ports
-         20000...) every --interval (1 s). Its CPU (utime + stime from /proc/PID/stat)
-         over a steady --window (30 s) after warm-up: percent of one core, and probes per
-         CPU-second. Target: <= 50 % of one core. The host kernel has no IPVS: the agent
-         says so once and probes on. Then the baseline, in a fresh namespace: the floor
-         prober (`--floor`: the least a Python prober can do per probe, no verdicts, no
-         status) on the same targets at the same rate; the ratio hapair / floor per probe.
+         20000...) every --interval (1 s). Its CPU (utime + stime from /proc/PID/stat,
+         the agent's and its checker process's) over a steady --window (30 s) after
+         warm-up: percent of one core, and probes per CPU-second. Target: <= 50 % of one
+         core. Meanwhile a peer of the bench's (`--heartbeats`, realtime) receives the
+         agent's heartbeats (every 100 ms) and times them: how late each came, worst and
+         99th percentile. Target: <= 10 ms (<= 50 ms in the guest). The host kernel has
+         no IPVS: the agent says so once and probes on. Then the baseline, in a fresh
+         namespace: the floor prober (`--floor`: the least a Python prober can do per
+         probe, no verdicts, no status) on the same targets at the same rate; the ratio
+         hapair / floor per probe.
          On loopback the listener's half of each handshake runs in the prober's context
          and is charged to it, so the floor shows what the kernel alone costs here.
   guest  in the QEMU guest (scripts/run-in-kernel, one boot; IPVS exists there), side by
@@ -24,7 +28,9 @@ and nothing else:
          side's system calls per connect for --syscall-window s (10; 0: not at all), and
          the baseline, same boot: the floor prober in hapair's place beside keepalived,
          over a window as long: floor / keepalived per probe is what a Python prober with
-         no work of its own gets in the same conditions.
+         no work of its own gets in the same conditions. Last, the shared part: 100
+         services over the same 100 real servers, hapair (one probe per server) beside
+         keepalived (one per service and server): probes/s, CPU, CPU per pair.
 
 The targets: one listener process per namespace binds the ports on 0.0.0.0 (so every
 127.0.1.x address answers), accepts and closes at once. Its CPU is measured and printed,
@@ -77,6 +83,11 @@ SERVICE_ADDRESS = "10.255.0.1"  # the services' address: no VIP, nothing else us
 HOST_TARGET_CPU = 50.0  # percent of one core
 GUEST_TARGET_RATIO = 1.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEARTBEAT_INTERVAL = 0.1  # s: the agent's heartbeats, timed by a peer of the bench's
+HEARTBEAT_PEER = ("127.0.0.2", 7694)
+HOST_TARGET_LATE_MS = 10.0
+GUEST_TARGET_LATE_MS = 50.0
+SHARED_SERVICES = 100  # the shared part: this many services over the same 100 servers
 
 
 # --- the targets ----------------------------------------------------------------------------
@@ -180,6 +191,76 @@ def floor_main(targets: int, interval: float) -> int:
                 sock.close()
 
 
+def heartbeats_main(address: str, port: int, interval: float) -> int:
+    """Inside the agent's namespace: the peer's end of its heartbeat link. Takes every
+    datagram and keeps how late each came after the one before (gap - interval): what the
+    peer's failure detector sees. "reset" starts over; any other line is answered with
+    the count, the worst, the 99th percentile and the median, in ms. Ends at EOF."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # The agent binds 0.0.0.0 on this port with SO_REUSEADDR: so does this, on the peer's
+    # own address, which the kernel prefers for datagrams to it.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    ep = select.epoll()
+    stdin = sys.stdin.fileno()
+    ep.register(stdin, select.EPOLLIN)
+    ep.register(sock.fileno(), select.EPOLLIN)
+    late: list[float] = []
+    last: float | None = None
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        for fd, _ in ep.poll():
+            if fd != stdin:
+                sock.recv(65536)
+                now = time.monotonic()
+                if last is not None:
+                    late.append(max(0.0, now - last - interval) * 1000)
+                last = now
+                continue
+            line = os.read(stdin, 4096)
+            if not line:
+                return 0
+            if line.strip() == b"reset":
+                late.clear()
+                print(json.dumps({"reset": True}), flush=True)
+                continue
+            ranked = sorted(late)
+            n = len(ranked)
+            print(
+                json.dumps(
+                    {
+                        "gaps": n,
+                        "worst": ranked[-1] if n else None,
+                        "p99": ranked[min(n - 1, int(n * 0.99))] if n else None,
+                        "median": ranked[n // 2] if n else None,
+                    }
+                ),
+                flush=True,
+            )
+
+
+class Heartbeats(Child):
+    """The heartbeats of the agent in `netns`, as the peer would receive them."""
+
+    def __init__(self, netns: str) -> None:
+        # Realtime, above the agent: the peer's clock must not be what is late.
+        cmd = ["ip", "netns", "exec", netns, "chrt", "-f", "50"]
+        cmd += [PYTHON, str(Path(__file__).resolve())]
+        cmd += ["--heartbeats", "--interval", str(HEARTBEAT_INTERVAL)]
+        super().__init__(cmd, "the heartbeat receiver")
+
+    def line(self, target_ms: float) -> tuple[str, dict[str, Any]]:
+        got = self.ask("count")
+        if not got["gaps"]:
+            return "  heartbeats: none received in the window", got
+        return (
+            f"  heartbeats on the wire (every {HEARTBEAT_INTERVAL * 1000:.0f} ms, "
+            f"{got['gaps']} gaps): late by at most {got['worst']:.1f} ms, 99th percentile "
+            f"{got['p99']:.1f} ms, median {got['median']:.1f} ms (target <= {target_ms:g} ms)",
+            got,
+        )
+
+
 class Listener(Child):
     def __init__(self, netns: str, layout: Layout) -> None:
         cmd = ["ip", "netns", "exec", netns, PYTHON, str(Path(__file__).resolve()), "--listener"]
@@ -193,7 +274,9 @@ class Listener(Child):
 # --- the probers --------------------------------------------------------------------------
 
 
-def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
+def hapair_config(tmp: Path, layout: Layout, interval: float, shared: bool = False) -> Path:
+    """The bench's director; `shared`: SHARED_SERVICES services, each over every target
+    (one port), instead of one service per port."""
     key = write_authkey(tmp / "authkey")
     probe = {"type": "tcp", "interval": f"{interval:g}s", "timeout": "1s"}
     text = director_toml(
@@ -204,12 +287,31 @@ def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
         node={"realtime_priority": 0},
         cluster_id=77,
         auth_key_file=key,
-        cluster={"interval": "1s", "deadtime": "3s"},
-        # nobody listens: the agent stays alone, as a MASTER
-        links=[{"type": "udp", "interface": "lo", "peer": "127.0.0.2", "port": 7694}],
+        cluster={"interval": f"{HEARTBEAT_INTERVAL:g}s", "deadtime": "3s"},
+        # the bench's Heartbeats listens and never answers: the agent stays a MASTER
+        links=[
+            {
+                "type": "udp",
+                "interface": "lo",
+                "peer": HEARTBEAT_PEER[0],
+                "port": HEARTBEAT_PEER[1],
+            }
+        ],
         services=[
             service(f"p{port}", SERVICE_ADDRESS, port, "dr", layout.addresses, probe=probe)
             for port in layout.ports
+        ]
+        if not shared
+        else [
+            service(
+                f"s{n}",
+                SERVICE_ADDRESS,
+                n,
+                "dr",
+                [{"address": a, "port": layout.ports[0]} for a in layout.addresses],
+                probe=probe,
+            )
+            for n in range(1, SHARED_SERVICES + 1)
         ],
         comment="written by bench/probes",
     )
@@ -221,11 +323,13 @@ def hapair_config(tmp: Path, layout: Layout, interval: float) -> Path:
     return path
 
 
-def keepalived_config(tmp: Path, layout: Layout, interval: float) -> Path:
+def keepalived_config(tmp: Path, layout: Layout, interval: float, shared: bool = False) -> Path:
     text = ["# written by bench/probes", "global_defs {", "    router_id hapair_probe_bench", "}"]
-    for port in layout.ports:
+    services = range(1, SHARED_SERVICES + 1) if shared else layout.ports
+    for vport in services:
+        port = layout.ports[0] if shared else vport
         text += [
-            f"virtual_server {SERVICE_ADDRESS} {port} {{",
+            f"virtual_server {SERVICE_ADDRESS} {vport} {{",
             f"    delay_loop {interval:g}",
             "    lvs_sched wlc",
             "    lvs_method DR",
@@ -242,7 +346,7 @@ def keepalived_config(tmp: Path, layout: Layout, interval: float) -> Path:
             ]
         text.append("}")
     path = tmp / "keepalived.conf"
-    path.write_text(text)
+    path.write_text("\n".join(text) + "\n")
     return path
 
 
@@ -360,7 +464,7 @@ class Run:
         self.tag = tag
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen[Any]] = []
-        self.listeners: list[Listener] = []
+        self.listeners: list[Child] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="bench_probes."))
         self.keep = False
 
@@ -374,6 +478,11 @@ class Run:
         listener = Listener(netns, layout)
         self.listeners.append(listener)
         return listener
+
+    def heartbeats(self, netns: str) -> Heartbeats:
+        heartbeats = Heartbeats(netns)
+        self.listeners.append(heartbeats)
+        return heartbeats
 
     def start(self, netns: str, cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -407,8 +516,9 @@ def start_hapair(
     interval: float,
     profile: Path | None = None,
     listener: Listener | None = None,
+    shared: bool = False,
 ) -> Side:
-    config = hapair_config(run.tmp, layout, interval)
+    config = hapair_config(run.tmp, layout, interval, shared)
     cmd = [HAPAIR, "run", "-c", str(config)]
     if profile is not None:
         cmd = [
@@ -437,8 +547,10 @@ def start_floor(run: Run, netns: str, layout: Layout, interval: float) -> Side:
     return Side("floor", netns, run.start(netns, cmd, log), listener, log)
 
 
-def start_keepalived(run: Run, netns: str, layout: Layout, interval: float) -> Side:
-    config = keepalived_config(run.tmp, layout, interval)
+def start_keepalived(
+    run: Run, netns: str, layout: Layout, interval: float, shared: bool = False
+) -> Side:
+    config = keepalived_config(run.tmp, layout, interval, shared)
     listener = run.listener(netns, layout)
     log = run.tmp / "keepalived.log"
     cmd = ["keepalived", "--check", "--dont-fork", "--log-console", "--no-syslog"]
@@ -558,12 +670,16 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.interval:g} s; warm-up {args.warmup:g} s, window {args.window:g} s",
             flush=True,
         )
+        heartbeats = run.heartbeats(ns)
         side = start_hapair(run, ns, layout, args.interval, None)
         t0 = time.monotonic()
         wait_steady([side], layout.count / args.interval, 60)
         time.sleep(max(0.0, args.warmup - (time.monotonic() - t0)))
+        heartbeats.ask("reset")
         (f,) = measure([side], args.window, layout.count)
         print(f.line(args.interval), flush=True)
+        late_line, late = heartbeats.line(HOST_TARGET_LATE_MS)
+        print(late_line, flush=True)
         print("  " + hapair_account(run.tmp / "agent.sock", layout.count), flush=True)
         if "IPVS" in (log := side.log.read_text(errors="replace")):
             said = [line for line in log.splitlines() if "IPVS" in line]
@@ -584,7 +700,12 @@ def host_part(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.warmup + args.window)  # slower under cProfile: no rate check
             stop(pside.proc, 30)
             print_profile(prof, "host part")
-        return {"host": f.as_json(), "host_problem": problem, "host_floor": ff.as_json()}
+        return {
+            "host": f.as_json(),
+            "host_problem": problem,
+            "host_floor": ff.as_json(),
+            "host_late": late,
+        }
     except BaseException:
         run.keep = True
         raise
@@ -605,6 +726,7 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.guest_warmup:g} s, window {args.guest_window:g} s",
             flush=True,
         )
+        heartbeats = run.heartbeats(ns_h)
         sides = [
             start_hapair(run, ns_h, layout, args.interval, None),
             start_keepalived(run, ns_k, layout, args.interval),
@@ -613,9 +735,12 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         wait_steady(sides, layout.count / args.interval, 600)  # 9p imports are slow
         print(f"  both steady after {time.monotonic() - t0:.0f} s", flush=True)
         time.sleep(max(0.0, args.guest_warmup - (time.monotonic() - t0)))
+        heartbeats.ask("reset")
         result = measure(sides, args.guest_window, layout.count)
         for f in result:
             print(f.line(args.interval), flush=True)
+        late_line, late = heartbeats.line(GUEST_TARGET_LATE_MS)
+        print(late_line, flush=True)
         try:
             print("  " + hapair_account(run.tmp / "agent.sock", layout.count), flush=True)
         except (BenchError, OSError, ValueError) as e:  # the figures stand; say why not
@@ -637,9 +762,10 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
         baseline = measure([floor, sides[1]], args.guest_window, layout.count)
         for f in baseline:
             print(f.line(args.interval), flush=True)
+        for side in [*sides, floor]:
+            stop(side.proc, 30)
+        shared = shared_part(run, args) if args.shared_window > 0 else None
         if args.profile:  # the agent alone, under cProfile, after the measurement
-            for side in [*sides, floor]:
-                stop(side.proc, 30)
             prof = run.tmp / "hapair.prof"
             pside = start_hapair(run, ns_h, layout, args.interval, prof, sides[0].listener)
             time.sleep(args.guest_warmup + args.guest_window)
@@ -649,12 +775,49 @@ def guest_part(args: argparse.Namespace) -> dict[str, Any]:
             "guest": [f.as_json() for f in result],
             "guest_problem": "; ".join(problems) or None,
             "guest_floor": [f.as_json() for f in baseline],
+            "guest_late": late,
+            "shared": shared,
         }
     except BaseException:
         run.keep = True
         raise
     finally:
         run.close()
+
+
+def shared_part(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """SHARED_SERVICES services over the same 100 real servers (one port), hapair and
+    keepalived side by side: hapair probes each server once per interval (one probe per
+    distinct check), keepalived once per service and server."""
+    layout = Layout.of(100)
+    pairs = SHARED_SERVICES * layout.count
+    print(
+        f"bench/probes guest, shared: {SHARED_SERVICES} services over the same "
+        f"{layout.count} real servers ({pairs:,} service-server pairs) every "
+        f"{args.interval:g} s, hapair and keepalived side by side; window "
+        f"{args.shared_window:g} s",
+        flush=True,
+    )
+    sides = [
+        start_hapair(run, run.netns("hs"), layout, args.interval, shared=True),
+        start_keepalived(run, run.netns("ks"), layout, args.interval, shared=True),
+    ]
+    t0 = time.monotonic()
+    # What is due differs (hapair: one probe per server); wait for each to hold its rate.
+    wait_steady(sides, pairs / args.interval, 300)
+    time.sleep(max(0.0, min(args.guest_warmup, 10) - (time.monotonic() - t0)))
+    result = measure(sides, args.shared_window, pairs)
+    status = agent_status(run.tmp / "agent.sock")
+    probes = status["checker"]["probes"]
+    for f in result:
+        print(
+            f"  {f.name:<11} CPU {f.cpu_s:6.2f} s in {f.seconds:.1f} s = {f.cpu_percent:5.1f} % "
+            f"of one core; {f.probes_per_s:7.0f} probes/s for {pairs:,} pairs; "
+            f"{1e6 * f.cpu_s / f.seconds / pairs:.2f} CPU-us per pair per second",
+            flush=True,
+        )
+    print(f"  hapair's checker runs {probes} distinct probes for the {pairs:,} pairs", flush=True)
+    return {"figures": [f.as_json() for f in result], "pairs": pairs, "probes": probes}
 
 
 def count_syscalls(sides: list[Side], seconds: float) -> list[str]:
@@ -700,6 +863,7 @@ def guest_via_rig(args: argparse.Namespace) -> dict[str, Any]:
     cmd = [rig, str(REPO / "bench" / "probes"), "--guest-part"]
     cmd += ["--guest-targets", str(args.guest_targets), "--interval", str(args.interval)]
     cmd += ["--guest-window", str(args.guest_window), "--guest-warmup", str(args.guest_warmup)]
+    cmd += ["--shared-window", str(args.shared_window)]
     cmd += ["--profile"] if args.profile else []
     cmd += ["--syscall-window", str(args.syscall_window)]
     env = {**os.environ, "HAPAIR_RIG_TIMEOUT": os.environ.get("HAPAIR_RIG_TIMEOUT", "900")}
@@ -741,6 +905,16 @@ def report(result: dict[str, Any]) -> None:
                 "host: CPU per probe, hapair / floor prober",
                 f"{ff.per_cpu_s / f.per_cpu_s:.2f}" if f.per_cpu_s else "inf",
             )
+        late = result.get("host_late") or {}
+        if late.get("gaps"):
+            ok = late["worst"] <= HOST_TARGET_LATE_MS
+            row(
+                "host: heartbeat lateness, worst (ms)",
+                f"{late['worst']:.1f}",
+                f"<= {HOST_TARGET_LATE_MS:g}",
+                verdict(ok),
+            )
+            row("host: heartbeat lateness, 99th percentile (ms)", f"{late['p99']:.1f}")
         if result.get("host_problem"):
             print(f"  host: {result['host_problem']}")
     guest = result.get("guest")
@@ -772,6 +946,27 @@ def report(result: dict[str, Any]) -> None:
             )
             row("guest, baseline: floor probes per CPU-second", f"{ff.per_cpu_s:.0f}")
             row("guest, baseline: keepalived probes per CPU-second", f"{kk.per_cpu_s:.0f}")
+        late = result.get("guest_late") or {}
+        if late.get("gaps"):
+            ok = late["worst"] <= GUEST_TARGET_LATE_MS
+            row(
+                "guest: heartbeat lateness, worst (ms)",
+                f"{late['worst']:.1f}",
+                f"<= {GUEST_TARGET_LATE_MS:g}",
+                verdict(ok),
+            )
+            row("guest: heartbeat lateness, 99th percentile (ms)", f"{late['p99']:.1f}")
+        shared = result.get("shared")
+        if shared:
+            hs, ks = (Figures(**g) for g in shared["figures"])
+            row(
+                "guest, shared: CPU per pair hapair / keepalived",
+                f"{hs.cpu_s / hs.seconds / (ks.cpu_s / ks.seconds):.3f}" if ks.cpu_s else "inf",
+            )
+            row("guest, shared: hapair probes/s", f"{hs.probes_per_s:.0f}")
+            row("guest, shared: keepalived probes/s", f"{ks.probes_per_s:.0f}")
+            row("guest, shared: hapair CPU (% of one core)", f"{hs.cpu_percent:.1f}")
+            row("guest, shared: keepalived CPU (% of one core)", f"{ks.cpu_percent:.1f}")
         if result.get("guest_problem"):
             print(f"  guest: {result['guest_problem']}")
 
@@ -786,6 +981,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guest-window", type=float, default=60, help="guest: measured s (60)")
     p.add_argument("--guest-warmup", type=float, default=20, help="guest: s before it (20)")
     p.add_argument("--interval", type=float, default=1.0, help="probe interval, s (1)")
+    p.add_argument(
+        "--shared-window", type=float, default=40, help="guest: shared part, s (40; 0: skip)"
+    )
     p.add_argument("--host-only", action="store_true", help="skip the guest part")
     p.add_argument("--guest-only", action="store_true", help="skip the host part")
     p.add_argument("--profile", action="store_true", help="also profile the agent, alone")
@@ -795,6 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guest-part", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--listener", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--heartbeats", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--first-port", type=int, default=FIRST_PORT, help=argparse.SUPPRESS)
     p.add_argument("--ports", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -802,6 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
         return listener_main(args.first_port, args.ports)
     if args.floor:
         return floor_main(args.targets, args.interval)
+    if args.heartbeats:
+        return heartbeats_main(*HEARTBEAT_PEER, args.interval)
     try:
         Layout.of(args.targets)
         Layout.of(args.guest_targets)

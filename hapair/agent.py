@@ -138,7 +138,6 @@ class Agent:
             from hapair.monitor import server as monitor_server
 
             del monitor_server
-        self.services.preload()
 
     # The one consumer of inputs.
 

@@ -29,6 +29,8 @@ async def handle(agent: Agent, request: control.Request) -> dict[str, Any]:
 
     if request.cmd in configure.OUTSIDE:
         return await configure.change(agent, request)
+    if request.cmd == "status":  # the probes' latest results, from the checker process
+        await agent.services.checker.refresh()
     return await agent.ask(request)
 
 
@@ -83,6 +85,7 @@ def status(agent: Agent, now: float) -> Status:
         vips_held=agent.vips.held,
         syncing=bool(agent.cfg.sync and agent.cfg.sync.enabled),
         services=agent.services.status(),
+        checker=agent.services.checker.status(),
         health=agent.health,
         timer_late_max=agent.timer_late_max,
         alerts=agent.alerter.status(),

@@ -116,8 +116,13 @@ def style_of(asked: str | None) -> str:
     return asked or ("journal" if under_journal() else "text")
 
 
+configured = ("text", "")  # the style and node of the latest setup(): its helpers log alike
+
+
 def setup(level: str, style: str = "text", node: str = "") -> None:
     """The agent's logging: to standard error, in `style`, repeats bounded."""
+    global configured
+    configured = (style, node)
     handler = logging.StreamHandler()
     if style == "json":
         handler.setFormatter(JsonFormatter(node))

@@ -2,7 +2,9 @@
 operator's roster, the desired IPVS table and one worker that keeps the kernel's equal
 to it, the kernel settings a director needs, and the services' part of the status.
 
-A probe verdict goes prober -> here -> keeper -> driver; the HA side never sees it. The
+A probe verdict goes checker process -> here -> keeper -> driver; the HA side never sees
+it. Pairs of (service, real server) with the same check share one probe (core/
+shared_probes.py), and its verdict is each pair's. The
 worker coalesces passes: whatever asks for one while a pass runs gets one more pass
 after it, and a pass also runs every RECONCILE_PERIOD to undo changes made behind
 hapair's back. It must not decide anything about holding the VIPs.
@@ -16,22 +18,23 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hapair import control
 from hapair.alerts import Alerter
+from hapair.checker.client import CheckerClient
 from hapair.config import Config
 from hapair.config.model import Service as ServiceConfig
 from hapair.core.refused import Refused
 from hapair.core.roster import Roster
+from hapair.core.shared_probes import SharedProbes, Target
 from hapair.core.verdicts import quorum_changes, server_changed
 from hapair.host import atomic_write
 from hapair.ipvs.keeper import Outcome, TableKeeper
 from hapair.ipvs.reconcile import Change, ServiceView, desired_table, dest_keys, service_key
 from hapair.ipvs.table import DestKey, Table
-from hapair.probes.prober import Prober, Target
 from hapair.status import ProbeStatus, RealServerStatus, ServiceStatus, Transition
 
 log = logging.getLogger("hapair")
@@ -68,13 +71,14 @@ class Services:
         self.keeper = TableKeeper(cfg.sync, cfg.cluster.id) if wants_ipvs else None
         self.healthy: dict[tuple[str, DestKey], bool] = {}  # the probes' verdicts
         self.roster = load_roster(self.roster_path)  # the operator's overrides
-        self.prober = Prober(self._on_probe)
+        self.shared: SharedProbes[tuple[str, DestKey]] = SharedProbes()
+        self.checker = CheckerClient(self._on_shared_probe, self._on_checker_restart)
         self.views: dict[str, ServiceView] = {}
         # The desired IPVS table and its views, made again only when an input changed
         # (config, roster, a verdict): a periodic pass of 1,000 servers spent more on
         # rebuilding it than on reading the kernel.
         self._desired: tuple[Table, dict[str, ServiceView]] | None = None
-        self.history: dict[Hashable, deque[Transition]] = {}
+        self.history: dict[tuple[str, DestKey], deque[Transition]] = {}
         self._wanted = asyncio.Event()
         self._waiters: list[asyncio.Future[Outcome | None]] = []
         self._worker: asyncio.Task[None] | None = None
@@ -114,7 +118,7 @@ class Services:
             await asyncio.gather(self._worker, return_exceptions=True)
         if self._pass is not None:
             await asyncio.gather(self._pass, return_exceptions=True)
-        await self.prober.close()
+        await self.checker.close()
         if self.keeper is not None:
             self.keeper.stop_sync()
             self.keeper.close()
@@ -246,15 +250,6 @@ class Services:
     def roster_path(self) -> Path:
         return self.cfg.node.state_dir / f"{self.cfg.node.name}.roster.json"
 
-    def preload(self) -> None:
-        """The probe types' modules, imported before the heartbeat clock runs."""
-        from hapair import probes
-
-        services = self.effective()
-        probes.preload(
-            {p.type for s in services for p in [s.probe, *(r.probe for r in s.real_servers)] if p}
-        )
-
     def effective(self) -> list[ServiceConfig]:
         """The configured services, with the operator's additions and removals."""
         return [self.roster.effective(s) for s in self.cfg.services]
@@ -283,7 +278,7 @@ class Services:
         return {"ok": True, "result": done}
 
     def _sync_probes(self) -> None:
-        targets: dict[Hashable, Target] = {}
+        targets: dict[tuple[str, DestKey], Target] = {}
         for svc in self.effective():
             for rs, dkey in zip(svc.real_servers, dest_keys(svc), strict=True):
                 probe = rs.probe or svc.probe
@@ -292,17 +287,30 @@ class Services:
                     targets[(svc.name, dkey)] = Target(
                         probe, rs.address, port, svc.probe_start == "up"
                     )
-        self.prober.sync(targets)
-        self.healthy = {k: v for k, v in self.prober.verdicts().items() if isinstance(k, tuple)}
+        self.checker.sync(self.shared.plan(targets))
+        verdicts = self.checker.verdicts
+        self.healthy = {pair: verdicts[pid] for pair, pid in self.shared.id_of_pair.items()}
+        self.history = {k: v for k, v in self.history.items() if k in self.healthy}
         self._desired = None
 
-    def _on_probe(self, key: Hashable, ok: bool, reason: str) -> None:
+    def _on_shared_probe(self, pid: int, ok: bool, reason: str) -> None:
+        for pair in self.shared.users.get(pid, ()):
+            self._on_probe(pair, ok, reason)
+
+    def _on_checker_restart(self, why: str, delay: float) -> None:
+        """The checker died or hung: the verdicts stay as they were meanwhile."""
+        again = f"started again in {delay:.0f} s" if delay else "started again"
+        summary = f"the probes' checker process failed and was {again}: {why}"
+        if delay:
+            summary += f" ({self.checker.respawn.count} failures so far: it keeps failing)"
+        log.error("%s", summary)
+        self.alerter.emit("checker_restarted", "", summary, {"reason": why})
+
+    def _on_probe(self, key: tuple[str, DestKey], ok: bool, reason: str) -> None:
         """A verdict changed: the table follows with the next pass; 1,000 servers coming up
         together cost one pass, not 1,000 (each a dump of the whole table)."""
         entry: Transition = {"up": ok, "time": round(time.time(), 3), "reason": reason}
         self.history.setdefault(key, deque(maxlen=HISTORY)).append(entry)
-        if not isinstance(key, tuple):
-            return
         service, dest = key
         self.healthy[key] = ok
         self._desired = None
@@ -313,13 +321,14 @@ class Services:
     # Status.
 
     def _probe_status(self, key: tuple[str, DestKey]) -> ProbeStatus | None:
-        watch = self.prober.watches.get(key)
-        if watch is None or watch.last is None:
+        last = self.checker.results.get(self.shared.id_of_pair.get(key, 0))
+        if last is None:
             return None
-        r = watch.last
-        return {"ok": r.ok, "reason": r.reason, "latency_ms": round(r.latency * 1000, 1)}
+        ok, reason, latency = last
+        return {"ok": ok, "reason": reason, "latency_ms": round(latency * 1000, 1)}
 
     def status(self) -> list[ServiceStatus]:
+        self.checker.want_results()  # for the next status; `hapair status` waits for them
         actual = self.keeper.actual if self.keeper is not None else {}
         out: list[ServiceStatus] = []
         admin = self.roster.admin_states()

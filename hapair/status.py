@@ -108,6 +108,19 @@ class ConfigStatus(TypedDict):
     in_sync: bool | None  # whether the live peer runs the same (None: no live peer)
 
 
+class LastRestart(TypedDict):
+    time: float
+    reason: str
+
+
+class CheckerStatus(TypedDict):
+    pid: int | None
+    state: str  # stopped (no probes), starting, running, waiting (to be started again)
+    probes: int  # distinct probes it runs (services naming the same check share one)
+    restarts: int
+    last_restart: LastRestart | None
+
+
 class Status(TypedDict):
     node: str
     state: str
@@ -124,6 +137,7 @@ class Status(TypedDict):
     alerts: AlertsStatus
     reload: ReloadStatus | None
     config: ConfigStatus
+    checker: CheckerStatus
 
 
 class HeardConfig(Protocol):
@@ -166,6 +180,7 @@ def compose(
     alerts: AlertsStatus,
     reload: ReloadStatus | None,
     config: ConfigStatus,
+    checker: CheckerStatus,
 ) -> Status:
     """The status from the HA core's own (`HaNode.status`, in loop time `now`; `wall` is
     the UNIX time of the same moment) and what the agent's other parts hold."""
@@ -208,4 +223,5 @@ def compose(
         "alerts": alerts,
         "reload": reload,
         "config": config,
+        "checker": checker,
     }

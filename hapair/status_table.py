@@ -98,6 +98,19 @@ def format_status(s: Status, now: float | None = None) -> str:
     alerts = s.get("alerts")
     if alerts is not None:
         lines.append(f"alerts  {alerts.get('queued', 0)} queued")
+    checker = s.get("checker")
+    if checker and (checker.get("state") != "stopped" or checker.get("restarts")):
+        line = f"checker  {checker.get('state')}"
+        if checker.get("pid"):
+            line += f", pid {checker['pid']}"
+        line += f", {checker.get('probes', 0)} probes"
+        last = checker.get("last_restart")
+        if checker.get("restarts") and last:
+            line += (
+                f"; {checker['restarts']} restart(s), the last {_since(last.get('time'), now)}:"
+                f" {last.get('reason')}"
+            )
+        lines.append(line)
     services = s.get("services", [])
     if services:
         lines += [

@@ -102,6 +102,13 @@ STATUS: Status = {
     "alerts": {"queued": 2, "recent": []},
     "reload": None,
     "config": {"version": "c0ffee" + "0" * 58, "peer_version": None, "in_sync": False},
+    "checker": {
+        "pid": 4242,
+        "state": "running",
+        "probes": 2,
+        "restarts": 1,
+        "last_restart": {"time": 1700000000.0, "reason": "pid 4241 killed by SIGKILL"},
+    },
 }
 
 

@@ -38,6 +38,7 @@ EVENTS: dict[str, EventKind] = {
     "reload_failed": EventKind("warning", "reload"),
     "config_mismatch": EventKind("warning", "config_mismatch"),
     "stalled": EventKind("warning", "stalled"),
+    "checker_restarted": EventKind("warning", "checker"),
 }
 STATE_SEVERITY: dict[str, Severity] = {
     "MASTER": "warning",  # this node took the VIPs

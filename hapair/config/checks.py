@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_serializer, field_validator
 
 from hapair.config.types import (
     IP,
@@ -108,6 +108,12 @@ class HttpProbe(_Probe):
     @classmethod
     def _status(cls, value: Any) -> tuple[int, int]:
         return _parse_status(value)
+
+    @field_serializer("expect_status")
+    def _dump_status(self, value: tuple[int, int]) -> int | str:
+        """As it is written (200, or '200-399'): a dumped probe reads back the same."""
+        low, high = value
+        return low if low == high else f"{low}-{high}"
 
     @field_validator("path")
     @classmethod

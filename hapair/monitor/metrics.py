@@ -110,6 +110,17 @@ class StatusCollector(Collector):
         )
 
         yield from self._services(s.get("services", []))
+        checker = s.get("checker") or {}
+        yield GaugeMetricFamily(
+            "hapair_checker_running",
+            "1 while the probes' checker process runs",
+            checker.get("state") == "running",
+        )
+        yield CounterMetricFamily(
+            "hapair_checker_restarts",
+            "times the checker process failed and was started again",
+            checker.get("restarts", 0),
+        )
         alerts = s.get("alerts") or {}
         if "queued" in alerts:
             yield GaugeMetricFamily(

@@ -1,4 +1,5 @@
-"""Runs the real-server probes: one schedule per server, jittered, under a global cap.
+"""Runs the real-server probes: one schedule per target, jittered, under a global cap.
+The checker process runs it (hapair/checker/).
 
 It owns the schedule and the hysteresis state of each target, and reports verdict
 changes through a callback; it never touches IPVS (the agent reconciles). A target
@@ -27,20 +28,13 @@ from functools import partial
 from typing import Any
 
 from hapair.core.hysteresis import RiseFall
+from hapair.core.shared_probes import Target
 from hapair.probes import tcp
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT = 1000  # probes in flight at once, whatever the number of targets
 BATCH = 0.01  # s: TCP probes due this close together start in one go
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    probe: Any  # a config Probe model (frozen, comparable)
-    address: Any
-    port: int
-    start_up: bool  # the verdict before the first probe
 
 
 @dataclass

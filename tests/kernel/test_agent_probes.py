@@ -1,14 +1,17 @@
 """Probes and operator actions, end to end in the guest kernel: real HTTP servers go
-down and come back, and `ipvsadm -Ln` on the directors follows; an operator's drain
+down and come back, and `ipvsadm -Ln` on the directors follows; the checker process
+killed leaves the table as it was; an operator's drain
 survives an agent restart; below quorum the sorry server stands alone."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from ipvsadm import ipvs_table
@@ -94,6 +97,35 @@ def test_probes_operator_and_quorum(
         except AssertionError:
             print(f"{d.name}: ipvsadm {dests(d)}; status {d.status()}")
             raise
+
+    # The checker process dies: it is started again, and the table never moves meanwhile.
+    # (The servers were in the table before any probe, as probe_start = "up" says; the
+    # checker's start takes seconds of imports in the guest.)
+    def checker_status() -> dict[str, Any]:
+        status = dir1.status()
+        assert status is not None
+        return status["checker"]  # type: ignore[index, no-any-return]
+
+    wait_for(lambda: checker_status()["state"] == "running", 60)  # x SLOWDOWN
+    checker = checker_status()
+    assert checker["restarts"] == 0, checker
+    old = checker["pid"]
+    os.kill(old, signal.SIGKILL)
+    tables = []
+    deadline = time.monotonic() + 60 * SCALE  # a new Python process's start in the guest
+    while True:
+        tables.append(dests(dir1))
+        status = dir1.status()
+        assert status is not None
+        checker = status["checker"]  # type: ignore[index]
+        if checker["pid"] not in (None, old) and checker["state"] == "running":
+            break
+        assert time.monotonic() < deadline, f"the checker was not replaced: {checker}"
+        time.sleep(0.05)
+    time.sleep(3 * INTERVAL)  # the new checker's probes have run
+    tables.append(dests(dir1))
+    assert all(t == everyone for t in tables), tables
+    assert checker["restarts"] == 1
 
     # A real server dies: it leaves the table within fall x interval + timeout.
     stop(22)

@@ -482,6 +482,8 @@ def test_metrics_parse_with_the_prometheus_parser(browser: Browser) -> None:
     assert samples[("hapair_ipvs_active_connections", web_11)] == 3
     assert samples[("hapair_ipvs_inactive_connections", web_11)] == 12
     assert samples[("hapair_alerts_queued", ())] == 2
+    assert samples[("hapair_checker_running", ())] == 1
+    assert samples[("hapair_checker_restarts_total", ())] == 1
     assert samples[("hapair_sync_role", (("role", "master"),))] == 1
 
 

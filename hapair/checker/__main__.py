@@ -1,0 +1,5 @@
+import sys
+
+from hapair.checker.process import main
+
+raise SystemExit(main(sys.argv[1:]))
