@@ -39,8 +39,10 @@ never counted as the prober's. Probes are counted twice: connects the prober mad
 a side that falls short of targets x window / interval is reported. hapair's own account
 (`hapair status --json`: every real server's last probe ok) is checked at the end.
 
-Both probers run at normal scheduling priority (node.realtime_priority = 0): CPU time is
-the figure, and keepalived runs without realtime priority by default.
+The probes of both run at normal scheduling priority: hapair's checker process (it sets
+itself so) and keepalived's checker; hapair's agent keeps its default SCHED_FIFO for its
+heartbeats, as a director runs it. CPU time is the figure, and a priority does not change
+what a probe costs.
 
 Exit status: 0 when the benchmark ran (also when a target is missed), 1 when the bench
 itself broke, 2 on bad arguments, 130 when interrupted.
@@ -284,7 +286,6 @@ def hapair_config(tmp: Path, layout: Layout, interval: float, shared: bool = Fal
         priority=100,
         socket=tmp / "agent.sock",
         state_dir=tmp,
-        node={"realtime_priority": 0},
         cluster_id=77,
         auth_key_file=key,
         cluster={"interval": f"{HEARTBEAT_INTERVAL:g}s", "deadtime": "3s"},

@@ -101,8 +101,9 @@ async def serve(sock: socket.socket) -> int:
         while True:
             try:
                 msg = await receive(reader)
-            except asyncio.IncompleteReadError:
-                return 0  # the agent closed its end: stopped, or gone
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The agent closed its end (a reset when it left our words unread).
+                return 0
             if isinstance(msg, Targets):
                 checker.take(msg)
                 checker.write_alive()  # at once: the agent waits for this take to end

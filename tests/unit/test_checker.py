@@ -384,3 +384,29 @@ def test_a_checker_that_keeps_dying_is_reported_not_restarted_in_a_tight_loop(
             await services.close()
 
     asyncio.run(main())
+
+
+def test_a_checker_whose_agent_closes_unread_words_exits_quietly() -> None:
+    """The agent closes its end with the checker's Alive words unread (the kernel says
+    ECONNRESET, not end of file): the checker exits 0 without a traceback."""
+    import subprocess
+    import sys
+    import time
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hapair.checker", str(theirs.fileno()), "text", "t"],
+        pass_fds=(theirs.fileno(),),
+        stderr=subprocess.PIPE,
+    )
+    theirs.close()
+    try:
+        ours.settimeout(30)
+        assert ours.recv(4)  # its first Alive: it is up
+        time.sleep(3 * channel.ALIVE_EVERY)  # and more of them, left unread
+        ours.close()
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err, err.decode()
