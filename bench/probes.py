@@ -304,14 +304,7 @@ def hapair_config(tmp: Path, layout: Layout, interval: float, shared: bool = Fal
         ]
         if not shared
         else [
-            service(
-                f"s{n}",
-                SERVICE_ADDRESS,
-                n,
-                "dr",
-                [{"address": a, "port": layout.ports[0]} for a in layout.addresses],
-                probe=probe,
-            )
+            service(f"s{n}", shared_vip(n), layout.ports[0], "dr", layout.addresses, probe=probe)
             for n in range(1, SHARED_SERVICES + 1)
         ],
         comment="written by bench/probes",
@@ -324,13 +317,22 @@ def hapair_config(tmp: Path, layout: Layout, interval: float, shared: bool = Fal
     return path
 
 
+def shared_vip(n: int) -> str:
+    """The shared part's nth service address: DR keeps the port, so the services differ
+    by address (10.255.0.n), each over the same real servers on the same port."""
+    return f"10.255.0.{n}"
+
+
 def keepalived_config(tmp: Path, layout: Layout, interval: float, shared: bool = False) -> Path:
     text = ["# written by bench/probes", "global_defs {", "    router_id hapair_probe_bench", "}"]
-    services = range(1, SHARED_SERVICES + 1) if shared else layout.ports
-    for vport in services:
-        port = layout.ports[0] if shared else vport
+    services = (
+        [(shared_vip(n), layout.ports[0]) for n in range(1, SHARED_SERVICES + 1)]
+        if shared
+        else [(SERVICE_ADDRESS, port) for port in layout.ports]
+    )
+    for vip, port in services:
         text += [
-            f"virtual_server {SERVICE_ADDRESS} {vport} {{",
+            f"virtual_server {vip} {port} {{",
             f"    delay_loop {interval:g}",
             "    lvs_sched wlc",
             "    lvs_method DR",
