@@ -191,6 +191,17 @@ def two_services_config(tmp_path: Path, port: int) -> Any:
     )
 
 
+async def started(cfg: Any, tmp_path: Path, on_restart: Any = None) -> Services:
+    """The services side with its checker, started (no IPVS here: the views follow the
+    probes); `on_restart` in place of the alert."""
+    services = Services(cfg, Alerter("lvs1", cfg.alerts, tmp_path))
+    services.apply_sysctls = lambda: None  # type: ignore[method-assign]
+    if on_restart is not None:
+        services.checker.on_restart = on_restart
+    await services.start()
+    return services
+
+
 async def until(what: Any, limit: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
@@ -209,9 +220,7 @@ def test_one_probe_per_distinct_check_and_its_verdict_for_every_service(
     dest = DestKey(ip_address("127.0.0.1"), port)
 
     async def main() -> None:
-        services = Services(cfg, Alerter("lvs1", cfg.alerts, tmp_path))
-        services.apply_sysctls = lambda: None  # type: ignore[method-assign]
-        await services.start()  # no IPVS here: the views follow the probes
+        services = await started(cfg, tmp_path)  # no IPVS here: the views follow the probes
         try:
             checker = services.checker
             await until(lambda: checker.state == "running")
@@ -263,9 +272,7 @@ def test_a_checker_that_dies_or_hangs_is_replaced_and_the_verdicts_stay(
     cfg = two_services_config(tmp_path, port)
 
     async def main() -> None:
-        services = Services(cfg, Alerter("lvs1", cfg.alerts, tmp_path))
-        services.apply_sysctls = lambda: None  # type: ignore[method-assign]
-        await services.start()
+        services = await started(cfg, tmp_path)
         checker = services.checker
         try:
             await until(lambda: checker.state == "running")
@@ -331,9 +338,7 @@ def test_a_checker_slow_to_start_is_given_time_and_is_not_a_hang(
     cfg = two_services_config(tmp_path, server.getsockname()[1])
 
     async def main() -> None:
-        services = Services(cfg, Alerter("lvs1", cfg.alerts, tmp_path))
-        services.apply_sysctls = lambda: None  # type: ignore[method-assign]
-        await services.start()
+        services = await started(cfg, tmp_path)
         checker = services.checker
         try:
             await until(lambda: checker.state == "running")
@@ -360,11 +365,10 @@ def test_a_checker_that_keeps_dying_is_reported_not_restarted_in_a_tight_loop(
     cfg = two_services_config(tmp_path, server.getsockname()[1])
 
     async def main() -> None:
-        services = Services(cfg, Alerter("lvs1", cfg.alerts, tmp_path))
-        services.apply_sysctls = lambda: None  # type: ignore[method-assign]
         told: list[tuple[str, float]] = []
-        services.checker.on_restart = lambda why, delay: told.append((why, delay))
-        await services.start()
+        services = await started(
+            cfg, tmp_path, on_restart=lambda why, delay: told.append((why, delay))
+        )
         checker = services.checker
         try:
             for n in range(respawn.BURST + 1):
