@@ -888,6 +888,13 @@ def report(result: dict[str, Any]) -> None:
     def row(label: str, value: str, target: str = "-", outcome: str = "info") -> None:
         print(f"{label:<52} {value:>10}  {target:<9} {outcome}")
 
+    def lateness(part: str, late: dict[str, Any] | None, target_ms: float) -> None:
+        if late and late.get("gaps"):
+            ok = late["worst"] <= target_ms
+            worst = f"{late['worst']:.1f}"
+            row(f"{part}: heartbeat lateness, worst (ms)", worst, f"<= {target_ms:g}", verdict(ok))
+            row(f"{part}: heartbeat lateness, 99th percentile (ms)", f"{late['p99']:.1f}")
+
     print()
     row("measurement", "value", "target", "result")
     host = result.get("host")
@@ -908,16 +915,7 @@ def report(result: dict[str, Any]) -> None:
                 "host: CPU per probe, hapair / floor prober",
                 f"{ff.per_cpu_s / f.per_cpu_s:.2f}" if f.per_cpu_s else "inf",
             )
-        late = result.get("host_late") or {}
-        if late.get("gaps"):
-            ok = late["worst"] <= HOST_TARGET_LATE_MS
-            row(
-                "host: heartbeat lateness, worst (ms)",
-                f"{late['worst']:.1f}",
-                f"<= {HOST_TARGET_LATE_MS:g}",
-                verdict(ok),
-            )
-            row("host: heartbeat lateness, 99th percentile (ms)", f"{late['p99']:.1f}")
+        lateness("host", result.get("host_late"), HOST_TARGET_LATE_MS)
         if result.get("host_problem"):
             print(f"  host: {result['host_problem']}")
     guest = result.get("guest")
@@ -949,16 +947,7 @@ def report(result: dict[str, Any]) -> None:
             )
             row("guest, baseline: floor probes per CPU-second", f"{ff.per_cpu_s:.0f}")
             row("guest, baseline: keepalived probes per CPU-second", f"{kk.per_cpu_s:.0f}")
-        late = result.get("guest_late") or {}
-        if late.get("gaps"):
-            ok = late["worst"] <= GUEST_TARGET_LATE_MS
-            row(
-                "guest: heartbeat lateness, worst (ms)",
-                f"{late['worst']:.1f}",
-                f"<= {GUEST_TARGET_LATE_MS:g}",
-                verdict(ok),
-            )
-            row("guest: heartbeat lateness, 99th percentile (ms)", f"{late['p99']:.1f}")
+        lateness("guest", result.get("guest_late"), GUEST_TARGET_LATE_MS)
         shared = result.get("shared")
         if shared:
             hs, ks = (Figures(**g) for g in shared["figures"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -263,7 +264,5 @@ async def _end(proc: subprocess.Popen[Any], kill: bool) -> str:
         await asyncio.sleep(0.01)
     code = proc.returncode
     if code < 0:
-        import signal
-
         return f"pid {proc.pid} killed by {signal.Signals(-code).name}"
     return f"pid {proc.pid} exited with status {code}"
